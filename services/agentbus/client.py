@@ -1,0 +1,208 @@
+"""`AgentBusClient`: submit documents, wait for summaries, watch progress, read history.
+
+    async with AgentBusClient("nats://127.0.0.1:4222") as client:
+        job_id = await client.submit("long text ...")
+        state = await client.wait(job_id, timeout_s=60)
+        print(state.summary)
+
+A job is accepted when JetStream acknowledges its publish on `jobs.submit` (the PubAck);
+documents above the inline limit go to the object store first and travel by reference.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Self
+
+import nats.errors
+import nats.js.errors
+
+from agentbus import subjects
+from agentbus.bus import Bus, BusError
+from agentbus.documents import check_document, store_document
+from agentbus.errors import DocumentRejected, JobFailed, MessageDecodeError
+from agentbus.messages import (
+    AgentEvent,
+    HistoryQuery,
+    HistoryReply,
+    JobState,
+    JobSubmit,
+    decode,
+    decode_job_state,
+    encode,
+    new_id,
+)
+from agentbus.settings import LimitsSettings, NatsSettings
+
+__all__ = ["AgentBusClient"]
+
+
+class AgentBusClient:
+    def __init__(
+        self,
+        nats_settings: NatsSettings | str,
+        *,
+        limits: LimitsSettings | None = None,
+        client_id: str | None = None,
+    ) -> None:
+        self.nats_settings = (
+            NatsSettings(url=nats_settings) if isinstance(nats_settings, str) else nats_settings
+        )
+        self.limits = limits or LimitsSettings()
+        self.client_id = client_id or f"client-{new_id()[:12]}"
+        self._bus: Bus | None = None
+
+    async def connect(self) -> Self:
+        if self._bus is None:
+            self._bus = await Bus.connect(
+                self.nats_settings, agent_id=self.client_id, service="client"
+            )
+        return self
+
+    async def close(self) -> None:
+        if self._bus is not None:
+            await self._bus.close()
+            self._bus = None
+
+    async def __aenter__(self) -> Self:
+        return await self.connect()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def bus(self) -> Bus:
+        if self._bus is None:
+            raise BusError("client is not connected: use `async with AgentBusClient(...)`")
+        return self._bus
+
+    # --- submit ----------------------------------------------------------------------
+
+    async def submit(
+        self,
+        text: str | bytes,
+        *,
+        job_id: str | None = None,
+        title: str = "",
+        summary_chars: int | None = None,
+        name: str = "document",
+    ) -> str:
+        """Submit one document; returns its job id once JetStream has accepted it.
+
+        Raises `DocumentRejected` (empty, not UTF-8 text, above the size cap)."""
+        data = text.encode() if isinstance(text, str) else text
+        check_document(data, max_bytes=self.limits.max_document_bytes, name=name)
+        job_id = subjects.check_token(job_id or new_id(), field="job_id")
+        if len(data) > self.limits.inline_limit_bytes:
+            ref = await store_document(self.bus.js, name=f"{job_id}.txt", data=data)
+            job = JobSubmit(job_id=job_id, document=ref, title=title, summary_chars=summary_chars)
+        else:
+            job = JobSubmit(
+                job_id=job_id, text=data.decode(), title=title, summary_chars=summary_chars
+            )
+        await self.bus.publish(
+            subjects.JOBS_SUBJECT, job, msg_id=job_id, stream=subjects.JOBS_STREAM
+        )
+        return job_id
+
+    async def submit_file(
+        self, path: Path | str, *, job_id: str | None = None, summary_chars: int | None = None
+    ) -> str:
+        path = Path(path)
+        try:
+            size = path.stat().st_size
+            if size > self.limits.max_document_bytes:
+                raise DocumentRejected(
+                    f"{path}: {size} bytes exceeds the cap of {self.limits.max_document_bytes} "
+                    "bytes (AGENTBUS_LIMITS__MAX_DOCUMENT_BYTES)"
+                )
+            data = path.read_bytes()
+        except OSError as e:
+            raise DocumentRejected(f"{path}: cannot read: {e.strerror or e}") from e
+        return await self.submit(
+            data, job_id=job_id, title=path.name, summary_chars=summary_chars, name=str(path)
+        )
+
+    # --- state -----------------------------------------------------------------------
+
+    async def status(self, job_id: str) -> JobState | None:
+        kv = await self.bus.kv(subjects.JOBS_BUCKET)
+        try:
+            entry = await kv.get(subjects.check_token(job_id, field="job_id"))
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        return decode_job_state(entry.value) if entry.value else None
+
+    async def watch(
+        self, job_id: str, *, timeout_s: float | None = None
+    ) -> AsyncIterator[JobState]:
+        """Yield the job's state on every change until it is completed or failed."""
+        kv = await self.bus.kv(subjects.JOBS_BUCKET)
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        watcher = await kv.watch(subjects.check_token(job_id, field="job_id"))
+        last_revision = -1
+        try:
+            while True:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise TimeoutError(f"job {job_id} not finished within {timeout_s}s")
+                try:
+                    entry = await watcher.updates(timeout=min(left or 2.0, 2.0))
+                except (nats.errors.TimeoutError, TimeoutError):
+                    entry = None
+                if entry is None or entry.value is None:
+                    # the watcher's end-of-initial-values marker, or a quiet spell: poll once
+                    state = await self.status(job_id)
+                    revision = last_revision
+                else:
+                    state = decode_job_state(entry.value)
+                    revision = entry.revision or 0
+                if state is None or (revision == last_revision and entry is not None):
+                    continue
+                last_revision = revision
+                yield state
+                if state.status.terminal:
+                    return
+        finally:
+            with contextlib.suppress(Exception):
+                await watcher.stop()
+
+    async def wait(
+        self, job_id: str, *, timeout_s: float = 300.0, raise_on_failure: bool = False
+    ) -> JobState:
+        """Wait until the job is completed or failed; returns its final state."""
+        last: JobState | None = None
+        async for state in self.watch(job_id, timeout_s=timeout_s):
+            last = state
+        assert last is not None
+        if raise_on_failure and last.error is not None and last.summary is None:
+            raise JobFailed(f"job {job_id} failed: {last.error}")
+        return last
+
+    async def summarize(self, text: str, *, timeout_s: float = 300.0, **kw: object) -> str:
+        """Submit and wait; returns the summary or raises `JobFailed`."""
+        job_id = await self.submit(text, **kw)  # type: ignore[arg-type]
+        state = await self.wait(job_id, timeout_s=timeout_s, raise_on_failure=True)
+        return state.summary or ""
+
+    async def history(self, job_id: str, *, timeout_s: float = 5.0) -> list[AgentEvent]:
+        """Every archived event of a job, oldest first (asks the event-archiver)."""
+        query = HistoryQuery(job_id=subjects.check_token(job_id, field="job_id"))
+        try:
+            msg = await self.bus.nc.request(
+                subjects.RPC_HISTORY, encode(query, sender=self.client_id), timeout=timeout_s
+            )
+        except nats.errors.NoRespondersError as e:
+            raise BusError(f"no event-archiver answers on {subjects.RPC_HISTORY}") from e
+        except (TimeoutError, nats.errors.TimeoutError) as e:
+            raise BusError(f"no answer on {subjects.RPC_HISTORY} within {timeout_s}s") from e
+        try:
+            reply = decode(msg.data, HistoryReply).payload
+        except MessageDecodeError as e:
+            raise BusError(f"bad reply on {subjects.RPC_HISTORY}: {e}") from e
+        if reply.error:
+            raise BusError(f"history of job {job_id}: {reply.error}")
+        return reply.events

@@ -1,0 +1,66 @@
+"""Documents: intake checks, and passing large ones by reference through the object store."""
+
+from __future__ import annotations
+
+import hashlib
+
+import nats.errors
+import nats.js.errors
+from nats.js import JetStreamContext
+
+from agentbus import subjects
+from agentbus.errors import AgentBusError, DocumentRejected
+from agentbus.messages import DocumentRef
+
+__all__ = ["check_document", "fetch_document", "store_document"]
+
+_CAP_SETTING = "AGENTBUS_LIMITS__MAX_DOCUMENT_BYTES"
+
+
+def check_document(data: bytes, *, max_bytes: int, name: str = "document") -> str:
+    """Return the text of `data`, or raise `DocumentRejected` with one clear line."""
+    if len(data) > max_bytes:
+        raise DocumentRejected(
+            f"{name}: {len(data)} bytes exceeds the cap of {max_bytes} bytes ({_CAP_SETTING})"
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DocumentRejected(
+            f"{name}: not UTF-8 text (invalid byte 0x{data[e.start]:02x} at offset {e.start})"
+        ) from e
+    if "\x00" in text:
+        raise DocumentRejected(
+            f"{name}: not text (contains NUL bytes at offset {text.index(chr(0))})"
+        )
+    if not text.strip():
+        raise DocumentRejected(f"{name}: document is empty")
+    return text
+
+
+async def store_document(js: JetStreamContext, *, name: str, data: bytes) -> DocumentRef:
+    store = await js.object_store(subjects.DOCUMENTS_BUCKET)
+    try:
+        await store.put(name, data)
+    except (nats.errors.Error, TimeoutError) as e:
+        raise AgentBusError(
+            f"cannot store {name} in object store {subjects.DOCUMENTS_BUCKET}: {e}"
+        ) from e
+    return DocumentRef(
+        bucket=subjects.DOCUMENTS_BUCKET,
+        name=name,
+        size_bytes=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+    )
+
+
+async def fetch_document(js: JetStreamContext, ref: DocumentRef) -> bytes:
+    try:
+        store = await js.object_store(ref.bucket)
+        result = await store.get(ref.name)
+    except (nats.errors.Error, TimeoutError) as e:
+        raise AgentBusError(f"cannot read {ref.name} from object store {ref.bucket}: {e}") from e
+    data = bytes(result.data or b"")
+    if len(data) != ref.size_bytes or hashlib.sha256(data).hexdigest() != ref.sha256:
+        raise AgentBusError(f"object {ref.bucket}/{ref.name} does not match its reference")
+    return data

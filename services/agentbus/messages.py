@@ -1,0 +1,299 @@
+"""Message models of the wire contract (pydantic v2).
+
+Every message on a subject is an `Envelope` in the seed article's shape (`sender`,
+`msg_type`, `payload`) plus `id`, `schema_version` and `created_at`. The payload model
+decides `msg_type`. Job state in the jobs KV bucket is a `JobState` (no envelope).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, ClassVar, Final, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+from agentbus.errors import MessageDecodeError
+
+__all__ = [
+    "MESSAGE_TYPES",
+    "SCHEMA_VERSION",
+    "AgentEvent",
+    "Command",
+    "CommandReply",
+    "DocumentRef",
+    "Envelope",
+    "EventKind",
+    "HistoryQuery",
+    "HistoryReply",
+    "JobState",
+    "JobStatus",
+    "JobSubmit",
+    "Payload",
+    "SummarizeReply",
+    "SummarizeRequest",
+    "TaskAssign",
+    "TaskResult",
+    "TokenUsage",
+    "decode",
+    "decode_job_state",
+    "encode",
+    "new_id",
+    "utcnow",
+]
+
+SCHEMA_VERSION: Final = 1
+
+Token = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,128}$")]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Payload(BaseModel):
+    """Base of every payload; `MSG_TYPE` is its `msg_type` on the wire."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    MSG_TYPE: ClassVar[str] = ""
+
+
+class DocumentRef(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    bucket: Token
+    name: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+    size_bytes: int = Field(ge=0)
+    sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+
+
+class JobSubmit(Payload):
+    MSG_TYPE: ClassVar[str] = "job.submit"
+    job_id: Token
+    skill: Token = "summarize"
+    text: str | None = None
+    document: DocumentRef | None = None
+    summary_chars: int | None = Field(default=None, ge=50, le=1_000_000)
+    title: Annotated[str, StringConstraints(max_length=512)] = ""
+
+
+class TaskAssign(Payload):
+    MSG_TYPE: ClassVar[str] = "task.assign"
+    job_id: Token
+    task_id: Token
+    level: int = Field(ge=0, le=64)
+    """0 = map step over document chunks; 1+ = reduce steps over summaries."""
+    index: int = Field(ge=0)
+    count: int = Field(ge=1)
+    text: Annotated[str, StringConstraints(min_length=1)]
+    max_chars: int = Field(ge=20)
+
+
+class TokenUsage(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    prompt_tokens: int = Field(default=0, ge=0)
+    completion_tokens: int = Field(default=0, ge=0)
+
+
+class TaskResult(Payload):
+    MSG_TYPE: ClassVar[str] = "task.result"
+    job_id: Token
+    task_id: Token
+    level: int = Field(ge=0, le=64)
+    index: int = Field(ge=0)
+    ok: bool
+    summary: str = ""
+    error: str | None = None
+    worker_id: Token
+    duration_ms: float = Field(ge=0)
+    usage: TokenUsage | None = None
+
+
+class EventKind(StrEnum):
+    JOB_ACCEPTED = "job.accepted"
+    JOB_CHUNKED = "job.chunked"
+    JOB_REDUCING = "job.reducing"
+    JOB_COMPLETED = "job.completed"
+    JOB_FAILED = "job.failed"
+    TASK_STARTED = "task.started"
+    TASK_COMPLETED = "task.completed"
+    TASK_RETRIED = "task.retried"
+    TASK_DEAD_LETTERED = "task.dead_lettered"
+    MESSAGE_REJECTED = "message.rejected"
+    AGENT_STARTED = "agent.started"
+    AGENT_STOPPED = "agent.stopped"
+
+
+class AgentEvent(Payload):
+    MSG_TYPE: ClassVar[str] = "agent.event"
+    event_id: Token
+    agent_id: Token
+    service: Token
+    kind: EventKind
+    job_id: Token | None = None
+    task_id: Token | None = None
+    data: dict[str, Any] = Field(default_factory=dict)
+    ts: datetime = Field(default_factory=utcnow)
+
+
+class HistoryQuery(Payload):
+    MSG_TYPE: ClassVar[str] = "history.query"
+    job_id: Token
+    limit: int = Field(default=10_000, ge=1, le=100_000)
+
+
+class HistoryReply(Payload):
+    MSG_TYPE: ClassVar[str] = "history.reply"
+    job_id: Token
+    events: list[AgentEvent] = Field(default_factory=list)
+    error: str | None = None
+
+
+class SummarizeRequest(Payload):
+    MSG_TYPE: ClassVar[str] = "summarize.request"
+    text: Annotated[str, StringConstraints(min_length=1)]
+    max_chars: int = Field(default=1200, ge=20)
+
+
+class SummarizeReply(Payload):
+    MSG_TYPE: ClassVar[str] = "summarize.reply"
+    ok: bool
+    summary: str = ""
+    error: str | None = None
+    worker_id: Token
+
+
+class Command(Payload):
+    MSG_TYPE: ClassVar[str] = "agent.command"
+    command: Literal["ping", "pause", "resume", "drain"]
+
+
+class CommandReply(Payload):
+    MSG_TYPE: ClassVar[str] = "agent.command_reply"
+    agent_id: Token
+    service: Token
+    ok: bool
+    state: str
+    detail: str = ""
+
+
+MESSAGE_TYPES: Final[dict[str, type[Payload]]] = {
+    m.MSG_TYPE: m
+    for m in (
+        JobSubmit,
+        TaskAssign,
+        TaskResult,
+        AgentEvent,
+        HistoryQuery,
+        HistoryReply,
+        SummarizeRequest,
+        SummarizeReply,
+        Command,
+        CommandReply,
+    )
+}
+
+P = TypeVar("P", bound=Payload)
+
+
+class Envelope(BaseModel, Generic[P]):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    schema_version: int = Field(default=SCHEMA_VERSION, ge=1)
+    id: Token = Field(default_factory=new_id)
+    sender: Token
+    msg_type: str
+    created_at: datetime = Field(default_factory=utcnow)
+    payload: P
+
+
+def encode(payload: Payload, *, sender: str, msg_id: str | None = None) -> bytes:
+    env: Envelope[Payload] = Envelope(
+        sender=sender, msg_type=payload.MSG_TYPE, payload=payload, id=msg_id or new_id()
+    )
+    return env.model_dump_json().encode()
+
+
+def _first_error(e: ValidationError) -> str:
+    err = e.errors(include_url=False, include_input=False)[0]
+    where = ".".join(str(p) for p in err["loc"]) or "message"
+    more = f" (+{e.error_count() - 1} more)" if e.error_count() > 1 else ""
+    return f"{where}: {err['msg']}{more}"
+
+
+def decode(data: bytes, payload_type: type[P], *, max_bytes: int | None = None) -> Envelope[P]:
+    """Decode `data` as an envelope of `payload_type`; `MessageDecodeError` names the field."""
+    if max_bytes is not None and len(data) > max_bytes:
+        raise MessageDecodeError(f"message of {len(data)} bytes exceeds the cap of {max_bytes}")
+    try:
+        env = Envelope[payload_type].model_validate_json(data)  # type: ignore[valid-type]
+    except ValidationError as e:
+        raise MessageDecodeError(f"invalid {payload_type.MSG_TYPE}: {_first_error(e)}") from e
+    except (ValueError, RecursionError) as e:
+        raise MessageDecodeError(f"invalid {payload_type.MSG_TYPE}: {e}") from e
+    if env.msg_type != payload_type.MSG_TYPE:
+        raise MessageDecodeError(
+            f"msg_type {env.msg_type!r} where {payload_type.MSG_TYPE!r} was expected"
+        )
+    if env.schema_version > SCHEMA_VERSION:
+        raise MessageDecodeError(
+            f"schema_version {env.schema_version} is newer than supported {SCHEMA_VERSION}"
+        )
+    return env  # type: ignore[return-value]
+
+
+class JobStatus(StrEnum):
+    ACCEPTED = "accepted"
+    RUNNING = "running"
+    REDUCING = "reducing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobStatus.COMPLETED, JobStatus.FAILED)
+
+
+class JobState(BaseModel):
+    """The value of a job's key in the jobs KV bucket."""
+
+    model_config = ConfigDict(extra="forbid")
+    job_id: Token
+    status: JobStatus
+    title: str = ""
+    skill: Token = "summarize"
+    document_chars: int = Field(default=0, ge=0)
+    summary_chars: int = Field(default=1200, ge=20)
+    chunks: int = Field(default=0, ge=0)
+    """Number of map tasks (document chunks)."""
+    level: int = Field(default=0, ge=0)
+    """Current step: 0 = map, 1+ = reduce."""
+    level_tasks: int = Field(default=0, ge=0)
+    level_done: list[int] = Field(default_factory=list)
+    """Indices of the current level's tasks whose result is recorded."""
+    tasks_done_total: int = Field(default=0, ge=0)
+    summary: str | None = None
+    summary_ref: DocumentRef | None = None
+    error: str | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    trace_id: str | None = None
+
+    @property
+    def progress(self) -> float:
+        if self.status is JobStatus.COMPLETED:
+            return 1.0
+        if self.chunks == 0:
+            return 0.0
+        done_map = self.chunks if self.level > 0 else len(self.level_done)
+        return min(0.99, done_map / self.chunks * (0.9 if self.chunks > 1 else 0.99))
+
+
+def decode_job_state(data: bytes) -> JobState:
+    try:
+        return JobState.model_validate_json(data)
+    except ValidationError as e:
+        raise MessageDecodeError(f"invalid job state: {_first_error(e)}") from e

@@ -1,0 +1,182 @@
+"""The common life of a service process: settings, logging, tracing, the health port,
+the NATS connection, control commands, and a clean SIGTERM.
+
+A service subclasses `AgentService` and returns its consumer loops from `setup`. The
+runner binds them, serves `/readyz` once NATS is connected and every loop is bound, and
+on SIGTERM/SIGINT (or a `drain` command) stops pulling, waits for in-flight work up to
+the grace period, drains the connection and exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from importlib.metadata import PackageNotFoundError, version
+from typing import ClassVar
+
+from nats.aio.msg import Msg
+
+from agentbus import metrics, subjects, telemetry
+from agentbus.bus import Bus, BusError, ConsumerLoop
+from agentbus.errors import MessageDecodeError
+from agentbus.health import HealthServer
+from agentbus.logs import configure_logging
+from agentbus.messages import Command, CommandReply, EventKind, decode, encode
+from agentbus.settings import Settings
+
+__all__ = ["AgentService", "agentbus_version", "run_service"]
+
+log = logging.getLogger("agentbus.service")
+
+
+def agentbus_version() -> str:
+    try:
+        return version("agentbus")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+class AgentService:
+    """Base of the orchestrator, worker and archiver services."""
+
+    name: ClassVar[str] = "service"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.loops: list[ConsumerLoop] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self.bus: Bus | None = None
+        self.stopped = asyncio.Event()
+
+    async def setup(self, bus: Bus) -> list[ConsumerLoop]:
+        """Prepare resources and return the consumer loops to run."""
+        raise NotImplementedError
+
+    async def teardown(self) -> None:
+        """Release resources after the loops have stopped."""
+
+    def readiness(self) -> tuple[bool, str]:
+        if self.bus is None:
+            return False, "starting"
+        if not self.bus.connected:
+            return False, "NATS not connected"
+        unbound = [loop.durable for loop in self.loops if not loop.bound]
+        if unbound:
+            return False, "consumers not bound: " + ", ".join(unbound)
+        return True, "ready"
+
+    @property
+    def state(self) -> str:
+        if self.stopped.is_set():
+            return "draining"
+        if self.loops and all(loop.paused for loop in self.loops):
+            return "paused"
+        return "running"
+
+    def in_flight(self) -> int:
+        return sum(loop.in_flight for loop in self.loops)
+
+    def pause(self) -> None:
+        for loop in self.loops:
+            loop.pause()
+
+    def resume(self) -> None:
+        for loop in self.loops:
+            loop.resume()
+
+    async def start(self, bus: Bus) -> None:
+        self.bus = bus
+        self.loops = await self.setup(bus)
+        self._tasks = [asyncio.create_task(loop.run()) for loop in self.loops]
+
+    async def stop(self, *, grace_s: float) -> bool:
+        """Stop pulling, wait for in-flight work; True when everything finished in time."""
+        self.stopped.set()
+        for loop in self.loops:
+            loop.stop()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        results = await asyncio.gather(*(loop.wait_idle(timeout_s=grace_s) for loop in self.loops))
+        for loop in self.loops:
+            await loop.close()
+        await self.teardown()
+        return all(results)
+
+
+async def _serve_commands(bus: Bus, service: AgentService, drain: Callable[[], None]) -> None:
+    async def on_command(msg: Msg) -> None:
+        try:
+            cmd = decode(msg.data, Command, max_bytes=4096).payload.command
+        except MessageDecodeError as e:
+            reply = CommandReply(
+                agent_id=bus.agent_id, service=service.name, ok=False, state=service.state,
+                detail=str(e),
+            )  # fmt: skip
+        else:
+            if cmd == "pause":
+                service.pause()
+            elif cmd == "resume":
+                service.resume()
+            elif cmd == "drain":
+                drain()
+            reply = CommandReply(
+                agent_id=bus.agent_id,
+                service=service.name,
+                ok=True,
+                state="draining" if cmd == "drain" else service.state,
+                detail=f"in_flight={service.in_flight()}",
+            )
+        if msg.reply:
+            await msg.respond(encode(reply, sender=bus.agent_id))
+
+    await bus.nc.subscribe(subjects.agent_commands(bus.agent_id), cb=on_command)
+
+
+async def run_service(
+    factory: Callable[[Settings], AgentService],
+    settings: Settings,
+    *,
+    on_ready: Callable[[AgentService], Awaitable[None]] | None = None,
+) -> int:
+    """Run one service until SIGTERM/SIGINT or a drain command; returns the exit code."""
+    service = factory(settings)
+    configure_logging(
+        service=service.name, agent_id=settings.agent_id, level=settings.log_level,
+        fmt=settings.log_format,
+    )  # fmt: skip
+    telemetry.setup_tracing(service=service.name, agent_id=settings.agent_id)
+    metrics.BUILD_INFO.info({"version": agentbus_version(), "service": service.name})
+    health = HealthServer(
+        host=settings.http.host, port=settings.http.port, readiness=service.readiness
+    )
+    await health.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("%s %s starting; http port %s", service.name, agentbus_version(), health.bound_port)
+    bus = await Bus.connect(
+        settings.nats, agent_id=settings.agent_id, service=service.name, retry_forever=True
+    )
+    try:
+        await _serve_commands(bus, service, stop.set)
+        await service.start(bus)
+        with contextlib.suppress(BusError):
+            await bus.emit(EventKind.AGENT_STARTED, data={"service": service.name})
+        log.info("%s ready (agent %s)", service.name, settings.agent_id)
+        if on_ready is not None:
+            await on_ready(service)
+        await stop.wait()
+        log.info("stopping: finishing in-flight work (grace %.0fs)", settings.worker.grace_period_s)
+        finished = await service.stop(grace_s=settings.worker.grace_period_s)
+        if not finished:
+            log.warning("grace period over with work in flight; it will be redelivered")
+        with contextlib.suppress(BusError):
+            await bus.emit(EventKind.AGENT_STOPPED, data={"service": service.name})
+    finally:
+        await bus.close()
+        await health.stop()
+    log.info("%s stopped", service.name)
+    return 0

@@ -1,0 +1,206 @@
+"""Settings of every agentbus service, read from the environment.
+
+Prefix `AGENTBUS_`, nested delimiter `__`: `AGENTBUS_NATS__URL`, `AGENTBUS_WORKER__CONCURRENCY`.
+Invalid settings raise `ConfigError` with one line naming the variable.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Annotated, Final, Literal
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from agentbus.errors import ConfigError
+
+__all__ = [
+    "ENV_PREFIX",
+    "ArchiverSettings",
+    "HttpSettings",
+    "LimitsSettings",
+    "NatsSettings",
+    "OrchestratorSettings",
+    "Settings",
+    "SummarizerSettings",
+    "TopologySettings",
+    "WorkerSettings",
+    "default_agent_id",
+    "env_var_names",
+    "load_settings",
+]
+
+ENV_PREFIX: Final = "AGENTBUS_"
+ENV_NESTED_DELIMITER: Final = "__"
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+class NatsSettings(BaseModel):
+    url: str = "nats://127.0.0.1:4222"
+    """Comma-separated server URLs."""
+    user: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    token: SecretStr | None = None
+    creds_file: Path | None = None
+    nkey_seed_file: Path | None = None
+    tls_ca_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    connect_timeout_s: PositiveFloat = 2.0
+    reconnect_wait_s: PositiveFloat = 1.0
+    inbox_prefix: str = "_INBOX"
+
+    @property
+    def servers(self) -> list[str]:
+        return [u.strip() for u in self.url.split(",") if u.strip()]
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        for url in value.split(","):
+            url = url.strip()
+            if not url or "://" not in url:
+                raise ValueError(f"not a NATS URL: {url!r} (expected nats://host:port)")
+        return value
+
+
+class HttpSettings(BaseModel):
+    host: str = "0.0.0.0"
+    port: int = Field(default=9090, ge=0, le=65535)
+
+
+class LimitsSettings(BaseModel):
+    max_document_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
+    """Hard cap on one document; larger ones are refused at intake."""
+    inline_limit_bytes: int = Field(default=256 * 1024, gt=0)
+    """Documents above this travel through the object store."""
+    max_message_bytes: int = Field(default=1024 * 1024, gt=0)
+    """Largest message any service decodes; bigger ones go to the DLQ."""
+
+
+class TopologySettings(BaseModel):
+    replicas: int = Field(default=1, ge=1, le=5)
+    """Stream replicas (3 on a NATS cluster)."""
+    storage: Literal["file", "memory"] = "file"
+    results_max_age_s: PositiveFloat = 3600.0
+    events_max_age_s: PositiveFloat = 7 * 24 * 3600.0
+    events_max_msgs: int = Field(default=1_000_000, gt=0)
+    dlq_max_age_s: PositiveFloat = 30 * 24 * 3600.0
+    duplicate_window_s: PositiveFloat = 120.0
+    ack_wait_s: PositiveFloat = 30.0
+    max_deliver: int = Field(default=5, ge=1)
+    jobs_ttl_s: PositiveFloat = 7 * 24 * 3600.0
+
+
+class WorkerSettings(BaseModel):
+    skill: str = "summarize"
+    concurrency: int = Field(default=4, ge=1, le=1024)
+    fetch_timeout_s: PositiveFloat = 1.0
+    in_progress_interval_s: PositiveFloat = 10.0
+    backoff_s: list[float] = Field(default_factory=lambda: [1.0, 2.0, 5.0, 10.0])
+    grace_period_s: PositiveFloat = 25.0
+
+
+class SummarizerSettings(BaseModel):
+    backend: Literal["extractive", "simulated", "openai"] = "extractive"
+    simulated_latency_ms: float = Field(default=50.0, ge=0)
+    simulated_fail_rate: float = Field(default=0.0, ge=0, le=1)
+    openai_base_url: str = "http://127.0.0.1:8000/v1"
+    openai_model: str = "default"
+    openai_api_key: SecretStr | None = None
+    openai_api_key_file: Path | None = None
+    openai_timeout_s: PositiveFloat = 60.0
+
+
+class OrchestratorSettings(BaseModel):
+    chunk_chars: int = Field(default=6000, ge=200)
+    """Budget of one task's text."""
+    chunk_summary_chars: int = Field(default=800, ge=50)
+    """Budget of the summary of one chunk (at most half of chunk_chars)."""
+    summary_chars: int = Field(default=1200, ge=50)
+    """Default budget of a job's final summary."""
+    concurrency: int = Field(default=32, ge=1, le=4096)
+
+
+class ArchiverSettings(BaseModel):
+    database_url: str = "sqlite+aiosqlite:///agentbus-archive.db"
+    batch_size: int = Field(default=256, ge=1, le=10_000)
+    fetch_timeout_s: PositiveFloat = 0.5
+
+
+def default_agent_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_NESTED_DELIMITER,
+        extra="forbid",
+        case_sensitive=False,
+    )
+
+    agent_id: str = Field(default_factory=default_agent_id, pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["auto", "json", "text"] = "auto"
+    nats: NatsSettings = Field(default_factory=NatsSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
+    topology: TopologySettings = Field(default_factory=TopologySettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    summarizer: SummarizerSettings = Field(default_factory=SummarizerSettings)
+    orchestrator: OrchestratorSettings = Field(default_factory=OrchestratorSettings)
+    archiver: ArchiverSettings = Field(default_factory=ArchiverSettings)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+
+def _env_name(loc: tuple[int | str, ...]) -> str:
+    return ENV_PREFIX + ENV_NESTED_DELIMITER.join(str(p).upper() for p in loc)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings from the environment (plus keyword overrides).
+
+    Raises `ConfigError` whose message names the offending variable, in one line.
+    """
+    try:
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{_env_name(err['loc'])}: {err['msg']}" for err in e.errors(include_url=False)
+        )
+        raise ConfigError(f"invalid settings: {problems}") from e
+    except ValueError as e:  # pydantic-settings' JSON parse errors of complex fields
+        raise ConfigError(f"invalid settings: {e}") from e
+    orch = settings.orchestrator
+    if orch.chunk_summary_chars * 2 > orch.chunk_chars:
+        raise ConfigError(
+            "invalid settings: AGENTBUS_ORCHESTRATOR__CHUNK_SUMMARY_CHARS must be at most half of "
+            f"AGENTBUS_ORCHESTRATOR__CHUNK_CHARS "
+            f"({orch.chunk_summary_chars} > {orch.chunk_chars}/2)"
+        )
+    return settings
+
+
+def env_var_names() -> set[str]:
+    """Every environment variable that names a leaf setting (for chart conformance tests)."""
+    names: set[str] = set()
+
+    def walk(model: type[BaseModel], prefix: tuple[str, ...]) -> None:
+        for name, field in model.model_fields.items():
+            ann = field.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                walk(ann, (*prefix, name))
+            else:
+                names.add(_env_name((*prefix, name)))
+
+    walk(Settings, ())
+    return names

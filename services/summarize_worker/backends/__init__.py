@@ -1,0 +1,41 @@
+"""Summarizer backends of the summarize worker and the factory that picks one from settings.
+
+- `extractive` (default): offline, deterministic, no model download;
+- `simulated`: fixed latency and optional failures, for benchmarks and tests;
+- `openai`: not available in this build yet (`make_summarizer` refuses it).
+"""
+
+from __future__ import annotations
+
+from agentbus.settings import SummarizerSettings
+from summarize_worker.backends.base import Summarizer, Summary
+from summarize_worker.backends.extractive import ExtractiveSummarizer, summarize_extractive
+from summarize_worker.backends.simulated import SimulatedSummarizer, lead_summary
+from summarize_worker.errors import SummarizerError
+
+__all__ = [
+    "ExtractiveSummarizer",
+    "SimulatedSummarizer",
+    "Summarizer",
+    "Summary",
+    "lead_summary",
+    "make_summarizer",
+    "summarize_extractive",
+]
+
+
+def make_summarizer(settings: SummarizerSettings) -> Summarizer:
+    """The summarizer backend named by `settings.backend` (`AGENTBUS_SUMMARIZER__BACKEND`).
+
+    Raises a non-retryable `SummarizerError` for a backend this build does not provide.
+    """
+    if settings.backend == "extractive":
+        return ExtractiveSummarizer()
+    if settings.backend == "simulated":
+        return SimulatedSummarizer(
+            latency_ms=settings.simulated_latency_ms, fail_rate=settings.simulated_fail_rate
+        )
+    raise SummarizerError(
+        f"AGENTBUS_SUMMARIZER__BACKEND={settings.backend} is not available in this build",
+        retryable=False,
+    )

@@ -1,0 +1,132 @@
+"""Shared fixtures: a real nats-server per test on a random port, settings pointing at
+it, a provisioned JetStream topology, and services run in-process or as processes."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from agentbus.bus import Bus
+from agentbus.embedded import EmbeddedNatsServer
+from agentbus.service import AgentService
+from agentbus.settings import Settings, load_settings
+from agentbus.topology import provision
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[EmbeddedNatsServer]:
+    server = EmbeddedNatsServer(store_dir=tmp_path / "js")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def make_settings(url: str, tmp_path: Path, **overrides: object) -> Settings:
+    base: dict[str, object] = {
+        "nats": {"url": url, "reconnect_wait_s": 0.2},
+        "http": {"host": "127.0.0.1", "port": 0},
+        "archiver": {"database_url": f"sqlite+aiosqlite:///{tmp_path / 'archive.db'}"},
+        "worker": {"fetch_timeout_s": 0.5, "backoff_s": [0.1, 0.2], "grace_period_s": 10},
+        "topology": {"ack_wait_s": 5.0, "max_deliver": 3},
+        "log_format": "text",
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            base[key] = {**base[key], **value}  # type: ignore[dict-item]
+        else:
+            base[key] = value
+    return load_settings(**base)
+
+
+@pytest.fixture
+def settings(nats_server: EmbeddedNatsServer, tmp_path: Path) -> Settings:
+    return make_settings(nats_server.url, tmp_path)
+
+
+@pytest.fixture
+async def bus(settings: Settings) -> AsyncIterator[Bus]:
+    b = await Bus.connect(settings.nats, agent_id="test-client", service="test")
+    await provision(b.js, settings)
+    try:
+        yield b
+    finally:
+        await b.close()
+
+
+class Running:
+    """Services started in this test's event loop; stopped (in reverse) at teardown."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[AgentService, Bus]] = []
+
+    async def start(
+        self, factory: Callable[[Settings], AgentService], settings: Settings, agent_id: str
+    ) -> AgentService:
+        s = settings.model_copy(update={"agent_id": agent_id})
+        service = factory(s)
+        b = await Bus.connect(s.nats, agent_id=agent_id, service=service.name)
+        await service.start(b)
+        self.items.append((service, b))
+        return service
+
+    async def stop(self, service: AgentService, *, grace_s: float = 5.0) -> None:
+        for i, (svc, b) in enumerate(self.items):
+            if svc is service:
+                del self.items[i]
+                await svc.stop(grace_s=grace_s)
+                await b.close()
+                return
+
+    async def close(self) -> None:
+        while self.items:
+            svc, b = self.items.pop()
+            with contextlib.suppress(Exception):
+                await svc.stop(grace_s=2.0)
+            await b.close()
+
+
+@pytest.fixture
+async def running() -> AsyncIterator[Running]:
+    r = Running()
+    try:
+        yield r
+    finally:
+        await r.close()
+
+
+async def stream_events(bus: Bus) -> list[tuple[str, bytes]]:
+    """Every message now in AGENT_EVENTS as (subject, data), oldest first."""
+    from agentbus import subjects
+
+    info = await bus.js.stream_info(subjects.AGENT_EVENTS_STREAM)
+    out: list[tuple[str, bytes]] = []
+    if info.state.messages == 0:
+        return out
+    sub = await bus.js.subscribe("agent.>", ordered_consumer=True)
+    try:
+        while True:
+            msg = await sub.next_msg(timeout=5)
+            out.append((msg.subject, msg.data))
+            if msg.metadata.sequence.stream >= info.state.last_seq:
+                return out
+    finally:
+        await sub.unsubscribe()
+
+
+async def dlq_messages(bus: Bus) -> list[tuple[str, dict[str, str], bytes]]:
+    """Every dead letter as (subject, headers, data)."""
+    from agentbus import subjects
+
+    info = await bus.js.stream_info(subjects.DLQ_STREAM)
+    out: list[tuple[str, dict[str, str], bytes]] = []
+    for seq in range(info.state.first_seq, info.state.last_seq + 1):
+        if info.state.messages == 0:
+            break
+        m = await bus.js.get_msg(subjects.DLQ_STREAM, seq)
+        out.append((m.subject, dict(m.headers or {}), m.data or b""))
+    return out

@@ -1,0 +1,149 @@
+"""The whole stack through the CLI: `agentbus up --workers 3`, 20 documents of very
+different lengths submitted with `agentbus submit`, 20 summaries, and every emitted
+event exactly once in the archive; Ctrl-C stops everything."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from agentbus.bus import Bus
+from agentbus.messages import AgentEvent, decode
+from agentbus.settings import NatsSettings
+from event_archiver import EventStore
+from tests.conftest import stream_events
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+
+AGENTBUS = [sys.executable, "-m", "agentbus"]
+WORDS = (
+    "river delta harbor tide current sediment estuary marsh channel levee flood drought "
+    "farmer village market bridge ferry boat salt fresh water season spring autumn storm"
+).split()
+
+
+def _document(rng: random.Random, sentences: int) -> str:
+    out = []
+    for i in range(sentences):
+        words = [rng.choice(WORDS) for _ in range(rng.randint(6, 18))]
+        out.append(" ".join(words).capitalize() + ".")
+        if i % 7 == 6:
+            out.append("\n\n")
+    return " ".join(out)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie (exited, not yet reaped by a parent that is gone) is not running
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def test_up_submit_twenty_documents_and_archive_every_event(tmp_path: Path) -> None:
+    data_dir = tmp_path / "stack"
+    up = subprocess.Popen(
+        [*AGENTBUS, "up", "--workers", "3", "--data-dir", str(data_dir)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        state_file = data_dir / "stack.json"
+        deadline = time.monotonic() + 60
+        while not state_file.exists():
+            assert up.poll() is None, up.stdout.read() if up.stdout else ""
+            assert time.monotonic() < deadline, "stack not up within 60s"
+            time.sleep(0.1)
+        state = json.loads(state_file.read_text())
+        url = state["nats_url"]
+        pids = [s["pid"] for s in state["services"]]
+        assert len(pids) == 5  # archiver, orchestrator, 3 workers
+
+        rng = random.Random(7)
+        lengths = [
+            1,
+            2,
+            3,
+            5,
+            8,
+            13,
+            20,
+            30,
+            45,
+            60,
+            80,
+            100,
+            150,
+            200,
+            300,
+            400,
+            600,
+            800,
+            1200,
+            2000,
+        ]
+        files = []
+        for i, n in enumerate(lengths):
+            f = tmp_path / f"doc{i:02}.txt"
+            f.write_text(_document(rng, n))
+            files.append(f)
+        env = {**os.environ, "AGENTBUS_NATS__URL": url}
+        done = subprocess.run(
+            [*AGENTBUS, "submit", "--json", "--timeout", "200", *map(str, files)],
+            env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        records = json.loads(done.stdout)
+        assert len(records) == 20
+        assert [r["status"] for r in records] == ["completed"] * 20
+        assert all(r["summary"] and len(r["summary"]) <= 1200 for r in records)
+        assert max(r["chunks"] for r in records) > 10  # long documents really fanned out
+        assert len({r["job_id"] for r in records}) == 20
+
+        async def archive_matches_stream() -> tuple[list[str], list[str]]:
+            bus = await Bus.connect(NatsSettings(url=url), agent_id="e2e-check", service="test")
+            store = EventStore(f"sqlite+aiosqlite:///{data_dir / 'archive.db'}")
+            try:
+                for _ in range(100):
+                    emitted = [
+                        decode(d, AgentEvent).payload.event_id for _s, d in await stream_events(bus)
+                    ]
+                    archived = await store.event_ids()
+                    if len(archived) >= len(emitted):
+                        return emitted, archived
+                    await asyncio.sleep(0.2)
+                return emitted, archived
+            finally:
+                await store.close()
+                await bus.close()
+
+        emitted, archived = asyncio.run(archive_matches_stream())
+        assert len(emitted) == len(set(emitted)), "an event was emitted twice"
+        assert sorted(archived) == sorted(emitted)
+        assert len(emitted) > 20 * 4  # accepted, chunked, task events, completed per job
+    finally:
+        up.send_signal(signal.SIGINT)
+        try:
+            out, _ = up.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            up.kill()
+            out, _ = up.communicate()
+    assert up.returncode == 0, out
+    assert "stopped" in out
+    for pid in pids:
+        assert not _pid_alive(pid), f"process {pid} left running"
