@@ -130,3 +130,20 @@ async def dlq_messages(bus: Bus) -> list[tuple[str, dict[str, str], bytes]]:
         m = await bus.js.get_msg(subjects.DLQ_STREAM, seq)
         out.append((m.subject, dict(m.headers or {}), m.data or b""))
     return out
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """In CI every tier but `kind` must really run: a skip there is a failure."""
+    import os
+
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if (
+        os.environ.get("CI") == "true"
+        and report.skipped
+        and not hasattr(report, "wasxfail")
+        and item.get_closest_marker("kind") is None
+    ):
+        report.outcome = "failed"
+        report.longrepr = f"skipped in CI outside the kind tier: {report.longrepr}"

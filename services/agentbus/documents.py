@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import nats.errors
 import nats.js.errors
@@ -12,7 +13,7 @@ from agentbus import subjects
 from agentbus.errors import AgentBusError, DocumentRejected
 from agentbus.messages import DocumentRef
 
-__all__ = ["check_document", "fetch_document", "store_document"]
+__all__ = ["check_document", "fetch_document", "read_document", "store_document"]
 
 _CAP_SETTING = "AGENTBUS_LIMITS__MAX_DOCUMENT_BYTES"
 
@@ -36,6 +37,20 @@ def check_document(data: bytes, *, max_bytes: int, name: str = "document") -> st
     if not text.strip():
         raise DocumentRejected(f"{name}: document is empty")
     return text
+
+
+def read_document(path: Path, *, max_bytes: int) -> str:
+    """Read and check a document file; `DocumentRejected` names the file."""
+    try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise DocumentRejected(
+                f"{path}: {size} bytes exceeds the cap of {max_bytes} bytes ({_CAP_SETTING})"
+            )
+        data = path.read_bytes()
+    except OSError as e:
+        raise DocumentRejected(f"{path}: cannot read: {e.strerror or e}") from e
+    return check_document(data, max_bytes=max_bytes, name=str(path))
 
 
 async def store_document(js: JetStreamContext, *, name: str, data: bytes) -> DocumentRef:

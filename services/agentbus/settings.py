@@ -11,7 +11,7 @@ import socket
 from pathlib import Path
 from typing import Annotated, Final, Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from agentbus.errors import ConfigError
@@ -38,7 +38,13 @@ ENV_NESTED_DELIMITER: Final = "__"
 PositiveFloat = Annotated[float, Field(gt=0)]
 
 
-class NatsSettings(BaseModel):
+class _Section(BaseModel):
+    """A nested group of settings; an unknown (misspelt) variable in it is an error."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class NatsSettings(_Section):
     url: str = "nats://127.0.0.1:4222"
     """Comma-separated server URLs."""
     user: str | None = None
@@ -68,12 +74,12 @@ class NatsSettings(BaseModel):
         return value
 
 
-class HttpSettings(BaseModel):
+class HttpSettings(_Section):
     host: str = "0.0.0.0"
     port: int = Field(default=9090, ge=0, le=65535)
 
 
-class LimitsSettings(BaseModel):
+class LimitsSettings(_Section):
     max_document_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
     """Hard cap on one document; larger ones are refused at intake."""
     inline_limit_bytes: int = Field(default=256 * 1024, gt=0)
@@ -82,7 +88,7 @@ class LimitsSettings(BaseModel):
     """Largest message any service decodes; bigger ones go to the DLQ."""
 
 
-class TopologySettings(BaseModel):
+class TopologySettings(_Section):
     replicas: int = Field(default=1, ge=1, le=5)
     """Stream replicas (3 on a NATS cluster)."""
     storage: Literal["file", "memory"] = "file"
@@ -96,16 +102,18 @@ class TopologySettings(BaseModel):
     jobs_ttl_s: PositiveFloat = 7 * 24 * 3600.0
 
 
-class WorkerSettings(BaseModel):
+class WorkerSettings(_Section):
     skill: str = "summarize"
     concurrency: int = Field(default=4, ge=1, le=1024)
     fetch_timeout_s: PositiveFloat = 1.0
     in_progress_interval_s: PositiveFloat = 10.0
     backoff_s: list[float] = Field(default_factory=lambda: [1.0, 2.0, 5.0, 10.0])
     grace_period_s: PositiveFloat = 25.0
+    rpc: bool = True
+    """Also serve `rpc.{skill}` (core request/reply) and register for `$SRV` discovery."""
 
 
-class SummarizerSettings(BaseModel):
+class SummarizerSettings(_Section):
     backend: Literal["extractive", "simulated", "openai"] = "extractive"
     simulated_latency_ms: float = Field(default=50.0, ge=0)
     simulated_fail_rate: float = Field(default=0.0, ge=0, le=1)
@@ -114,9 +122,18 @@ class SummarizerSettings(BaseModel):
     openai_api_key: SecretStr | None = None
     openai_api_key_file: Path | None = None
     openai_timeout_s: PositiveFloat = 60.0
+    """Timeout of one HTTP request (connect + response)."""
+    openai_max_retries: int = Field(default=4, ge=0, le=20)
+    """Retries of one request after a 429, a 5xx, a timeout or a connection error."""
+    openai_backoff_s: PositiveFloat = 0.5
+    """First retry delay; doubled per retry up to `openai_backoff_max_s` (Retry-After wins)."""
+    openai_backoff_max_s: PositiveFloat = 30.0
+    openai_temperature: float = Field(default=0.2, ge=0, le=2)
+    openai_max_tokens: int = Field(default=2048, ge=16)
+    """Cap of `max_tokens` per request (otherwise derived from the summary budget)."""
 
 
-class OrchestratorSettings(BaseModel):
+class OrchestratorSettings(_Section):
     chunk_chars: int = Field(default=6000, ge=200)
     """Budget of one task's text."""
     chunk_summary_chars: int = Field(default=800, ge=50)
@@ -126,7 +143,7 @@ class OrchestratorSettings(BaseModel):
     concurrency: int = Field(default=32, ge=1, le=4096)
 
 
-class ArchiverSettings(BaseModel):
+class ArchiverSettings(_Section):
     database_url: str = "sqlite+aiosqlite:///agentbus-archive.db"
     batch_size: int = Field(default=256, ge=1, le=10_000)
     fetch_timeout_s: PositiveFloat = 0.5
