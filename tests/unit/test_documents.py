@@ -35,9 +35,9 @@ def test_accepted_text_is_returned_unchanged() -> None:
 
 def test_read_document_names_the_file(tmp_path: Path) -> None:
     missing = tmp_path / "nope.txt"
-    with pytest.raises(DocumentRejected, match="nope.txt: cannot read"):
+    with pytest.raises(DocumentRejected, match=r"nope\.txt: cannot read"):
         read_document(missing, max_bytes=10)
     big = tmp_path / "big.txt"
     big.write_text("y" * 50)
-    with pytest.raises(DocumentRejected, match="big.txt: 50 bytes exceeds"):
+    with pytest.raises(DocumentRejected, match=r"big\.txt: 50 bytes exceeds"):
         read_document(big, max_bytes=10)

@@ -50,7 +50,7 @@ def test_envelope_keeps_the_seed_shape() -> None:
             summary="s",
             worker_id="w",
             duration_ms=1.5,
-        ),  # fmt: skip
+        ),
         AgentEvent(event_id="e1", agent_id="a", service="worker", kind=EventKind.TASK_STARTED),
     ],
 )
