@@ -16,7 +16,15 @@ from agentbus.errors import (
     NatsServerError,
     TopologyError,
 )
-from agentbus.messages import AgentEvent, EventKind, JobState, JobStatus, JobSubmit, TaskAssign, TaskResult
+from agentbus.messages import (
+    AgentEvent,
+    EventKind,
+    JobState,
+    JobStatus,
+    JobSubmit,
+    TaskAssign,
+    TaskResult,
+)
 from agentbus.service import AgentService, run_service
 from agentbus.settings import Settings, load_settings
 from agentbus.topology import provision

@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from pathlib import Path
 from typing import Any, Final
 
 import nats
@@ -33,17 +35,21 @@ from agentbus.settings import NatsSettings
 
 __all__ = [
     "DLQ_HEADER_DELIVERIES",
+    "DLQ_HEADER_MSG_ID",
     "DLQ_HEADER_REASON",
     "DLQ_HEADER_SEQ",
     "DLQ_HEADER_STREAM",
     "DLQ_HEADER_SUBJECT",
+    "DLQ_HEADER_TRUNCATED",
     "MSG_ID_HEADER",
+    "PUBLISH_RETRY_FOR_S",
     "BatchConsumerLoop",
     "Bus",
     "BusError",
     "ConsumerLoop",
     "connect_nats",
     "delivery_count",
+    "redact_url",
 ]
 
 log = logging.getLogger("agentbus.bus")
@@ -54,22 +60,71 @@ DLQ_HEADER_STREAM: Final = "Agentbus-Dlq-Stream"
 DLQ_HEADER_SUBJECT: Final = "Agentbus-Dlq-Subject"
 DLQ_HEADER_SEQ: Final = "Agentbus-Dlq-Seq"
 DLQ_HEADER_DELIVERIES: Final = "Agentbus-Dlq-Deliveries"
+DLQ_HEADER_MSG_ID: Final = "Agentbus-Dlq-Msg-Id"
+"""The original `Nats-Msg-Id` (the dead letter itself gets a DLQ-specific one)."""
 _HEADER_VALUE_MAX: Final = 1024
 _REBIND_BACKOFF_S: Final = (0.2, 0.5, 1.0, 2.0, 5.0)
+PUBLISH_RETRY_FOR_S: Final = 30.0
+"""How long a JetStream publish is retried through transient failures (see `publish_raw`)."""
+_TRANSIENT_PUBLISH_ERRORS: Final = (
+    nats.js.errors.NoStreamResponseError,  # no stream leader answered (election, restart)
+    nats.js.errors.ServiceUnavailableError,
+    nats.errors.NoRespondersError,
+    nats.errors.OutboundBufferLimitError,  # reconnecting with a full buffer
+    TimeoutError,  # includes nats.errors.TimeoutError
+)
+_NO_RESPONDERS: Final = (nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError)
+_HANDLER_RETRY_MAX_S: Final = 30.0
+DLQ_HEADER_TRUNCATED: Final = "Agentbus-Dlq-Truncated"
+"""Set (to the original size) when a dead letter's payload had to be cut to fit."""
+_HEADER_NAME_RE: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,128}")
+_DLQ_KEPT_HEADERS_MAX: Final = 16 * 1024
+_DLQ_HEADER_ROOM: Final = 4 * 1024
+"""Bytes kept free for the headers added when publishing (trace context, message id)."""
+_TLS_SETTINGS: Final = (
+    "AGENTBUS_NATS__TLS_CA_FILE, AGENTBUS_NATS__TLS_CERT_FILE, AGENTBUS_NATS__TLS_KEY_FILE"
+)
+_USERINFO_RE: Final = re.compile(r"(\w+://)[^@/,\s]*@")
 
 
 class BusError(AgentBusError):
     """A NATS operation failed; the message names the subject or stream."""
 
 
-def _tls_context(cfg: NatsSettings) -> ssl.SSLContext | None:
-    if not (cfg.tls_ca_file or cfg.tls_cert_file):
+def _readable(path: Path | None, setting: str) -> str | None:
+    """`path` as a string once it is known to be readable; the error names the setting."""
+    if path is None:
         return None
-    ctx = ssl.create_default_context(cafile=str(cfg.tls_ca_file) if cfg.tls_ca_file else None)
-    if cfg.tls_cert_file:
-        ctx.load_cert_chain(
-            str(cfg.tls_cert_file), str(cfg.tls_key_file) if cfg.tls_key_file else None
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as e:
+        raise BusError(f"cannot read {setting} {path}: {e.strerror or type(e).__name__}") from e
+    return str(path)
+
+
+def _tls_context(cfg: NatsSettings) -> ssl.SSLContext | None:
+    if not (cfg.tls_ca_file or cfg.tls_cert_file or cfg.tls_key_file):
+        return None
+    if bool(cfg.tls_cert_file) != bool(cfg.tls_key_file):
+        raise BusError(
+            "AGENTBUS_NATS__TLS_CERT_FILE and AGENTBUS_NATS__TLS_KEY_FILE must be set together"
         )
+    ca = _readable(cfg.tls_ca_file, "AGENTBUS_NATS__TLS_CA_FILE")
+    cert = _readable(cfg.tls_cert_file, "AGENTBUS_NATS__TLS_CERT_FILE")
+    key = _readable(cfg.tls_key_file, "AGENTBUS_NATS__TLS_KEY_FILE")
+    try:
+        ctx = ssl.create_default_context(cafile=ca)
+    except ssl.SSLError as e:
+        raise BusError(f"AGENTBUS_NATS__TLS_CA_FILE {ca} holds no usable CA: {e}") from e
+    if cert:
+        try:
+            ctx.load_cert_chain(cert, key)
+        except ssl.SSLError as e:
+            raise BusError(
+                f"AGENTBUS_NATS__TLS_CERT_FILE {cert} / AGENTBUS_NATS__TLS_KEY_FILE {key}: "
+                f"not a matching PEM certificate and key ({e.reason or e})"
+            ) from e
     return ctx
 
 
@@ -79,9 +134,43 @@ def _password(cfg: NatsSettings) -> str | None:
             return cfg.password_file.read_text().strip()
         except OSError as e:
             raise BusError(
-                f"cannot read AGENTBUS_NATS__PASSWORD_FILE {cfg.password_file}: {e}"
+                f"cannot read AGENTBUS_NATS__PASSWORD_FILE {cfg.password_file}: "
+                f"{e.strerror or type(e).__name__}"
             ) from e
     return cfg.password.get_secret_value() if cfg.password else None
+
+
+def redact_url(url: str) -> str:
+    """`url` (or a comma-separated list of them) without user info: never log a password."""
+    return _USERINFO_RE.sub(r"\1***@", url)
+
+
+def _credential_settings(cfg: NatsSettings) -> str:
+    """The names (never the values) of the credential settings in use, for error hints."""
+    names = [
+        f"AGENTBUS_NATS__{n.upper()}"
+        for n in ("user", "password", "password_file", "token", "creds_file", "nkey_seed_file")
+        if getattr(cfg, n)
+    ]
+    return ", ".join(names) or "no credentials configured"
+
+
+def _refused(e: BaseException) -> bool:
+    """The server refused our credentials or TLS identity (retrying the same won't help)."""
+    text = str(e).lower()
+    return (
+        isinstance(e, nats.errors.AuthorizationError | ssl.SSLError)
+        or "authorization violation" in text
+        or "authentication" in text
+    )
+
+
+class _FirstConnectFailed(Exception):
+    """Raised from the error callback to stop nats-py's endless first-connect loop."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 async def connect_nats(
@@ -94,9 +183,28 @@ async def connect_nats(
     """Connect with reconnect forever. `retry_forever` also retries the first connect
     (services); otherwise a first failure raises `BusError` naming the URL (CLI, client)."""
     connected = metrics.NATS_CONNECTED.labels(service)
+    metrics.NATS_RECONNECTS.labels(service)  # exported at 0 from the start
+
+    errors_since_connect = 0
+    first_error: list[Exception] = []  # what stopped the first connect (for its message)
+    connecting: NatsClient | None = None
 
     async def on_error(e: Exception) -> None:
-        log.warning("nats error: %s", e)
+        if nc is connecting:
+            first_error[:] = [e]
+            if _refused(e):
+                raise _FirstConnectFailed(e)  # wrong credentials: no point in retrying
+            return
+        if "permissions violation" in str(e).lower():
+            # always visible: a service doing what its NATS user may not is a bug or an attack
+            metrics.NATS_PERMISSION_VIOLATIONS.labels(service).inc()
+            log.error("NATS %s", e)
+            return
+        # nats-py reports every failed reconnect attempt here: log the first, then rarely
+        nonlocal errors_since_connect
+        errors_since_connect += 1
+        if errors_since_connect == 1 or errors_since_connect % 100 == 0:
+            log.warning("nats error (%d since last connect): %s", errors_since_connect, e)
 
     async def on_disconnected() -> None:
         connected.set(0)
@@ -105,9 +213,12 @@ async def connect_nats(
         log.warning("disconnected from NATS; reconnecting")
 
     async def on_reconnected() -> None:
+        nonlocal errors_since_connect
+        errors_since_connect = 0
         connected.set(1)
         metrics.NATS_RECONNECTS.labels(service).inc()
-        log.info("reconnected to NATS at %s", nc.connected_url.netloc if nc.connected_url else "?")
+        where = nc.connected_url
+        log.info("reconnected to NATS at %s", f"{where.hostname}:{where.port}" if where else "?")
 
     async def on_closed() -> None:
         connected.set(0)
@@ -132,26 +243,42 @@ async def connect_nats(
     if cfg.token:
         options["token"] = cfg.token.get_secret_value()
     if cfg.creds_file:
-        options["user_credentials"] = str(cfg.creds_file)
+        options["user_credentials"] = _readable(cfg.creds_file, "AGENTBUS_NATS__CREDS_FILE")
     if cfg.nkey_seed_file:
-        options["nkeys_seed"] = str(cfg.nkey_seed_file)
+        options["nkeys_seed"] = _readable(cfg.nkey_seed_file, "AGENTBUS_NATS__NKEY_SEED_FILE")
+    url = redact_url(cfg.url)
     attempt = 0
     while True:
-        nc = NatsClient()
+        nc = connecting = NatsClient()
+        first_error.clear()
+        # nats-py retries even the first connect forever when reconnects are unlimited;
+        # bound it so a client with a wrong URL fails with one line instead of hanging.
+        first_try_s = cfg.connect_timeout_s * 2 + cfg.reconnect_wait_s
         try:
-            await nc.connect(**options)
-        except (nats.errors.NoServersError, OSError, TimeoutError, nats.errors.Error) as e:
+            await asyncio.wait_for(nc.connect(**options), first_try_s)
+        except (
+            _FirstConnectFailed, nats.errors.NoServersError, OSError, TimeoutError,
+            nats.errors.Error,
+        ) as e:  # fmt: skip
+            connecting = None
             with contextlib.suppress(Exception):
-                await nc.close()
+                # (bounded: after a failed TLS handshake nats-py's close never returns)
+                await asyncio.wait_for(nc.close(), 1.0)
+            error = e.error if isinstance(e, _FirstConnectFailed) else e
+            cause = first_error[0] if first_error else error
+            why = str(error) or str(cause) or f"no server answered within {first_try_s:.0f}s"
+            if isinstance(cause, ssl.SSLError):
+                why += f" (TLS handshake failed; check {_TLS_SETTINGS})"
+            elif _refused(cause):
+                why += f" (the server refused the credentials: {_credential_settings(cfg)})"
             if not retry_forever:
-                raise BusError(
-                    f"cannot connect to NATS at {cfg.url}: {e or type(e).__name__}"
-                ) from e
+                raise BusError(f"cannot connect to NATS at {url}: {why}") from error
             attempt += 1
             if attempt == 1 or attempt % 30 == 0:
-                log.warning("cannot connect to NATS at %s (%s); retrying", cfg.url, e)
+                log.warning("cannot connect to NATS at %s (%s); retrying", url, why)
             await asyncio.sleep(cfg.reconnect_wait_s)
             continue
+        connecting = None
         connected.set(1)
         return nc
 
@@ -166,6 +293,24 @@ def delivery_count(msg: Msg) -> int:
 def _header_safe(value: str) -> str:
     """Header values may not hold CR/LF (they would end the header block)."""
     return " ".join(value.split())[:_HEADER_VALUE_MAX]
+
+
+def _headers_size(headers: Mapping[str, str]) -> int:
+    return sum(len(k.encode()) + len(v.encode()) + 4 for k, v in headers.items())
+
+
+def _kept_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
+    """The headers of a hostile message that can be published again: valid names only,
+    values without CR/LF and shortened, at most `_DLQ_KEPT_HEADERS_MAX` bytes in all."""
+    kept: dict[str, str] = {}
+    for key, value in (headers or {}).items():
+        if not _HEADER_NAME_RE.fullmatch(key) or key.lower().startswith("agentbus-dlq-"):
+            continue
+        safe = _header_safe(value)
+        if _headers_size(kept) + len(key) + len(safe.encode()) + 4 > _DLQ_KEPT_HEADERS_MAX:
+            break
+        kept[key] = safe
+    return kept
 
 
 class Bus:
@@ -232,15 +377,48 @@ class Bus:
         stream: str,
         headers: Mapping[str, str] | None = None,
         timeout_s: float = 10.0,
+        retry_for_s: float = PUBLISH_RETRY_FOR_S,
     ) -> PubAck:
+        """JetStream publish of raw bytes with `Nats-Msg-Id`. A transient failure (no
+        stream leader during an election or a server restart, a timeout) is retried with
+        the same id, which the stream deduplicates, for up to `retry_for_s`."""
         hdrs = {**(headers or {}), MSG_ID_HEADER: msg_id}
         telemetry.inject(hdrs)
-        try:
-            ack = await self.js.publish(subject, data, timeout=timeout_s, headers=hdrs)
-        except (nats.errors.Error, TimeoutError) as e:
-            raise BusError(f"publish to {subject} failed: {e or type(e).__name__}") from e
+        deadline = time.monotonic() + retry_for_s
+        attempt = 0
+        while True:
+            try:
+                ack = await self.js.publish(subject, data, timeout=timeout_s, headers=hdrs)
+                break
+            except _TRANSIENT_PUBLISH_ERRORS as e:
+                left = deadline - time.monotonic()
+                if left <= 0 or self.nc.is_closed:
+                    raise BusError(f"publish to {subject} failed: {e or type(e).__name__}") from e
+                if isinstance(e, _NO_RESPONDERS) and await self._no_stream_takes(subject):
+                    raise BusError(
+                        f"publish to {subject} failed: no stream takes this subject "
+                        "(run `agentbus provision`)"
+                    ) from e
+                delay = _REBIND_BACKOFF_S[min(attempt, len(_REBIND_BACKOFF_S) - 1)]
+                attempt += 1
+                if attempt == 1:
+                    log.info("publish to %s failed (%s); retrying", subject, e or type(e).__name__)
+                await asyncio.sleep(min(delay, left))
+            except (nats.errors.Error, TimeoutError) as e:
+                raise BusError(f"publish to {subject} failed: {e or type(e).__name__}") from e
         metrics.MESSAGES_PUBLISHED.labels(self.service, stream).inc()
         return ack
+
+    async def _no_stream_takes(self, subject: str) -> bool:
+        """True when JetStream answers that no stream takes `subject` (a missing topology,
+        not a passing outage)."""
+        try:
+            await self.js.find_stream_name_by_subject(subject)
+        except nats.js.errors.NotFoundError:
+            return True
+        except (nats.errors.Error, TimeoutError):
+            return False  # JetStream itself is not answering: transient
+        return False
 
     async def emit(
         self,
@@ -278,7 +456,7 @@ class Bus:
         seq = 0
         with contextlib.suppress(Exception):
             seq = int(msg.metadata.sequence.stream)
-        headers = {k: _header_safe(v) for k, v in (msg.headers or {}).items()}
+        headers = _kept_headers(msg.headers)
         headers.update(
             {
                 DLQ_HEADER_REASON: _header_safe(reason) or "unknown",
@@ -288,16 +466,24 @@ class Bus:
                 DLQ_HEADER_DELIVERIES: str(delivery_count(msg)),
             }
         )
-        headers.pop(MSG_ID_HEADER, None)
+        original_id = headers.pop(MSG_ID_HEADER, None)
+        if original_id:
+            headers[DLQ_HEADER_MSG_ID] = original_id
+        data = msg.data
+        # headers count against the server's max_payload too: a message that filled it
+        # is filed with its head only (going over would cost the connection)
+        room = self.nc.max_payload - _DLQ_HEADER_ROOM - _headers_size(headers)
+        if len(data) > room:
+            headers[DLQ_HEADER_TRUNCATED] = str(len(data))
+            data = data[: max(room, 0)]
         await self.publish_raw(
             subjects.dlq_subject(stream),
-            msg.data,
+            data,
             msg_id=f"dlq-{stream}-{seq}" if seq else f"dlq-{stream}-{new_id()}",
             stream=subjects.DLQ_STREAM,
             headers=headers,
         )
-        short = reason.split(":", 1)[0][:40] or "unknown"
-        metrics.DEAD_LETTERS.labels(self.service, stream, short).inc()
+        metrics.DEAD_LETTERS.labels(self.service, stream, metrics.dead_letter_reason(reason)).inc()
         with contextlib.suppress(Exception):
             await msg.term()
         log.warning("dead-lettered %s seq %d from %s: %s", msg.subject, seq, stream, reason)
@@ -364,6 +550,8 @@ class ConsumerLoop:
         self._g_inflight = metrics.WORKER_IN_FLIGHT.labels(*labels)
         self._g_free = metrics.WORKER_FREE_SLOTS.labels(*labels)
         self._redeliveries = metrics.REDELIVERIES.labels(bus.service, stream)
+        self._errors = metrics.HANDLER_ERRORS.labels(bus.service, durable)
+        metrics.init_consumer(bus.service, stream=stream, consumer=durable)
         self._g_free.set(concurrency)
 
     @property
@@ -394,8 +582,7 @@ class ConsumerLoop:
         sub = await self.bus.js.pull_subscribe_bind(
             durable=self.durable, stream=self.stream, pending_msgs_limit=-1
         )
-        self._sub = sub
-        self.bound = True
+        self._sub = sub  # `bound` once the consumer answers a fetch (it may not exist)
         return sub
 
     def _spawn(self, msg: Msg) -> None:
@@ -418,23 +605,26 @@ class ConsumerLoop:
         try:
             await self.handler(msg)
         except Exception:
+            self._errors.inc()
             log.exception("handler for %s failed; message will be retried", self.durable)
+            # exponential: an outage (a leader election, a restart) must not use up a
+            # bounded consumer's deliveries in a few seconds
+            delay = self.retry_delay_s * 2 ** min(delivery_count(msg) - 1, 8)
             with contextlib.suppress(Exception):
-                await msg.nak(delay=self.retry_delay_s)
+                await msg.nak(delay=min(delay, _HANDLER_RETRY_MAX_S))
 
     async def _fetch(self, batch: int) -> list[Msg]:
         """Fetch up to `batch` messages; [] on timeout; binds and rebinds as needed."""
         try:
             if self._sub is None or not self.bound:
                 await self._bind()
-                self._failures = 0
             if not self.bus.nc.is_connected:
                 await asyncio.sleep(0.1)
                 return []
             assert self._sub is not None
-            return list(await self._sub.fetch(batch, timeout=self.fetch_timeout_s))
+            msgs = list(await self._sub.fetch(batch, timeout=self.fetch_timeout_s))
         except TimeoutError:
-            return []
+            msgs = []  # the consumer is there, with nothing to deliver
         except (nats.errors.Error, OSError) as e:
             if self._stopping.is_set() or self.bus.nc.is_closed:
                 return []
@@ -447,6 +637,9 @@ class ConsumerLoop:
             )  # fmt: skip
             await asyncio.sleep(delay)
             return []
+        self.bound = True
+        self._failures = 0
+        return msgs
 
     async def run(self) -> None:
         """Fetch and dispatch until `stop()`; in-flight handlers are left to `wait_idle`."""
@@ -479,7 +672,7 @@ class ConsumerLoop:
             self._sub = None
 
 
-BatchHandler = Callable[[list[Msg]], Awaitable[None]]
+BatchHandler = Callable[[list[Msg]], Coroutine[Any, Any, None]]
 
 
 class BatchConsumerLoop(ConsumerLoop):
@@ -529,6 +722,7 @@ class BatchConsumerLoop(ConsumerLoop):
             try:
                 await asyncio.shield(task)
             except Exception:
+                self._errors.inc()
                 log.exception(
                     "batch handler for %s failed; %d messages will be retried",
                     self.durable,

@@ -2,8 +2,8 @@
 
 - `split_sentences` cuts prose into sentences. It knows common abbreviations ("e.g.",
   "Dr.", "U.S."), decimals, ellipses, closing quotes and brackets after the terminal mark,
-  "?!" runs, bullet and numbered lines, headings and blank-line paragraph breaks, and
-  hard-wrapped lines (joined back when a line clearly continues).
+  "?!" runs, CJK full stops, bullet and numbered lines, headings and blank-line paragraph
+  breaks, and hard-wrapped lines (joined back when a line clearly continues).
 - `chunk_text` cuts a document into chunks of at most `max_chars` characters, preferring
   paragraph boundaries, then sentence boundaries, then whitespace, and as a last resort a
   hard cut inside an over-long "word". Chunks are slices of the input (inner whitespace is
@@ -92,10 +92,11 @@ _CANDIDATE: Final = re.compile(
     r"(?P<para>\n(?:[^\S\n]*\n)+)"
     r"|(?P<line>\n)"
     rf"|(?P<term>[{re.escape(_TERMINALS)}]+)[{re.escape(_CLOSERS)}]*(?=\s|\Z)"
+    r"|(?P<cjk>[\u3002\uff01\uff1f\uff61]+[\u300d\u300f\uff09\u3009\u300b\u201d\u2019]*)"
 )
-_NEXT_TOKEN: Final = re.compile(rf"\s*[{re.escape(_OPENERS)}]*(\S*)")
+_NEXT_TOKEN: Final = re.compile(rf"\s*[{re.escape(_OPENERS)}]*(\S{{0,32}})")
 _LEADING_WORD: Final = re.compile(r"\w+")
-_NEXT_LINE: Final = re.compile(r"[^\S\n]*([^\n]*)")
+_NEXT_LINE: Final = re.compile(r"[^\S\n]*([^\n]{0,16})")
 _BULLET: Final = re.compile(
     r"(?:[-*+\u2022\u2023\u25e6\u25aa\u25ab\u00b7\u2013\u2014>]|\d{1,3}[.)]|[A-Za-z][.)]|\(\w{1,3}\))"
     r"(?:\s|\Z)"
@@ -128,8 +129,10 @@ def _previous_token(text: str, end: int, floor: int) -> str:
 
 def _at_line_start(text: str, index: int, floor: int) -> bool:
     """Whether only horizontal whitespace lies between the line's start and `index`."""
-    line_start = max(floor, text.rfind("\n", floor, index) + 1)
-    return not text[line_start:index].strip()
+    i = index
+    while i > floor and text[i - 1] != "\n" and text[i - 1].isspace():
+        i -= 1
+    return i == floor or text[i - 1] == "\n"
 
 
 def _term_ends_sentence(text: str, match: re.Match[str], floor: int, endpos: int) -> bool:
@@ -191,7 +194,8 @@ def _boundaries(text: str, start: int, endpos: int, floor: int) -> list[int]:
         elif kind == "line":
             if _line_ends_sentence(text, match.start(), floor, endpos):
                 cuts.append(match.start())
-        elif _term_ends_sentence(text, match, floor, endpos):
+        elif kind == "cjk" or _term_ends_sentence(text, match, floor, endpos):
+            # (CJK full stops end a sentence even without a space after them)
             cuts.append(match.end())
     return cuts
 
@@ -231,7 +235,11 @@ def _find_cut(text: str, pos: int, max_chars: int) -> int:
         return found.start(1)
     sentence_from = pos + max(1, math.ceil(max_chars * _SENTENCE_MIN_FILL))
     endpos = min(len(text), limit + _LOOKAHEAD_CHARS)
-    cuts = [c for c in _boundaries(text, sentence_from, endpos, pos) if c <= limit]
+    cuts = [
+        c
+        for c in _boundaries(text, sentence_from, endpos, pos)
+        if c <= limit and (c == len(text) or text[c].isspace())  # never inside a "word"
+    ]
     if cuts:
         return cuts[-1]
     found = _LAST_WHITESPACE.match(text, pos + 1, limit + 1)

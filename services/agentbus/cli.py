@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import sys
@@ -23,7 +24,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from agentbus import subjects
+from agentbus import cli_ops, subjects
+from agentbus.cli_dlq import dlq_app
 from agentbus.errors import AgentBusError, ConfigError, DocumentRejected
 from agentbus.messages import AgentEvent, JobState
 from agentbus.service import AgentService, run_service
@@ -42,7 +44,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="agentbus: a multi-agent summarization pipeline on NATS JetStream.",
 )
-out = Console()
+app.add_typer(dlq_app, name="dlq")
+out = Console(soft_wrap=True)  # long lines stay whole when piped
 err = Console(stderr=True)
 
 T = TypeVar("T")
@@ -55,6 +58,9 @@ def _fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
 
 def _settings() -> Settings:
     """Settings for client commands, with the NATS URL of a running `agentbus up` if any."""
+    # a client command reports failures as one line itself; the bus's reconnect chatter
+    # is for long-running services
+    logging.getLogger("agentbus.bus").setLevel(logging.ERROR)
     overrides: dict[str, Any] = {}
     state = DEFAULT_DATA_DIR / STATE_FILE
     if "AGENTBUS_NATS__URL" not in os.environ and state.exists():
@@ -235,17 +241,24 @@ async def _submit_files(
     progress: bool,
 ) -> list[dict[str, Any]]:
     from agentbus.client import AgentBusClient
+    from agentbus.documents import read_document
 
     records: dict[int, dict[str, Any]] = {}
+    texts: dict[int, str] = {}
+    for i, path in enumerate(files):  # refuse bad files before touching the bus
+        try:
+            texts[i] = read_document(path, max_bytes=settings.limits.max_document_bytes)
+        except DocumentRejected as e:
+            err.print(f"[bold red]rejected:[/] {e}", highlight=False, soft_wrap=True)
+            records[i] = _result_record(str(path), None, None, str(e))
+    if not texts:
+        return [records[i] for i in sorted(records)]
     async with AgentBusClient(settings.nats, limits=settings.limits) as client:
         jobs: list[tuple[int, str]] = []
-        for i, path in enumerate(files):
-            try:
-                job_id = await client.submit_file(path, summary_chars=summary_chars)
-            except DocumentRejected as e:
-                err.print(f"[bold red]rejected:[/] {e}", highlight=False, soft_wrap=True)
-                records[i] = _result_record(str(path), None, None, str(e))
-                continue
+        for i, text in texts.items():
+            job_id = await client.submit(
+                text, title=files[i].name, summary_chars=summary_chars, name=str(files[i])
+            )
             jobs.append((i, job_id))
 
         bar = Progress(
@@ -298,9 +311,17 @@ def submit(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON array of results")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for all summaries")] = 600.0,
     summary_chars: Annotated[int | None, typer.Option(help="Budget of each summary")] = None,
+    sync: Annotated[
+        bool, typer.Option("--sync", help="Request/reply on rpc.summarize: fast, at-most-once")
+    ] = False,
 ) -> None:
     """Submit documents, wait, and print each summary."""
     settings = _settings()
+    if sync:
+        coro = cli_ops.submit_sync(settings, files, timeout_s=timeout, summary_chars=summary_chars)
+        if cli_ops.print_sync_records(_run(coro), as_json=as_json):
+            raise typer.Exit(EXIT_ERROR)
+        return
     progress = len(files) > 1 and err.is_terminal and not as_json
     records = _run(
         _submit_files(
@@ -470,6 +491,9 @@ def events(
             await nc.close()
 
     _run(go())
+
+
+cli_ops.register(app)
 
 
 def main() -> None:

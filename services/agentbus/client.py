@@ -13,17 +13,17 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Self
 
 import nats.errors
 import nats.js.errors
 
-from agentbus import subjects
+from agentbus import subjects, telemetry
 from agentbus.bus import Bus, BusError
-from agentbus.documents import check_document, store_document
-from agentbus.errors import DocumentRejected, JobFailed, MessageDecodeError
+from agentbus.documents import check_document, fetch_document, read_document, store_document
+from agentbus.errors import JobFailed, MessageDecodeError
 from agentbus.messages import (
     AgentEvent,
     HistoryQuery,
@@ -35,6 +35,7 @@ from agentbus.messages import (
     encode,
     new_id,
 )
+from agentbus.rpc import RpcError, RpcResult, fan_out, request_summary
 from agentbus.settings import LimitsSettings, NatsSettings
 
 __all__ = ["AgentBusClient"]
@@ -60,6 +61,7 @@ class AgentBusClient:
             self._bus = await Bus.connect(
                 self.nats_settings, agent_id=self.client_id, service="client"
             )
+            telemetry.adopt_global_tracing(service="client", agent_id=self.client_id)
         return self
 
     async def close(self) -> None:
@@ -96,6 +98,15 @@ class AgentBusClient:
         data = text.encode() if isinstance(text, str) else text
         check_document(data, max_bytes=self.limits.max_document_bytes, name=name)
         job_id = subjects.check_token(job_id or new_id(), field="job_id")
+        # the job's trace starts here; its context travels in the job message's headers
+        attributes = {"agentbus.job_id": job_id, "messaging.destination": subjects.JOBS_SUBJECT}
+        with telemetry.span("submit job", kind="producer", attributes=attributes):
+            await self._submit(job_id, data, title=title, summary_chars=summary_chars)
+        return job_id
+
+    async def _submit(
+        self, job_id: str, data: bytes, *, title: str, summary_chars: int | None
+    ) -> None:
         if len(data) > self.limits.inline_limit_bytes:
             ref = await store_document(self.bus.js, name=f"{job_id}.txt", data=data)
             job = JobSubmit(job_id=job_id, document=ref, title=title, summary_chars=summary_chars)
@@ -106,22 +117,12 @@ class AgentBusClient:
         await self.bus.publish(
             subjects.JOBS_SUBJECT, job, msg_id=job_id, stream=subjects.JOBS_STREAM
         )
-        return job_id
 
     async def submit_file(
         self, path: Path | str, *, job_id: str | None = None, summary_chars: int | None = None
     ) -> str:
         path = Path(path)
-        try:
-            size = path.stat().st_size
-            if size > self.limits.max_document_bytes:
-                raise DocumentRejected(
-                    f"{path}: {size} bytes exceeds the cap of {self.limits.max_document_bytes} "
-                    "bytes (AGENTBUS_LIMITS__MAX_DOCUMENT_BYTES)"
-                )
-            data = path.read_bytes()
-        except OSError as e:
-            raise DocumentRejected(f"{path}: cannot read: {e.strerror or e}") from e
+        data = read_document(path, max_bytes=self.limits.max_document_bytes)
         return await self.submit(
             data, job_id=job_id, title=path.name, summary_chars=summary_chars, name=str(path)
         )
@@ -150,7 +151,7 @@ class AgentBusClient:
                 if left is not None and left <= 0:
                     raise TimeoutError(f"job {job_id} not finished within {timeout_s}s")
                 try:
-                    entry = await watcher.updates(timeout=min(left or 2.0, 2.0))
+                    entry = await watcher.updates(timeout=min(left or 2.0, 2.0))  # type: ignore[no-untyped-call]
                 except (nats.errors.TimeoutError, TimeoutError):
                     entry = None
                 if entry is None or entry.value is None:
@@ -168,7 +169,7 @@ class AgentBusClient:
                     return
         finally:
             with contextlib.suppress(Exception):
-                await watcher.stop()
+                await watcher.stop()  # type: ignore[no-untyped-call]
 
     async def wait(
         self, job_id: str, *, timeout_s: float = 300.0, raise_on_failure: bool = False
@@ -178,9 +179,56 @@ class AgentBusClient:
         async for state in self.watch(job_id, timeout_s=timeout_s):
             last = state
         assert last is not None
+        if last.summary is None and last.summary_ref is not None:
+            last.summary = await self.fetch_summary(last)
         if raise_on_failure and last.error is not None and last.summary is None:
             raise JobFailed(f"job {job_id} failed: {last.error}")
         return last
+
+    async def fetch_summary(self, state: JobState) -> str | None:
+        """The final summary of a job, read from the object store if it travelled by
+        reference (above the inline limit)."""
+        if state.summary is not None or state.summary_ref is None:
+            return state.summary
+        return (await fetch_document(self.bus.js, state.summary_ref)).decode()
+
+    # --- request/reply (at-most-once, low latency) -------------------------------------
+
+    async def summarize_sync(
+        self,
+        text: str,
+        *,
+        max_chars: int = 1200,
+        timeout_s: float = 30.0,
+        skill: str = subjects.SUMMARIZE_SKILL,
+    ) -> str:
+        """Summarize `text` now through `rpc.{skill}` (one worker, no job, no retry).
+
+        Raises `RpcError` on no responders, no reply within `timeout_s`, or the worker's
+        error."""
+        result = await request_summary(
+            self.bus.nc, text, sender=self.client_id, max_chars=max_chars, timeout_s=timeout_s,
+            skill=skill, max_bytes=self.limits.max_message_bytes,
+        )  # fmt: skip
+        if result.error is not None:
+            raise RpcError(result.error)
+        return result.summary or ""
+
+    async def fan_out(
+        self,
+        texts: Sequence[str],
+        *,
+        max_chars: int = 1200,
+        timeout_s: float = 30.0,
+        concurrency: int = 64,
+        skill: str = subjects.SUMMARIZE_SKILL,
+    ) -> list[RpcResult]:
+        """Summarize many texts in parallel through `rpc.{skill}`; results in input order,
+        each with its own `error` (timeout, no responders, the worker's error)."""
+        return await fan_out(
+            self.bus.nc, texts, sender=self.client_id, max_chars=max_chars, timeout_s=timeout_s,
+            concurrency=concurrency, skill=skill, max_bytes=self.limits.max_message_bytes,
+        )  # fmt: skip
 
     async def summarize(self, text: str, *, timeout_s: float = 300.0, **kw: object) -> str:
         """Submit and wait; returns the summary or raises `JobFailed`."""

@@ -69,13 +69,34 @@ async def store_document(js: JetStreamContext, *, name: str, data: bytes) -> Doc
     )
 
 
-async def fetch_document(js: JetStreamContext, ref: DocumentRef) -> bytes:
+async def fetch_document(
+    js: JetStreamContext, ref: DocumentRef, *, max_bytes: int | None = None
+) -> bytes:
+    """The document `ref` points at. `DocumentRejected` (permanent) for a reference outside
+    the documents bucket, above `max_bytes`, or to a missing object; `AgentBusError` for a
+    failure worth retrying. The object's size is checked before it is read."""
+    if ref.bucket != subjects.DOCUMENTS_BUCKET:
+        raise DocumentRejected(
+            f"document reference to bucket {ref.bucket!r}, not {subjects.DOCUMENTS_BUCKET!r}"
+        )
+
+    def check_size(size: int, what: str) -> None:
+        if max_bytes is not None and size > max_bytes:
+            raise DocumentRejected(
+                f"document {ref.name}: {what} of {size} bytes exceeds the cap of {max_bytes} "
+                f"bytes ({_CAP_SETTING})"
+            )
+
+    check_size(ref.size_bytes, "reference")
     try:
         store = await js.object_store(ref.bucket)
+        check_size(int((await store.get_info(ref.name)).size or 0), "object")
         result = await store.get(ref.name)
+    except nats.js.errors.NotFoundError as e:
+        raise DocumentRejected(f"document {ref.bucket}/{ref.name} not found") from e
     except (nats.errors.Error, TimeoutError) as e:
         raise AgentBusError(f"cannot read {ref.name} from object store {ref.bucket}: {e}") from e
     data = bytes(result.data or b"")
     if len(data) != ref.size_bytes or hashlib.sha256(data).hexdigest() != ref.sha256:
-        raise AgentBusError(f"object {ref.bucket}/{ref.name} does not match its reference")
+        raise DocumentRejected(f"object {ref.bucket}/{ref.name} does not match its reference")
     return data

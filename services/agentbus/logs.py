@@ -1,7 +1,14 @@
 """Structured logging: JSON lines in containers, readable lines on a terminal.
 
 Every record carries the service and agent id; `log_context(job_id=..., task_id=...)`
-adds ids for the code running inside it (contextvars, so concurrent tasks don't mix).
+adds ids for the code running inside it (contextvars, so concurrent tasks don't mix), and
+the trace and span ids of the current span are added while tracing is on (a consumer may
+also put a received message's `trace_id` into its log context).
+
+JSON lines (`{"ts", "level", "logger", "msg", "service", "agent_id", "job_id", "task_id",
+"trace_id", "span_id", ...}`) are for containers and log shippers; the text form
+(`12:00:01.250 INFO worker[worker-1]: msg  [job_id=... task_id=... trace_id=...]`) is for
+a terminal. `fmt="auto"` picks text when stderr is a TTY.
 """
 
 from __future__ import annotations
@@ -14,6 +21,8 @@ import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Final
+
+from agentbus import telemetry
 
 __all__ = ["configure_logging", "log_context"]
 
@@ -35,7 +44,12 @@ def log_context(**fields: str | None) -> Iterator[None]:
 
 class _ContextFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        record.ctx = {**_STATIC, **(_CONTEXT.get() or {})}
+        ctx = {**_STATIC, **(_CONTEXT.get() or {})}
+        trace_id = telemetry.current_trace_id()
+        if trace_id is not None:
+            ctx["trace_id"] = trace_id
+            ctx["span_id"] = telemetry.current_span_id() or ""
+        record.ctx = ctx
         return True
 
 
@@ -56,8 +70,12 @@ class _JsonFormatter(logging.Formatter):
 class _TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         ctx = getattr(record, "ctx", {})
-        tags = " ".join(f"{k}={v}" for k, v in ctx.items() if k not in ("service", "agent_id"))
+        tags = " ".join(
+            f"{k}={v}" for k, v in ctx.items() if k not in ("service", "agent_id", "span_id")
+        )
         who = ctx.get("service", record.name)
+        if "agent_id" in ctx:
+            who += f"[{ctx['agent_id']}]"
         line = (
             f"{datetime.fromtimestamp(record.created).strftime('%H:%M:%S.%f')[:-3]} "
             f"{record.levelname[:4]:4} {who}: {record.getMessage()}"

@@ -7,16 +7,26 @@ decides `msg_type`. Job state in the jobs KV bucket is a `JobState` (no envelope
 
 from __future__ import annotations
 
+import math
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Final, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+)
 
 from agentbus.errors import MessageDecodeError
 
 __all__ = [
+    "HARD_MAX_MESSAGE_BYTES",
+    "MAX_EVENT_DATA_DEPTH",
     "MESSAGE_TYPES",
     "SCHEMA_VERSION",
     "AgentEvent",
@@ -44,6 +54,10 @@ __all__ = [
 ]
 
 SCHEMA_VERSION: Final = 1
+HARD_MAX_MESSAGE_BYTES: Final = 64 * 1024 * 1024
+"""No decoder reads more than this (NATS's own payload ceiling), whatever the caller asks."""
+MAX_EVENT_DATA_DEPTH: Final = 16
+"""Nesting depth allowed in an event's free-form `data`."""
 
 Token = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,128}$")]
 
@@ -59,7 +73,8 @@ def new_id() -> str:
 class Payload(BaseModel):
     """Base of every payload; `MSG_TYPE` is its `msg_type` on the wire."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # no Infinity/NaN: they are not JSON, and would not survive the archive or a round trip
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     MSG_TYPE: ClassVar[str] = ""
 
 
@@ -128,6 +143,28 @@ class EventKind(StrEnum):
     AGENT_STOPPED = "agent.stopped"
 
 
+def _clean(value: object, depth: int) -> object:
+    """A JSON value with NUL characters replaced (PostgreSQL's JSON refuses them); raises
+    ValueError past `MAX_EVENT_DATA_DEPTH` levels or on a non-finite number (not JSON)."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd") if "\x00" in value else value
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("holds a non-finite number")
+    if isinstance(value, dict | list):
+        if depth >= MAX_EVENT_DATA_DEPTH:
+            raise ValueError(f"nested deeper than {MAX_EVENT_DATA_DEPTH} levels")
+        if isinstance(value, list):
+            return [_clean(v, depth + 1) for v in value]
+        return {str(_clean(k, depth)): _clean(v, depth + 1) for k, v in value.items()}
+    return value
+
+
+def _clean_data(value: dict[str, Any]) -> dict[str, Any]:
+    cleaned = _clean(value, 0)
+    assert isinstance(cleaned, dict)
+    return cleaned
+
+
 class AgentEvent(Payload):
     MSG_TYPE: ClassVar[str] = "agent.event"
     event_id: Token
@@ -136,7 +173,7 @@ class AgentEvent(Payload):
     kind: EventKind
     job_id: Token | None = None
     task_id: Token | None = None
-    data: dict[str, Any] = Field(default_factory=dict)
+    data: Annotated[dict[str, Any], AfterValidator(_clean_data)] = Field(default_factory=dict)
     ts: datetime = Field(default_factory=utcnow)
 
 
@@ -202,10 +239,10 @@ P = TypeVar("P", bound=Payload)
 
 class Envelope(BaseModel, Generic[P]):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    schema_version: int = Field(default=SCHEMA_VERSION, ge=1)
+    schema_version: int = Field(default=SCHEMA_VERSION, ge=1, le=65535)
     id: Token = Field(default_factory=new_id)
     sender: Token
-    msg_type: str
+    msg_type: Annotated[str, StringConstraints(max_length=64)]
     created_at: datetime = Field(default_factory=utcnow)
     payload: P
 
@@ -225,15 +262,22 @@ def _first_error(e: ValidationError) -> str:
 
 
 def decode(data: bytes, payload_type: type[P], *, max_bytes: int | None = None) -> Envelope[P]:
-    """Decode `data` as an envelope of `payload_type`; `MessageDecodeError` names the field."""
-    if max_bytes is not None and len(data) > max_bytes:
-        raise MessageDecodeError(f"message of {len(data)} bytes exceeds the cap of {max_bytes}")
+    """Decode `data` as an envelope of `payload_type`; `MessageDecodeError` names the field.
+
+    Hostile input (any bytes, any size, any nesting) raises nothing but `MessageDecodeError`:
+    a message above `max_bytes` (never more than `HARD_MAX_MESSAGE_BYTES`) is refused unread.
+    """
+    cap = HARD_MAX_MESSAGE_BYTES if max_bytes is None else min(max_bytes, HARD_MAX_MESSAGE_BYTES)
+    if len(data) > cap:
+        raise MessageDecodeError(f"message of {len(data)} bytes exceeds the cap of {cap}")
     try:
         env = Envelope[payload_type].model_validate_json(data)  # type: ignore[valid-type]
     except ValidationError as e:
         raise MessageDecodeError(f"invalid {payload_type.MSG_TYPE}: {_first_error(e)}") from e
-    except (ValueError, RecursionError) as e:
-        raise MessageDecodeError(f"invalid {payload_type.MSG_TYPE}: {e}") from e
+    except Exception as e:  # the parser's own limits (recursion, sizes): still just bad input
+        raise MessageDecodeError(
+            f"invalid {payload_type.MSG_TYPE}: {type(e).__name__}: {str(e)[:200]}"
+        ) from e
     if env.msg_type != payload_type.MSG_TYPE:
         raise MessageDecodeError(
             f"msg_type {env.msg_type!r} where {payload_type.MSG_TYPE!r} was expected"
@@ -242,7 +286,7 @@ def decode(data: bytes, payload_type: type[P], *, max_bytes: int | None = None) 
         raise MessageDecodeError(
             f"schema_version {env.schema_version} is newer than supported {SCHEMA_VERSION}"
         )
-    return env  # type: ignore[return-value]
+    return env
 
 
 class JobStatus(StrEnum):
@@ -292,8 +336,14 @@ class JobState(BaseModel):
         return min(0.99, done_map / self.chunks * (0.9 if self.chunks > 1 else 0.99))
 
 
-def decode_job_state(data: bytes) -> JobState:
+def decode_job_state(data: bytes, *, max_bytes: int = HARD_MAX_MESSAGE_BYTES) -> JobState:
+    """Decode a job's KV value; anything wrong raises `MessageDecodeError` only."""
+    cap = min(max_bytes, HARD_MAX_MESSAGE_BYTES)
+    if len(data) > cap:
+        raise MessageDecodeError(f"job state of {len(data)} bytes exceeds the cap of {cap}")
     try:
         return JobState.model_validate_json(data)
     except ValidationError as e:
         raise MessageDecodeError(f"invalid job state: {_first_error(e)}") from e
+    except Exception as e:
+        raise MessageDecodeError(f"invalid job state: {type(e).__name__}: {str(e)[:200]}") from e

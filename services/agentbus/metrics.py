@@ -1,7 +1,14 @@
 """Prometheus metrics of every agentbus service (prefix `agentbus_`).
 
-Labels are bounded: service, skill, stream, outcome, state — never a raw subject or id.
-One process runs one service, so the default registry is used.
+Labels are bounded: service, skill, stream, consumer (a durable name), outcome, and small
+fixed sets of reasons -- never a raw subject, a job/task/agent id or free text. One
+process runs one service, so the default registry is used.
+
+Counters whose label values are known up front are created at start-up (`init_*`), so a
+dashboard's `rate(...)` shows 0 rather than "no data" before the first failure.
+
+Consumer lag, DLQ depth and per-consumer redelivery counts come from the NATS exporter
+(`nats_consumer_num_pending`, `nats_stream_total_messages`, ...), not from here.
 """
 
 from __future__ import annotations
@@ -12,13 +19,18 @@ from prometheus_client import Counter, Gauge, Histogram, Info
 
 __all__ = [
     "ARCHIVE_COMMIT_SECONDS",
+    "ARCHIVE_LAG_SECONDS",
     "BUILD_INFO",
     "DEAD_LETTERS",
+    "DEAD_LETTER_REASONS",
     "EVENTS_ARCHIVED",
     "EVENTS_EMITTED",
+    "HANDLER_ERRORS",
+    "NATS_PERMISSION_VIOLATIONS",
     "JOBS_COMPLETED",
     "JOBS_FAILED",
     "JOBS_SUBMITTED",
+    "JOB_FAILURE_REASONS",
     "JOB_SECONDS",
     "MESSAGES_PUBLISHED",
     "MESSAGES_REJECTED",
@@ -27,17 +39,28 @@ __all__ = [
     "REDELIVERIES",
     "SUMMARIZER_TOKENS",
     "TASKS_PROCESSED",
+    "TASK_OUTCOMES",
     "TASK_SECONDS",
     "WORKER_FREE_SLOTS",
     "WORKER_IN_FLIGHT",
+    "dead_letter_reason",
+    "init_archiver",
+    "init_consumer",
+    "init_orchestrator",
+    "init_worker",
 ]
 
 _LATENCY_BUCKETS: Final = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300,
 )  # fmt: skip
 
-BUILD_INFO: Final = Info("agentbus_build", "agentbus version and service")
+TASK_OUTCOMES: Final = ("ok", "retried", "dead_lettered", "rejected")
+JOB_FAILURE_REASONS: Final = ("intake", "rejected", "task")
+DEAD_LETTER_REASONS: Final = ("undecodable", "max_deliver", "failed", "rejected")
 
+BUILD_INFO: Final = Info("agentbus_build", "agentbus version and service (value is always 1)")
+
+# --- jobs (orchestrator) -------------------------------------------------------------
 JOBS_SUBMITTED: Final = Counter(
     "agentbus_jobs_submitted_total", "Jobs accepted by the orchestrator", ["service"]
 )
@@ -45,7 +68,9 @@ JOBS_COMPLETED: Final = Counter(
     "agentbus_jobs_completed_total", "Jobs whose final summary was written", ["service"]
 )
 JOBS_FAILED: Final = Counter(
-    "agentbus_jobs_failed_total", "Jobs marked failed", ["service", "reason"]
+    "agentbus_jobs_failed_total",
+    "Jobs marked failed, by reason (intake, rejected, task)",
+    ["service", "reason"],
 )
 JOB_SECONDS: Final = Histogram(
     "agentbus_job_duration_seconds",
@@ -53,6 +78,8 @@ JOB_SECONDS: Final = Histogram(
     ["service"],
     buckets=_LATENCY_BUCKETS,
 )
+
+# --- tasks (workers) -----------------------------------------------------------------
 TASKS_PROCESSED: Final = Counter(
     "agentbus_tasks_processed_total",
     "Tasks handled by workers, by outcome (ok, retried, dead_lettered, rejected)",
@@ -64,6 +91,13 @@ TASK_SECONDS: Final = Histogram(
     ["service", "skill"],
     buckets=_LATENCY_BUCKETS,
 )
+SUMMARIZER_TOKENS: Final = Counter(
+    "agentbus_summarizer_tokens_total",
+    "Tokens reported by the summarizer backend (kind: prompt, completion)",
+    ["service", "backend", "kind"],
+)
+
+# --- consumers (every service) -------------------------------------------------------
 WORKER_IN_FLIGHT: Final = Gauge(
     "agentbus_worker_in_flight", "Messages being handled now", ["service", "consumer"]
 )
@@ -75,23 +109,44 @@ REDELIVERIES: Final = Counter(
     "Messages received with a delivery count above 1",
     ["service", "stream"],
 )
+NATS_PERMISSION_VIOLATIONS: Final = Counter(
+    "agentbus_nats_permission_violations_total",
+    "Operations the server refused for this service's NATS user",
+    ["service"],
+)
+HANDLER_ERRORS: Final = Counter(
+    "agentbus_handler_errors_total",
+    "Unexpected handler exceptions (the message is nak'ed and retried)",
+    ["service", "consumer"],
+)
 DEAD_LETTERS: Final = Counter(
-    "agentbus_dead_letters_total", "Messages moved to the DLQ", ["service", "stream", "reason"]
+    "agentbus_dead_letters_total",
+    "Messages moved to the DLQ, by source stream and reason "
+    "(undecodable, max_deliver, failed, rejected)",
+    ["service", "stream", "reason"],
 )
 MESSAGES_REJECTED: Final = Counter(
     "agentbus_messages_rejected_total",
     "Messages that could not be decoded (terminated and dead-lettered)",
     ["service", "stream"],
 )
+
+# --- publishing and the connection ---------------------------------------------------
 MESSAGES_PUBLISHED: Final = Counter(
     "agentbus_messages_published_total", "JetStream publishes acknowledged", ["service", "stream"]
 )
 EVENTS_EMITTED: Final = Counter(
     "agentbus_events_emitted_total", "Agent events published", ["service"]
 )
+NATS_CONNECTED: Final = Gauge("agentbus_nats_connected", "1 while connected to NATS", ["service"])
+NATS_RECONNECTS: Final = Counter(
+    "agentbus_nats_reconnects_total", "Reconnections to NATS", ["service"]
+)
+
+# --- archive (event-archiver) --------------------------------------------------------
 EVENTS_ARCHIVED: Final = Counter(
     "agentbus_events_archived_total",
-    "Events written to the archive (duplicates skipped are outcome=duplicate)",
+    "Events committed to the archive (a redelivered duplicate is skipped by the database)",
     ["service", "outcome"],
 )
 ARCHIVE_COMMIT_SECONDS: Final = Histogram(
@@ -100,12 +155,54 @@ ARCHIVE_COMMIT_SECONDS: Final = Histogram(
     ["service"],
     buckets=_LATENCY_BUCKETS,
 )
-NATS_CONNECTED: Final = Gauge("agentbus_nats_connected", "1 while connected to NATS", ["service"])
-NATS_RECONNECTS: Final = Counter(
-    "agentbus_nats_reconnects_total", "Reconnections to NATS", ["service"]
+ARCHIVE_LAG_SECONDS: Final = Histogram(
+    "agentbus_archive_lag_seconds",
+    "From an event's timestamp to its archive commit",
+    ["service"],
+    buckets=_LATENCY_BUCKETS,
 )
-SUMMARIZER_TOKENS: Final = Counter(
-    "agentbus_summarizer_tokens_total",
-    "Tokens reported by the summarizer backend",
-    ["service", "backend", "kind"],
-)
+
+
+def dead_letter_reason(reason: str) -> str:
+    """The bounded label value of a free-text dead-letter reason: undecodable (garbage),
+    max_deliver (delivered too often), failed (a task that kept failing), rejected (any
+    other refusal, e.g. a document that is empty, not text or too large)."""
+    text = reason.lower()
+    if text.startswith("undecodable"):
+        return "undecodable"
+    if "max_deliver" in text:
+        return "max_deliver"
+    if text.startswith("failed"):
+        return "failed"
+    return "rejected"
+
+
+def init_consumer(service: str, *, stream: str, consumer: str) -> None:
+    """Create the series of one consumer loop at 0."""
+    REDELIVERIES.labels(service, stream)
+    HANDLER_ERRORS.labels(service, consumer)
+    MESSAGES_REJECTED.labels(service, stream)
+    for reason in DEAD_LETTER_REASONS:
+        DEAD_LETTERS.labels(service, stream, reason)
+
+
+def init_orchestrator(service: str) -> None:
+    JOBS_SUBMITTED.labels(service)
+    JOBS_COMPLETED.labels(service)
+    JOB_SECONDS.labels(service)
+    for reason in JOB_FAILURE_REASONS:
+        JOBS_FAILED.labels(service, reason)
+
+
+def init_worker(service: str, *, skill: str, backend: str) -> None:
+    TASK_SECONDS.labels(service, skill)
+    for outcome in TASK_OUTCOMES:
+        TASKS_PROCESSED.labels(service, skill, outcome)
+    for kind in ("prompt", "completion"):
+        SUMMARIZER_TOKENS.labels(service, backend, kind)
+
+
+def init_archiver(service: str) -> None:
+    EVENTS_ARCHIVED.labels(service, "stored")
+    ARCHIVE_COMMIT_SECONDS.labels(service)
+    ARCHIVE_LAG_SECONDS.labels(service)

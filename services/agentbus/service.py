@@ -15,13 +15,13 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable
 from importlib.metadata import PackageNotFoundError, version
-from typing import ClassVar
+from typing import ClassVar, Final
 
 from nats.aio.msg import Msg
 
 from agentbus import metrics, subjects, telemetry
 from agentbus.bus import Bus, BusError, ConsumerLoop
-from agentbus.errors import MessageDecodeError
+from agentbus.errors import MessageDecodeError, TopologyError
 from agentbus.health import HealthServer
 from agentbus.logs import configure_logging
 from agentbus.messages import Command, CommandReply, EventKind, decode, encode
@@ -30,6 +30,9 @@ from agentbus.settings import Settings
 __all__ = ["AgentService", "agentbus_version", "run_service"]
 
 log = logging.getLogger("agentbus.service")
+
+_START_RETRY_FIRST_S: Final = 1.0
+_START_RETRY_MAX_S: Final = 15.0
 
 
 def agentbus_version() -> str:
@@ -134,6 +137,23 @@ async def _serve_commands(bus: Bus, service: AgentService, drain: Callable[[], N
     await bus.nc.subscribe(subjects.agent_commands(bus.agent_id), cb=on_command)
 
 
+async def _start_when_possible(service: AgentService, bus: Bus, stop: asyncio.Event) -> bool:
+    """Start the service, waiting (not crashing) while its streams or buckets do not exist
+    yet: in Kubernetes the provisioning Job may run after the pods start. False = stopped."""
+    delay_s = _START_RETRY_FIRST_S
+    while True:
+        try:
+            await service.start(bus)
+            return True
+        except (BusError, TopologyError) as e:
+            log.warning("cannot start yet (%s); retrying in %.0fs", e, delay_s)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay_s)
+        if stop.is_set():
+            return False
+        delay_s = min(delay_s * 2, _START_RETRY_MAX_S)
+
+
 async def run_service(
     factory: Callable[[Settings], AgentService],
     settings: Settings,
@@ -154,6 +174,7 @@ async def run_service(
     await health.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    previous_term = signal.getsignal(signal.SIGTERM)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     log.info("%s %s starting; http port %s", service.name, agentbus_version(), health.bound_port)
@@ -162,7 +183,8 @@ async def run_service(
     )
     try:
         await _serve_commands(bus, service, stop.set)
-        await service.start(bus)
+        if not await _start_when_possible(service, bus, stop):
+            return 0
         with contextlib.suppress(BusError):
             await bus.emit(EventKind.AGENT_STARTED, data={"service": service.name})
         log.info("%s ready (agent %s)", service.name, settings.agent_id)
@@ -178,5 +200,13 @@ async def run_service(
     finally:
         await bus.close()
         await health.stop()
+        telemetry.shutdown_tracing()
     log.info("%s stopped", service.name)
+    # Stopped: a second SIGTERM (a supervisor that signals twice) must not kill the process
+    # on its way out once the loop has restored the default action. A process that had no
+    # SIGTERM handler of its own (the CLI entry point) ignores it from here on.
+    loop.remove_signal_handler(signal.SIGTERM)
+    signal.signal(
+        signal.SIGTERM, signal.SIG_IGN if previous_term in (signal.SIG_DFL, None) else previous_term
+    )
     return 0

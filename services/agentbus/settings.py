@@ -7,11 +7,20 @@ Invalid settings raise `ConfigError` with one line naming the variable.
 from __future__ import annotations
 
 import os
+import re
 import socket
 from pathlib import Path
 from typing import Annotated, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from agentbus.errors import ConfigError
@@ -70,8 +79,33 @@ class NatsSettings(_Section):
         for url in value.split(","):
             url = url.strip()
             if not url or "://" not in url:
-                raise ValueError(f"not a NATS URL: {url!r} (expected nats://host:port)")
+                shown = url.rsplit("@", 1)[-1]  # never echo user info (a password)
+                raise ValueError(f"not a NATS URL: {shown!r} (expected nats://host:port)")
         return value
+
+    @field_validator("inbox_prefix")
+    @classmethod
+    def _check_inbox_prefix(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*", value):
+            raise ValueError(
+                f"inbox prefix {value!r} must be dot-separated tokens of [A-Za-z0-9_-], "
+                "without wildcards (e.g. _INBOX_worker)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _check_credentials(self) -> NatsSettings:
+        if self.password is not None and self.password_file is not None:
+            raise ValueError(
+                "set AGENTBUS_NATS__PASSWORD or AGENTBUS_NATS__PASSWORD_FILE, not both"
+            )
+        if (self.password is not None or self.password_file is not None) and not self.user:
+            raise ValueError("a NATS password needs AGENTBUS_NATS__USER")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError(
+                "AGENTBUS_NATS__TLS_CERT_FILE and AGENTBUS_NATS__TLS_KEY_FILE go together"
+            )
+        return self
 
 
 class HttpSettings(_Section):

@@ -47,53 +47,52 @@ def stream_configs(
     settings: Settings, *, skills: Sequence[str] = (subjects.SUMMARIZE_SKILL,)
 ) -> list[StreamConfig]:
     t = settings.topology
-    common = {
-        "storage": _storage(settings),
-        "num_replicas": t.replicas,
-        "duplicate_window": t.duplicate_window_s,
-    }
+    storage = _storage(settings)
+
+    def stream(
+        name: str,
+        subject_list: list[str],
+        retention: RetentionPolicy,
+        *,
+        max_age_s: float | None = None,
+        max_msgs: int | None = None,
+        max_msg_size: int | None = None,
+    ) -> StreamConfig:
+        return StreamConfig(
+            name=name,
+            subjects=subject_list,
+            retention=retention,
+            storage=storage,
+            num_replicas=t.replicas,
+            duplicate_window=t.duplicate_window_s,
+            max_age=max_age_s,
+            max_msgs=max_msgs,
+            max_msg_size=max_msg_size,
+            discard=DiscardPolicy.OLD,
+        )
+
     # Streams carry envelopes of at most max_message_bytes; anything bigger goes by reference.
     max_msg = settings.limits.max_message_bytes + 64 * 1024
+    work, limits = RetentionPolicy.WORK_QUEUE, RetentionPolicy.LIMITS
     return [
-        StreamConfig(
-            name=subjects.JOBS_STREAM,
-            subjects=[subjects.JOBS_SUBJECT],
-            retention=RetentionPolicy.WORK_QUEUE,
+        stream(subjects.JOBS_STREAM, [subjects.JOBS_SUBJECT], work, max_msg_size=max_msg),
+        stream(subjects.TASKS_STREAM, [subjects.TASKS_SUBJECTS], work, max_msg_size=max_msg),
+        stream(
+            subjects.RESULTS_STREAM,
+            [subjects.RESULTS_SUBJECTS],
+            limits,
+            max_age_s=t.results_max_age_s,
             max_msg_size=max_msg,
-            **common,
         ),
-        StreamConfig(
-            name=subjects.TASKS_STREAM,
-            subjects=[subjects.TASKS_SUBJECTS],
-            retention=RetentionPolicy.WORK_QUEUE,
-            max_msg_size=max_msg,
-            **common,
-        ),
-        StreamConfig(
-            name=subjects.RESULTS_STREAM,
-            subjects=[subjects.RESULTS_SUBJECTS],
-            retention=RetentionPolicy.LIMITS,
-            max_age=t.results_max_age_s,
-            max_msg_size=max_msg,
-            **common,
-        ),
-        StreamConfig(
-            name=subjects.AGENT_EVENTS_STREAM,
-            subjects=list(subjects.AGENT_EVENTS_SUBJECTS),
-            retention=RetentionPolicy.LIMITS,
-            max_age=t.events_max_age_s,
+        stream(
+            subjects.AGENT_EVENTS_STREAM,
+            list(subjects.AGENT_EVENTS_SUBJECTS),
+            limits,
+            max_age_s=t.events_max_age_s,
             max_msgs=t.events_max_msgs,
-            discard=DiscardPolicy.OLD,
             max_msg_size=max_msg,
-            **common,
         ),
-        StreamConfig(
-            name=subjects.DLQ_STREAM,
-            subjects=[subjects.DLQ_SUBJECTS],
-            retention=RetentionPolicy.LIMITS,
-            max_age=t.dlq_max_age_s,
-            **common,
-        ),
+        stream(subjects.DLQ_STREAM, [subjects.DLQ_SUBJECTS], limits, max_age_s=t.dlq_max_age_s),
     ]
 
 
@@ -184,7 +183,7 @@ async def provision(
     t = settings.topology
     what = "?"
     try:
-        for scfg in stream_configs(settings, skills=skills):
+        for scfg in stream_configs(settings):
             what = f"stream {scfg.name}"
             await _ensure_stream(js, scfg, report)
         for stream, ccfg in consumer_configs(settings, skills=skills):

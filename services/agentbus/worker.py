@@ -16,6 +16,9 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
@@ -26,7 +29,8 @@ from agentbus.bus import Bus, BusError, ConsumerLoop, delivery_count
 from agentbus.errors import AgentBusError, MessageDecodeError
 from agentbus.logs import log_context
 from agentbus.messages import EventKind, TaskAssign, TaskResult, TokenUsage, decode
-from agentbus.service import AgentService
+from agentbus.rpc import SkillEndpoint
+from agentbus.service import AgentService, agentbus_version
 from agentbus.settings import Settings
 
 __all__ = ["Skill", "SkillError", "SkillOutput", "TaskWorker"]
@@ -57,6 +61,12 @@ class Skill(Protocol):
     async def aclose(self) -> None: ...
 
 
+def _stable_id(*parts: str) -> str:
+    """A deterministic event id (a valid subject token, at most 128 characters)."""
+    joined = "-".join(parts)
+    return joined if len(joined) <= 128 else uuid.uuid5(uuid.NAMESPACE_URL, joined).hex
+
+
 class TaskWorker(AgentService):
     """A worker replica of one skill."""
 
@@ -68,8 +78,21 @@ class TaskWorker(AgentService):
         self.max_deliver = settings.topology.max_deliver
         self.backoff_s = settings.worker.backoff_s or [1.0]
         self._stream = subjects.TASKS_STREAM
+        self.task_counts: Counter[str] = Counter()
+        self.endpoint: SkillEndpoint | None = None
+        """Serves `rpc.{skill}` and the nats.micro registration (`AGENTBUS_WORKER__RPC`)."""
 
     async def setup(self, bus: Bus) -> list[ConsumerLoop]:
+        if self.settings.worker.rpc:
+            self.endpoint = SkillEndpoint(
+                bus, self.skill, version=agentbus_version(),
+                concurrency=self.settings.worker.concurrency,
+                max_message_bytes=self.settings.limits.max_message_bytes,
+                state=lambda: self.state, tasks_in_flight=self.in_flight,
+                task_counts=self.task_counts,
+            )  # fmt: skip
+            await self.endpoint.start()
+        metrics.init_worker(bus.service, skill=self.skill.name, backend=self.skill.backend)
         return [
             ConsumerLoop(
                 bus,
@@ -81,6 +104,24 @@ class TaskWorker(AgentService):
             )
         ]
 
+    def pause(self) -> None:
+        super().pause()
+        if self.endpoint is not None:
+            self.endpoint.pause()
+
+    def resume(self) -> None:
+        super().resume()
+        if self.endpoint is not None:
+            self.endpoint.resume()
+
+    async def stop(self, *, grace_s: float) -> bool:
+        if self.endpoint is None:
+            return await super().stop(grace_s=grace_s)
+        rpc_done, tasks_done = await asyncio.gather(
+            self.endpoint.stop(grace_s=grace_s), super().stop(grace_s=grace_s)
+        )
+        return rpc_done and tasks_done
+
     async def teardown(self) -> None:
         await self.skill.aclose()
 
@@ -91,6 +132,16 @@ class TaskWorker(AgentService):
             with contextlib.suppress(Exception):
                 await msg.in_progress()
 
+    @contextlib.contextmanager
+    def _in_progress(self, msg: Msg) -> Iterator[None]:
+        """Heartbeats for the whole handling (skill, result, events, ack): neither a long
+        summary nor publishes retried through an outage let `ack_wait` expire."""
+        beat = asyncio.create_task(self._heartbeat(msg))
+        try:
+            yield
+        finally:
+            beat.cancel()
+
     async def handle(self, msg: Msg) -> None:
         bus = self.bus
         assert bus is not None
@@ -98,40 +149,57 @@ class TaskWorker(AgentService):
             task = decode(msg.data, TaskAssign, max_bytes=self.settings.limits.max_message_bytes)
         except MessageDecodeError as e:
             metrics.TASKS_PROCESSED.labels(bus.service, self.skill.name, "rejected").inc()
+            self.task_counts["rejected"] += 1
             await bus.reject(msg, reason=f"undecodable task: {e}", stream=self._stream)
             return
         t = task.payload
         attempt = delivery_count(msg)
         with (
-            log_context(job_id=t.job_id, task_id=t.task_id),
+            log_context(
+                job_id=t.job_id, task_id=t.task_id, trace_id=telemetry.trace_id_of(msg.headers)
+            ),
             telemetry.span(
                 f"task {self.skill.name}",
                 headers=msg.headers,
-                attributes={"agentbus.job_id": t.job_id, "agentbus.task_id": t.task_id},
+                kind="consumer",
+                attributes={
+                    "agentbus.job_id": t.job_id,
+                    "agentbus.task_id": t.task_id,
+                    "agentbus.level": t.level,
+                    "agentbus.attempt": attempt,
+                },
             ),
+            self._in_progress(msg),
         ):
             if attempt > self.max_deliver:
                 await self._give_up(msg, t, f"over max_deliver ({attempt} > {self.max_deliver})")
                 return
-            await bus.emit(
-                EventKind.TASK_STARTED,
-                job_id=t.job_id,
-                task_id=t.task_id,
-                data={"attempt": attempt, "level": t.level, "chars": len(t.text)},
+            # The started event goes out while the skill runs (a round trip less in every
+            # slot); it is confirmed before any outcome of the task is published.
+            announced = asyncio.ensure_future(
+                bus.emit(
+                    EventKind.TASK_STARTED,
+                    job_id=t.job_id,
+                    task_id=t.task_id,
+                    data={"attempt": attempt, "level": t.level, "chars": len(t.text)},
+                )
             )
             started = time.perf_counter()
-            beat = asyncio.create_task(self._heartbeat(msg))
             try:
                 out = await self.skill.run(t)
             except SkillError as e:
+                await announced
                 await self._failed(msg, t, attempt, str(e), retryable=e.retryable)
                 return
             except Exception as e:
                 log.exception("skill %s crashed", self.skill.name)
+                await announced
                 await self._failed(msg, t, attempt, f"{type(e).__name__}: {e}", retryable=True)
                 return
-            finally:
-                beat.cancel()
+            except asyncio.CancelledError:
+                announced.cancel()
+                raise
+            await announced
             elapsed = time.perf_counter() - started
             metrics.TASK_SECONDS.labels(bus.service, self.skill.name).observe(elapsed)
             if out.usage is not None:
@@ -153,34 +221,48 @@ class TaskWorker(AgentService):
                 duration_ms=elapsed * 1000,
                 usage=out.usage,
             )
-            await self._publish_result(result)
-            await bus.emit(
-                EventKind.TASK_COMPLETED,
-                job_id=t.job_id,
-                task_id=t.task_id,
-                result=True,
-                data={
-                    "attempt": attempt,
-                    "duration_ms": round(elapsed * 1000, 3),
-                    "summary_chars": len(out.text),
-                    "usage": out.usage.model_dump() if out.usage else None,
-                },
+            # result and event in one round trip (they leave in this order on the one
+            # connection); the task is acked only once both are stored
+            await asyncio.gather(
+                self._publish_result(result),
+                bus.emit(
+                    EventKind.TASK_COMPLETED,
+                    job_id=t.job_id,
+                    task_id=t.task_id,
+                    result=True,
+                    # one per task: a redelivery after the work was done records nothing new
+                    event_id=_stable_id(t.job_id, t.task_id, "completed"),
+                    data={
+                        "attempt": attempt,
+                        "duration_ms": round(elapsed * 1000, 3),
+                        "summary_chars": len(out.text),
+                        "usage": out.usage.model_dump() if out.usage else None,
+                    },
+                ),
             )
             await self._ack(msg)
             metrics.TASKS_PROCESSED.labels(bus.service, self.skill.name, "ok").inc()
+            self.task_counts["ok"] += 1
+            log.debug("task done in %.3fs (attempt %d)", elapsed, attempt)
 
     async def _ack(self, msg: Msg) -> None:
+        # Not waiting for the server's confirmation keeps a round trip out of every slot:
+        # the result is stored already, and a task redelivered because its ack was lost
+        # is deduplicated (same result and event ids).
         try:
-            await msg.ack_sync(timeout=5.0)
-        except Exception as e:  # the result is published; a redelivery is deduplicated
-            log.warning("ack of %s not confirmed: %s", msg.subject, e)
+            await msg.ack()
+        except Exception as e:
+            log.warning("ack of %s not sent: %s", msg.subject, e)
 
     async def _publish_result(self, result: TaskResult) -> None:
         assert self.bus is not None
+        # a failure has its own id, so that the success of a replayed task is not
+        # deduplicated against it
+        msg_id = f"{result.job_id}:{result.task_id}" + ("" if result.ok else ":failed")
         await self.bus.publish(
             subjects.result_subject(result.job_id, result.task_id),
             result,
-            msg_id=f"{result.job_id}:{result.task_id}",
+            msg_id=msg_id,
             stream=subjects.RESULTS_STREAM,
         )
 
@@ -201,6 +283,7 @@ class TaskWorker(AgentService):
                 )
             await msg.nak(delay=delay)
             metrics.TASKS_PROCESSED.labels(self.bus.service, self.skill.name, "retried").inc()
+            self.task_counts["retried"] += 1
             return
         await self._give_up(msg, t, f"failed after {attempt} attempt(s): {reason}")
 
@@ -226,3 +309,4 @@ class TaskWorker(AgentService):
         )
         await self.bus.dead_letter(msg, reason=reason, stream=self._stream)
         metrics.TASKS_PROCESSED.labels(self.bus.service, self.skill.name, "dead_lettered").inc()
+        self.task_counts["dead_lettered"] += 1

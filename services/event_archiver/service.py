@@ -6,12 +6,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import ClassVar
 
 from nats.aio.msg import Msg
 
-from agentbus import metrics, subjects
+from agentbus import metrics, subjects, telemetry
 from agentbus.bus import BatchConsumerLoop, Bus, ConsumerLoop
 from agentbus.errors import MessageDecodeError
 from agentbus.messages import AgentEvent, HistoryQuery, HistoryReply, decode, encode
@@ -28,7 +29,14 @@ log = logging.getLogger("event_archiver")
 def _ensure_sqlite_dir(url: str) -> None:
     prefix = "sqlite+aiosqlite:///"
     if url.startswith(prefix) and url[len(prefix) :] not in ("", ":memory:"):
-        Path(url[len(prefix) :]).parent.mkdir(parents=True, exist_ok=True)
+        directory = Path(url[len(prefix) :]).parent
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # e.g. a read-only root filesystem: point it at a volume
+            raise ArchiveError(
+                f"cannot create the archive directory {directory} of "
+                f"AGENTBUS_ARCHIVER__DATABASE_URL: {e.strerror or e}"
+            ) from e
 
 
 class EventArchiver(AgentService):
@@ -42,6 +50,7 @@ class EventArchiver(AgentService):
 
     async def setup(self, bus: Bus) -> list[ConsumerLoop]:
         await self.store.create_schema()
+        metrics.init_archiver(bus.service)
         log.info("archive at %s", redact_url(self.cfg.database_url))
         await bus.nc.subscribe(
             subjects.RPC_HISTORY, queue=subjects.ARCHIVER_QUEUE, cb=self._on_history
@@ -80,10 +89,32 @@ class EventArchiver(AgentService):
             good.append(msg)
         if not rows:
             return
-        started = time.perf_counter()
-        await self.store.insert(rows)
-        metrics.ARCHIVE_COMMIT_SECONDS.labels(bus.service).observe(time.perf_counter() - started)
+        # each archived event is a span of its job's trace (child of the emitter's span);
+        # the batch commit is one span linked to all of them
+        event_spans = [
+            telemetry.start_span(
+                "archive event",
+                headers=m.headers,
+                attributes={"agentbus.event": e.kind.value, "agentbus.job_id": e.job_id or ""},
+            )
+            for m, (e, _subject, _seq) in zip(good, rows, strict=True)
+        ]
+        try:
+            with telemetry.span(
+                "archive commit", links=event_spans, attributes={"agentbus.events": len(rows)}
+            ):
+                started = time.perf_counter()
+                await self.store.insert(rows)
+                elapsed = time.perf_counter() - started
+        finally:
+            telemetry.end_spans(event_spans)
+        metrics.ARCHIVE_COMMIT_SECONDS.labels(bus.service).observe(elapsed)
         metrics.EVENTS_ARCHIVED.labels(bus.service, "stored").inc(len(rows))
+        now = datetime.now(UTC)
+        lag = metrics.ARCHIVE_LAG_SECONDS.labels(bus.service)
+        for event, _subject, _seq in rows:
+            ts = event.ts if event.ts.tzinfo is not None else event.ts.replace(tzinfo=UTC)
+            lag.observe(max((now - ts).total_seconds(), 0.0))
         await asyncio.gather(*(m.ack() for m in good))
 
     async def _on_history(self, msg: Msg) -> None:

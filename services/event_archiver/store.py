@@ -1,14 +1,24 @@
 """The archive: agent events in SQL (SQLAlchemy async; SQLite by default, PostgreSQL by URL).
 
+`AGENTBUS_ARCHIVER__DATABASE_URL` picks the database: `sqlite+aiosqlite:///path.db` (the
+default) or `postgresql+asyncpg://user:password@host:5432/db` (`postgresql://` and
+`postgres://` are read as asyncpg; install `agentbus[postgres]`).
+
 Writes are idempotent on the event id (INSERT .. ON CONFLICT DO NOTHING), so a batch that
 is redelivered after a crash between commit and ack changes nothing.
+
+The schema is created or migrated when the archiver starts (`create_schema`): the table
+`agentbus_schema` holds the version; each migration is idempotent and PostgreSQL runs
+them under an advisory lock, so replicas starting together migrate once. An archive
+whose version is newer than this code is refused (never downgraded, never dropped).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from datetime import datetime
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Final
 
 from sqlalchemy import (
@@ -16,21 +26,37 @@ from sqlalchemy import (
     Column,
     DateTime,
     Index,
+    Integer,
     MetaData,
     String,
     Table,
     Text,
     func,
+    inspect,
     select,
+    text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from agentbus.messages import AgentEvent
 from event_archiver.errors import ArchiveError
 
-__all__ = ["EVENTS_TABLE", "EventStore", "redact_url"]
+__all__ = [
+    "EVENTS_TABLE",
+    "SCHEMA_TABLE",
+    "SCHEMA_VERSION",
+    "EventStore",
+    "normalize_url",
+    "redact_url",
+]
+
+URL_SETTING: Final = "AGENTBUS_ARCHIVER__DATABASE_URL"
+SCHEMA_VERSION: Final = 2
+"""1: the events table; 2: `archived_at` (when the archiver stored the event)."""
+_MIGRATION_LOCK_ID: Final = 0x61676E7462  # "agntb": pg_advisory_xact_lock key
 
 metadata: Final = MetaData()
 
@@ -47,38 +73,162 @@ EVENTS_TABLE: Final = Table(
     Column("task_id", String(128), nullable=True),
     Column("subject", String(300), nullable=False),
     Column("data", Text, nullable=False),
+    Column("archived_at", DateTime(timezone=True), nullable=True),
     Index("ix_agent_events_job_ts", "job_id", "ts"),
     Index("ix_agent_events_kind", "kind"),
 )
 
+SCHEMA_TABLE: Final = Table(
+    "agentbus_schema",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("version", Integer, nullable=False),
+    Column("migrated_at", DateTime(timezone=True), nullable=False),
+)
+
+_DRIVERS: Final = {
+    "postgresql": "postgresql+asyncpg",
+    "postgres": "postgresql+asyncpg",
+    "postgresql+psycopg2": "postgresql+asyncpg",
+    "sqlite": "sqlite+aiosqlite",
+}
+
 
 def redact_url(url: str) -> str:
     """The database URL without its password, for logs and errors."""
-    from sqlalchemy.engine import make_url
-
     try:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:
         return "<unparseable database URL>"
 
 
+def normalize_url(url: str) -> URL:
+    """Parse the archive URL, mapping sync driver names onto the async ones."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as e:
+        raise ArchiveError(f"{URL_SETTING}: not a database URL: {e}") from e
+    driver = _DRIVERS.get(parsed.drivername)
+    if driver is not None:
+        parsed = parsed.set(drivername=driver)
+    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        raise ArchiveError(
+            f"{URL_SETTING}={redact_url(url)}: unsupported database "
+            f"{parsed.get_backend_name()!r} (sqlite+aiosqlite or postgresql+asyncpg)"
+        )
+    return parsed
+
+
+def _utc(ts: datetime) -> datetime:
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+
+
+# --- migrations: each takes the archive from version n-1 to n, and is idempotent -------
+
+
+async def _columns(conn: AsyncConnection, table: str) -> set[str]:
+    def read(sync_conn: Any) -> set[str]:
+        return {c["name"] for c in inspect(sync_conn).get_columns(table)}
+
+    return await conn.run_sync(read)
+
+
+async def _migrate_2_archived_at(conn: AsyncConnection) -> None:
+    if "archived_at" not in await _columns(conn, EVENTS_TABLE.name):
+        kind = "TIMESTAMP WITH TIME ZONE" if conn.dialect.name == "postgresql" else "DATETIME"
+        await conn.execute(text(f"ALTER TABLE {EVENTS_TABLE.name} ADD COLUMN archived_at {kind}"))
+
+
+MIGRATIONS: Final[dict[int, Callable[[AsyncConnection], Awaitable[None]]]] = {
+    2: _migrate_2_archived_at,
+}
+
+
 class EventStore:
     def __init__(self, url: str) -> None:
         self.url = url
+        self._shown = redact_url(url)
+        parsed = normalize_url(url)
+        options: dict[str, Any] = {}
+        if parsed.get_backend_name() == "postgresql":
+            options = {"pool_pre_ping": True, "pool_size": 5, "max_overflow": 5}
         try:
-            self.engine: AsyncEngine = create_async_engine(url)
-        except (SQLAlchemyError, ImportError, ValueError) as e:
+            self.engine: AsyncEngine = create_async_engine(parsed, **options)
+        except ImportError as e:
             raise ArchiveError(
-                f"AGENTBUS_ARCHIVER__DATABASE_URL {redact_url(url)}: cannot open: {e}"
+                f"{URL_SETTING}={self._shown}: the database driver is not installed ({e}); "
+                "for PostgreSQL: pip install 'agentbus[postgres]'"
             ) from e
+        except (SQLAlchemyError, ValueError) as e:
+            raise ArchiveError(f"{URL_SETTING}={self._shown}: cannot open: {e}") from e
         self._dialect = self.engine.dialect.name
+        self._sqlite_path = (
+            Path(parsed.database)
+            if self._dialect == "sqlite" and parsed.database not in (None, "", ":memory:")
+            else None
+        )
 
-    async def create_schema(self) -> None:
+    @property
+    def dialect(self) -> str:
+        return self._dialect
+
+    async def create_schema(self) -> int:
+        """Create the schema, or migrate it to `SCHEMA_VERSION`; returns the version found
+        before (0 for a new archive). Raises `ArchiveError` for a newer archive."""
+        if self._sqlite_path is not None:
+            try:
+                self._sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise ArchiveError(f"{URL_SETTING}={self._shown}: {e}") from e
         try:
             async with self.engine.begin() as conn:
-                await conn.run_sync(metadata.create_all)
+                if self._dialect == "postgresql":
+                    await conn.execute(
+                        text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_ID}
+                    )
+                return await self._migrate(conn)
+        except ArchiveError:
+            raise
         except (SQLAlchemyError, OSError) as e:
-            raise ArchiveError(f"cannot create schema in {redact_url(self.url)}: {e}") from e
+            raise ArchiveError(f"cannot create or migrate the schema in {self._shown}: {e}") from e
+
+    async def _migrate(self, conn: AsyncConnection) -> int:
+        def tables(sync_conn: Any) -> set[str]:
+            return set(inspect(sync_conn).get_table_names())
+
+        existing = await conn.run_sync(tables)
+        if SCHEMA_TABLE.name in existing:
+            found = (await conn.execute(select(SCHEMA_TABLE.c.version))).scalar()
+            version = int(found or 0)
+        elif EVENTS_TABLE.name in existing:
+            version = 1  # an archive written before versioning
+        else:
+            version = 0
+        if version > SCHEMA_VERSION:
+            raise ArchiveError(
+                f"the archive at {self._shown} has schema version {version}, newer than "
+                f"{SCHEMA_VERSION} of this agentbus: upgrade agentbus (nothing was changed)"
+            )
+        # a new archive gets the current schema; an old one gets its missing tables here
+        # and its missing columns from the migrations
+        await conn.run_sync(metadata.create_all)
+        if version > 0:
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                await MIGRATIONS[target](conn)
+        now = datetime.now(UTC)
+        if SCHEMA_TABLE.name in existing:
+            await conn.execute(
+                SCHEMA_TABLE.update().values(version=SCHEMA_VERSION, migrated_at=now)
+            )
+        else:
+            await conn.execute(
+                SCHEMA_TABLE.insert().values(id=1, version=SCHEMA_VERSION, migrated_at=now)
+            )
+        return version
+
+    async def schema_version(self) -> int:
+        async with self.engine.connect() as conn:
+            return int((await conn.execute(select(SCHEMA_TABLE.c.version))).scalar_one())
 
     def _insert(self) -> Any:
         if self._dialect == "postgresql":
@@ -94,11 +244,12 @@ class EventStore:
         number of rows given (duplicates are skipped by the database)."""
         if not rows:
             return 0
+        now = datetime.now(UTC)
         values = [
             {
                 "event_id": ev.event_id,
                 "stream_seq": seq,
-                "ts": ev.ts,
+                "ts": _utc(ev.ts),
                 "agent_id": ev.agent_id,
                 "service": ev.service,
                 "kind": ev.kind.value,
@@ -106,14 +257,17 @@ class EventStore:
                 "task_id": ev.task_id,
                 "subject": subject[:300],
                 "data": json.dumps(ev.data, default=str),
+                "archived_at": now,
             }
             for ev, subject, seq in rows
         ]
         try:
             async with self.engine.begin() as conn:
                 await conn.execute(self._insert(), values)
-        except SQLAlchemyError as e:
-            raise ArchiveError(f"insert into {EVENTS_TABLE.name} failed: {e}") from e
+        except (SQLAlchemyError, OSError) as e:
+            raise ArchiveError(
+                f"insert into {EVENTS_TABLE.name} at {self._shown} failed: {e}"
+            ) from e
         return len(values)
 
     async def history(self, job_id: str, *, limit: int = 10_000) -> list[AgentEvent]:
@@ -127,7 +281,7 @@ class EventStore:
             async with self.engine.connect() as conn:
                 result = await conn.execute(query)
                 rows = result.mappings().all()
-        except SQLAlchemyError as e:
+        except (SQLAlchemyError, OSError) as e:
             raise ArchiveError(f"history query on {EVENTS_TABLE.name} failed: {e}") from e
         return [_to_event(dict(r)) for r in rows]
 
@@ -156,5 +310,5 @@ def _to_event(row: dict[str, Any]) -> AgentEvent:
         job_id=row["job_id"],
         task_id=row["task_id"],
         data=json.loads(row["data"]),
-        ts=ts,
+        ts=_utc(ts),
     )

@@ -15,18 +15,33 @@ and a replica restarted mid-job picks up where the last one stopped:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 from collections.abc import Callable
 from typing import ClassVar, Final
 
+import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
 
 from agentbus import metrics, subjects, telemetry
-from agentbus.bus import Bus, ConsumerLoop, delivery_count
+from agentbus.bus import (
+    DLQ_HEADER_DELIVERIES,
+    DLQ_HEADER_MSG_ID,
+    DLQ_HEADER_REASON,
+    DLQ_HEADER_SEQ,
+    DLQ_HEADER_STREAM,
+    DLQ_HEADER_SUBJECT,
+    MSG_ID_HEADER,
+    Bus,
+    ConsumerLoop,
+    delivery_count,
+)
 from agentbus.chunking import chunk_text, pack
-from agentbus.documents import check_document, fetch_document
+from agentbus.dlq import is_replay
+from agentbus.documents import check_document, fetch_document, store_document
 from agentbus.errors import AgentBusError, DocumentRejected, MessageDecodeError
 from agentbus.logs import log_context
 from agentbus.messages import (
@@ -49,7 +64,15 @@ __all__ = ["Orchestrator", "task_id_for"]
 log = logging.getLogger("orchestrator")
 
 _PUBLISH_BATCH: Final = 64
+_MAX_DELIVERIES_ADVISORY: Final = (
+    f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{subjects.TASKS_STREAM}.*"
+)
 _CAS_RETRIES: Final = 50
+_AHEAD_RETRY_S: Final = 0.2
+
+
+class ResultAhead(OrchestratorError):
+    """A result of a level the job state has not moved to yet."""
 
 
 def task_id_for(level: int, index: int) -> str:
@@ -72,6 +95,12 @@ class Orchestrator(AgentService):
     async def setup(self, bus: Bus) -> list[ConsumerLoop]:
         self._jobs = await bus.kv(subjects.JOBS_BUCKET)
         self._parts = await bus.kv(subjects.JOB_PARTS_BUCKET)
+        metrics.init_orchestrator(bus.service)
+        await bus.nc.subscribe(
+            _MAX_DELIVERIES_ADVISORY,
+            queue=subjects.ORCHESTRATOR_CONSUMER,  # one replica handles each advisory
+            cb=self._on_max_deliveries,
+        )
         common = {"concurrency": self.cfg.concurrency, "fetch_timeout_s": 1.0}
         return [
             ConsumerLoop(
@@ -107,13 +136,19 @@ class Orchestrator(AgentService):
         return decode_job_state(entry.value), entry.revision or 0
 
     async def _update(
-        self, job_id: str, change: Callable[[JobState], JobState | None]
+        self,
+        job_id: str,
+        change: Callable[[JobState], JobState | None],
+        *,
+        loaded: tuple[JobState, int] | None = None,
     ) -> JobState | None:
         """Compare-and-set loop: `change` returns the new state, or None for no change.
 
-        Returns the state written, or None when `change` declined."""
+        `loaded` (a state and its revision read just before) saves the first read; a stale
+        one only costs a retry. Returns the state written, or None when `change` declined."""
         for _ in range(_CAS_RETRIES):
-            loaded = await self._load(job_id)
+            if loaded is None:
+                loaded = await self._load(job_id)
             if loaded is None:
                 raise OrchestratorError(
                     f"job {job_id}: no state in KV bucket {subjects.JOBS_BUCKET}"
@@ -126,6 +161,7 @@ class Orchestrator(AgentService):
             try:
                 await self.jobs.update(job_id, new.model_dump_json().encode(), last=revision)
             except nats.js.errors.KeyWrongLastSequenceError:
+                loaded = None
                 await asyncio.sleep(0)
                 continue
             return new
@@ -143,10 +179,13 @@ class Orchestrator(AgentService):
             return
         job = env.payload
         with (
-            log_context(job_id=job.job_id),
+            log_context(job_id=job.job_id, trace_id=telemetry.trace_id_of(msg.headers)),
             telemetry.span(
-                "orchestrator job", headers=msg.headers, attributes={"agentbus.job_id": job.job_id}
-            ),  # fmt: skip
+                "orchestrator job",
+                headers=msg.headers,
+                kind="consumer",
+                attributes={"agentbus.job_id": job.job_id},
+            ),
         ):
             if delivery_count(msg) > self.settings.topology.max_deliver:
                 await bus.dead_letter(
@@ -159,7 +198,9 @@ class Orchestrator(AgentService):
     async def _document_text(self, job: JobSubmit) -> str:
         assert self.bus is not None
         if job.document is not None:
-            data = await fetch_document(self.bus.js, job.document)
+            data = await fetch_document(
+                self.bus.js, job.document, max_bytes=self.settings.limits.max_document_bytes
+            )
         elif job.text is not None:
             data = job.text.encode()
         else:
@@ -186,7 +227,18 @@ class Orchestrator(AgentService):
         bus = self.bus
         assert bus is not None
         loaded = await self._load(job.job_id)
-        if loaded is not None and (loaded[0].status.terminal or loaded[0].level > 0):
+        # a replayed dead letter (`agentbus dlq replay`) of a job that failed at intake
+        # is taken in again from the start
+        reopen = (
+            loaded is not None
+            and is_replay(msg.headers)
+            and loaded[0].status is JobStatus.FAILED
+            and loaded[0].level == 0
+            and not loaded[0].level_done
+        )
+        if loaded is not None and not reopen and (loaded[0].status.terminal or loaded[0].level > 0):
+            if delivery_count(msg) > 1 and loaded[0].chunks:
+                await self._emit_intake(loaded[0])  # in case the last try died before them
             await msg.ack()  # a re-submitted or redelivered job that has moved on
             return
         try:
@@ -197,7 +249,7 @@ class Orchestrator(AgentService):
             return
         summary_chars = job.summary_chars or self.cfg.summary_chars
         chunks = chunk_text(text, max_chars=self.cfg.chunk_chars)
-        if loaded is None:
+        if loaded is None or reopen:
             state = JobState(
                 job_id=job.job_id,
                 status=JobStatus.RUNNING,
@@ -208,29 +260,58 @@ class Orchestrator(AgentService):
                 chunks=len(chunks),
                 level=0,
                 level_tasks=len(chunks),
-                trace_id=telemetry.current_trace_id(),
+                trace_id=telemetry.current_trace_id() or telemetry.trace_id_of(msg.headers),
             )
-            try:
-                await self.jobs.create(job.job_id, state.model_dump_json().encode())
-                metrics.JOBS_SUBMITTED.labels(self.name).inc()
-            except nats.js.errors.KeyWrongLastSequenceError:
-                pass  # another replica (or our previous delivery) created it
-        await bus.emit(
-            EventKind.JOB_ACCEPTED,
-            job_id=job.job_id,
-            event_id=f"{job.job_id}-accepted",
-            data={"title": job.title, "chars": len(text), "summary_chars": summary_chars},
-        )
+            if reopen:
+                await self._update(
+                    job.job_id, lambda s: state if s.status is JobStatus.FAILED else None
+                )
+            else:
+                try:
+                    await self.jobs.create(job.job_id, state.model_dump_json().encode())
+                    metrics.JOBS_SUBMITTED.labels(self.name).inc()
+                except nats.js.errors.KeyWrongLastSequenceError:
+                    pass  # another replica (or our previous delivery) created it
+        intake = JobState(
+            job_id=job.job_id, status=JobStatus.RUNNING, title=job.title,
+            document_chars=len(text), summary_chars=summary_chars, chunks=len(chunks),
+        )  # fmt: skip
         per_task = summary_chars if len(chunks) == 1 else self.cfg.chunk_summary_chars
-        await self._publish_level(job.job_id, job.skill, 0, chunks, per_task)
-        await bus.emit(
-            EventKind.JOB_CHUNKED,
-            job_id=job.job_id,
-            event_id=f"{job.job_id}-chunked",
-            data={"chunks": len(chunks), "chunk_chars": self.cfg.chunk_chars},
+        # Sent together (one round trip, not three): on one connection they leave in this
+        # order, so the event stream still reads accepted, then chunked.
+        await asyncio.gather(
+            self._emit_intake(intake, chunked=False),
+            self._publish_level(job.job_id, job.skill, 0, chunks, per_task),
+            self._emit_intake(intake, accepted=False),
         )
-        await msg.ack_sync()
+        # no need to wait for the server's confirmation: a job redelivered because this
+        # ack was lost finds its state and re-sends only duplicates, which are dropped
+        await msg.ack()
         log.info("job accepted: %d chars in %d chunk(s)", len(text), len(chunks))
+
+    async def _emit_intake(
+        self, state: JobState, *, accepted: bool = True, chunked: bool = True
+    ) -> None:
+        """The intake events, with ids derived from the job id (so emitting twice is a no-op)."""
+        assert self.bus is not None
+        if accepted:
+            await self.bus.emit(
+                EventKind.JOB_ACCEPTED,
+                job_id=state.job_id,
+                event_id=f"{state.job_id}-accepted",
+                data={
+                    "title": state.title,
+                    "chars": state.document_chars,
+                    "summary_chars": state.summary_chars,
+                },
+            )
+        if chunked:
+            await self.bus.emit(
+                EventKind.JOB_CHUNKED,
+                job_id=state.job_id,
+                event_id=f"{state.job_id}-chunked",
+                data={"chunks": state.chunks, "chunk_chars": self.cfg.chunk_chars},
+            )
 
     async def _publish_level(
         self, job_id: str, skill: str, level: int, texts: list[str], max_chars: int
@@ -265,50 +346,109 @@ class Orchestrator(AgentService):
             return
         r = env.payload
         with (
-            log_context(job_id=r.job_id, task_id=r.task_id),
+            log_context(
+                job_id=r.job_id, task_id=r.task_id, trace_id=telemetry.trace_id_of(msg.headers)
+            ),
             telemetry.span(
-                "orchestrator result", headers=msg.headers, attributes={"agentbus.job_id": r.job_id}
-            ),  # fmt: skip
+                "orchestrator result",
+                headers=msg.headers,
+                kind="consumer",
+                attributes={"agentbus.job_id": r.job_id, "agentbus.task_id": r.task_id},
+            ),
         ):
             try:
-                await self._collect(r)
+                await self._collect(r, redelivered=delivery_count(msg) > 1)
+            except ResultAhead as e:
+                log.debug("result retried shortly: %s", e)
+                await msg.nak(delay=_AHEAD_RETRY_S)
+                return
             except OrchestratorError as e:
                 log.warning("result dropped: %s", e)
-                await msg.term()
+                await bus.dead_letter(
+                    msg, reason=f"result rejected: {e}", stream=subjects.RESULTS_STREAM
+                )
                 return
             await msg.ack()
 
-    async def _collect(self, r: TaskResult) -> None:
+    async def _collect(self, r: TaskResult, *, redelivered: bool = False) -> None:
+        """Record one result. A failed job keeps recording the successes of its tasks, so
+        that when a dead-lettered task is replayed (`agentbus dlq replay`) and succeeds,
+        the job goes on from where it stopped (failed -> reducing/completed)."""
         loaded = await self._load(r.job_id)
         if loaded is None:
             raise OrchestratorError(f"result for unknown job {r.job_id}")
         state = loaded[0]
-        if state.status.terminal or r.level < state.level:
+        if redelivered:
+            await self._emit_state(state)  # the last try may have died before its event
+        if state.status is JobStatus.COMPLETED or r.level < state.level:
             return  # late duplicate
         if r.level > state.level:
-            raise OrchestratorError(f"result of level {r.level} ahead of job level {state.level}")
+            # The next level's tasks are published before the state moves to it, so a fast
+            # worker's result can arrive first: it is retried shortly, never dropped.
+            raise ResultAhead(f"result of level {r.level} ahead of job level {state.level}")
+        if r.index >= state.level_tasks:
+            raise OrchestratorError(
+                f"result index {r.index} out of range: level {r.level} has "
+                f"{state.level_tasks} tasks"
+            )
         if not r.ok:
-            await self._fail(r.job_id, r.error or "task failed", task_id=r.task_id)
+            # the failure of a task whose success is recorded changes nothing, and a
+            # failed job keeps its first reason
+            if state.status is not JobStatus.FAILED and r.index not in state.level_done:
+                await self._fail(r)
+            return
+        if state.level_tasks == 1:
+            # A single-task level (a one-chunk job, or the last reduce step): its result is
+            # the final summary, so the job completes straight from it (one state update,
+            # no part stored and read back). A redelivery after that update finds the job
+            # completed above and only re-emits its event.
+            await self._complete(state, r.summary, result=r, loaded=loaded)
             return
         assert self._parts is not None
         await self._parts.put(_part_key(r.job_id, r.level, r.index), r.summary.encode())
 
         def record(s: JobState) -> JobState | None:
-            if s.status.terminal or s.level != r.level or r.index in s.level_done:
+            if s.status is JobStatus.COMPLETED or s.level != r.level or r.index in s.level_done:
                 return None
             s.level_done.append(r.index)
             s.level_done.sort()
             s.tasks_done_total += 1
             return s
 
-        new = await self._update(r.job_id, record)
+        new = await self._update(r.job_id, record, loaded=loaded)
         current = new or (await self._load(r.job_id) or (state, 0))[0]
         if (
-            not current.status.terminal
+            current.status is not JobStatus.COMPLETED
             and current.level == r.level
             and len(current.level_done) >= current.level_tasks
         ):
             await self._advance(current)
+
+    async def _emit_state(self, state: JobState) -> None:
+        """Emit the event of the job's current step again; its id makes this a no-op when
+        the event is already in the stream (within the stream's duplicate window)."""
+        assert self.bus is not None
+        if state.status is JobStatus.COMPLETED:
+            await self.bus.emit(
+                EventKind.JOB_COMPLETED,
+                job_id=state.job_id,
+                event_id=f"{state.job_id}-completed",
+                data={"summary_chars": len(state.summary or ""), "levels": state.level + 1},
+            )
+        elif state.status is JobStatus.FAILED:
+            await self.bus.emit(
+                EventKind.JOB_FAILED,
+                job_id=state.job_id,
+                event_id=f"{state.job_id}-failed",
+                data={"reason": (state.error or "")[:1000]},
+            )
+        elif state.level > 0:
+            await self.bus.emit(
+                EventKind.JOB_REDUCING,
+                job_id=state.job_id,
+                event_id=f"{state.job_id}-reduce-{state.level}",
+                data={"level": state.level, "tasks": state.level_tasks},
+            )
 
     async def _advance(self, state: JobState) -> None:
         """Every task of `state.level` is done: finish the job or start the next reduce level."""
@@ -328,13 +468,17 @@ class Orchestrator(AgentService):
             return
         groups = pack(parts, max_chars=self.cfg.chunk_chars)
         per_task = state.summary_chars if len(groups) == 1 else self.cfg.chunk_summary_chars
-        with telemetry.span("orchestrator reduce", attributes={"agentbus.level": level + 1}):
+        with telemetry.span(
+            "orchestrator reduce",
+            attributes={"agentbus.job_id": state.job_id, "agentbus.level": level + 1},
+        ):
             await self._publish_level(state.job_id, state.skill, level + 1, groups, per_task)
 
         def next_level(s: JobState) -> JobState | None:
-            if s.status.terminal or s.level != level:
+            if s.status is JobStatus.COMPLETED or s.level != level:
                 return None
             s.status = JobStatus.REDUCING
+            s.error = None  # a failed job whose replayed task succeeded goes on
             s.level = level + 1
             s.level_tasks = len(groups)
             s.level_done = []
@@ -348,17 +492,37 @@ class Orchestrator(AgentService):
                 data={"level": level + 1, "tasks": len(groups), "input_chars": len(combined)},
             )
 
-    async def _complete(self, state: JobState, summary: str) -> None:
+    async def _complete(
+        self,
+        state: JobState,
+        summary: str,
+        *,
+        result: TaskResult | None = None,
+        loaded: tuple[JobState, int] | None = None,
+    ) -> None:
+        """Write the final summary; `result` is the single task of the last level whose
+        summary this is (recorded as done in the same update)."""
         assert self.bus is not None
+        data = summary.encode()
+        # a final summary above the inline limit travels by reference (object store)
+        ref = None
+        if len(data) > self.settings.limits.inline_limit_bytes:
+            name = f"{state.job_id}.summary.txt"
+            ref = await store_document(self.bus.js, name=name, data=data)
 
         def complete(s: JobState) -> JobState | None:
-            if s.status.terminal or s.level != state.level:
+            if s.status is JobStatus.COMPLETED or s.level != state.level:
                 return None
+            if result is not None and result.index not in s.level_done:
+                s.level_done.append(result.index)
+                s.level_done.sort()
+                s.tasks_done_total += 1
             s.status = JobStatus.COMPLETED
-            s.summary = summary
+            s.summary, s.summary_ref = (None, ref) if ref is not None else (summary, None)
+            s.error = None  # a failed job whose replayed task succeeded is done
             return s
 
-        done = await self._update(state.job_id, complete)
+        done = await self._update(state.job_id, complete, loaded=loaded)
         if done is None:
             return
         seconds = (done.updated_at - done.created_at).total_seconds()
@@ -376,28 +540,90 @@ class Orchestrator(AgentService):
     async def _drop_parts(self, state: JobState) -> None:
         assert self._parts is not None
         if state.chunks <= 1 and state.level == 0:
-            keys = [_part_key(state.job_id, 0, 0)]
-        else:
-            try:
-                keys = await self._parts.keys(filters=[f"{state.job_id}.>"])
-            except (nats.js.errors.NoKeysError, AgentBusError):
-                keys = []
+            return  # a one-chunk job completes from its result: no part was stored
+        try:
+            keys = await self._parts.keys(filters=[f"{state.job_id}.>"])
+        except (nats.js.errors.NoKeysError, AgentBusError):
+            keys = []
         for key in keys:
             try:
                 await self._parts.purge(key)
             except nats.js.errors.Error as e:
                 log.debug("could not purge part %s: %s", key, e)
 
-    async def _fail(self, job_id: str, reason: str, *, task_id: str | None = None) -> None:
+    async def _on_max_deliveries(self, msg: Msg) -> None:
+        """Safety net for a task that JetStream stopped delivering while no worker
+        dead-lettered it (the worker of its last delivery died before it could, or workers
+        run with a larger max_deliver than the consumer was provisioned with): file it on
+        the DLQ, take it off TASKS and fail its job with the reason."""
+        bus = self.bus
+        assert bus is not None
+        try:
+            advisory = json.loads(msg.data)
+            stream, seq = str(advisory["stream"]), int(advisory["stream_seq"])
+            deliveries = int(advisory.get("deliveries", 0))
+        except (ValueError, KeyError, TypeError) as e:
+            log.warning("unreadable advisory on %s: %s", msg.subject, e)
+            return
+        try:
+            raw = await bus.js.get_msg(stream, seq)
+        except nats.js.errors.NotFoundError:
+            return  # acked or dead-lettered meanwhile
+        except (nats.errors.Error, TimeoutError) as e:
+            log.warning("max deliveries of %s seq %d: cannot read it: %s", stream, seq, e)
+            return
+        reason = (
+            f"delivered {deliveries} time(s) without an outcome "
+            f"(max deliveries of consumer {advisory.get('consumer', '?')} reached)"
+        )
+        headers = {k: v for k, v in (raw.headers or {}).items() if k != MSG_ID_HEADER}
+        headers |= {
+            DLQ_HEADER_REASON: reason,
+            DLQ_HEADER_STREAM: stream,
+            DLQ_HEADER_SUBJECT: raw.subject or "",
+            DLQ_HEADER_SEQ: str(seq),
+            DLQ_HEADER_DELIVERIES: str(deliveries),
+        }
+        if raw.headers and raw.headers.get(MSG_ID_HEADER):
+            headers[DLQ_HEADER_MSG_ID] = raw.headers[MSG_ID_HEADER]
+        try:
+            # same id as a worker's dead letter of this message: never filed twice
+            await bus.publish_raw(
+                subjects.dlq_subject(stream), raw.data or b"", msg_id=f"dlq-{stream}-{seq}",
+                stream=subjects.DLQ_STREAM, headers=headers,
+            )  # fmt: skip
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                await bus.js.delete_msg(stream, seq)
+            task = decode(raw.data or b"", TaskAssign).payload
+            log.warning("dead-lettered %s seq %d (advisory): %s", stream, seq, reason)
+            await bus.emit(
+                EventKind.TASK_DEAD_LETTERED,
+                job_id=task.job_id,
+                task_id=task.task_id,
+                data={"reason": reason, "via": "max-deliveries advisory"},
+            )
+            await self._fail(
+                TaskResult(
+                    job_id=task.job_id, task_id=task.task_id, level=task.level,
+                    index=task.index, ok=False, error=reason, worker_id=bus.agent_id,
+                    duration_ms=0,
+                )
+            )  # fmt: skip
+        except (AgentBusError, nats.errors.Error, TimeoutError) as e:
+            log.warning("max deliveries of %s seq %d not handled: %s", stream, seq, e)
+
+    async def _fail(self, r: TaskResult) -> None:
+        reason = r.error or "task failed"
+
         def fail(s: JobState) -> JobState | None:
-            if s.status.terminal:
+            if s.status.terminal or (s.level == r.level and r.index in s.level_done):
                 return None
             s.status = JobStatus.FAILED
-            s.error = f"task {task_id}: {reason}" if task_id else reason
+            s.error = f"task {r.task_id}: {reason}"
             return s
 
-        if await self._update(job_id, fail) is not None:
-            await self._job_failed(job_id, reason, category="task")
+        if await self._update(r.job_id, fail) is not None:
+            await self._job_failed(r.job_id, reason, category="task")
 
     async def _job_failed(self, job_id: str, reason: str, *, category: str) -> None:
         assert self.bus is not None

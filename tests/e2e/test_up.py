@@ -107,8 +107,8 @@ def test_up_submit_twenty_documents_and_archive_every_event(tmp_path: Path) -> N
             [*AGENTBUS, "submit", "--json", "--timeout", "200", *map(str, files)],
             env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path,
         )  # fmt: skip
-        assert done.returncode == 0, done.stderr
         records = json.loads(done.stdout)
+        assert done.returncode == 0, [r for r in records if r["status"] != "completed"]
         assert len(records) == 20
         assert [r["status"] for r in records] == ["completed"] * 20
         assert all(r["summary"] and len(r["summary"]) <= 1200 for r in records)
@@ -131,6 +131,29 @@ def test_up_submit_twenty_documents_and_archive_every_event(tmp_path: Path) -> N
             finally:
                 await store.close()
                 await bus.close()
+
+        # the other client commands against the same stack
+        first = records[-1]["job_id"]
+        st = subprocess.run([*AGENTBUS, "status", first], env=env, capture_output=True, text=True)
+        assert st.returncode == 0, st.stderr
+        assert json.loads(st.stdout)["status"] == "completed"
+        hist = subprocess.run(
+            [*AGENTBUS, "history", first, "--json"], env=env, capture_output=True, text=True
+        )
+        assert hist.returncode == 0, hist.stderr
+        kinds = [e["kind"] for e in json.loads(hist.stdout)]
+        assert kinds[0] == "job.accepted" and "job.completed" in kinds
+        assert kinds.count("task.completed") >= records[-1]["chunks"]
+        ev = subprocess.run(
+            [*AGENTBUS, "events", "--last", "5"], env=env, capture_output=True, text=True
+        )
+        assert ev.returncode == 0, ev.stderr
+        assert len(ev.stdout.strip().splitlines()) == 5
+        missing = subprocess.run(
+            [*AGENTBUS, "status", "no-such-job"], env=env, capture_output=True, text=True
+        )
+        assert missing.returncode == 1
+        assert missing.stderr.strip().startswith("error: no job no-such-job")
 
         emitted, archived = asyncio.run(archive_matches_stream())
         assert len(emitted) == len(set(emitted)), "an event was emitted twice"

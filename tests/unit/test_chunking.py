@@ -22,7 +22,20 @@ _WORD_ALPHABET = st.characters(
 _WORDS = st.text(_WORD_ALPHABET, min_size=1, max_size=12).filter(lambda w: not w.isspace())
 _SEPARATORS = st.sampled_from([" ", " ", " ", "  ", "\n", "\n\n", "\t", " \n \n ", "\u00a0"])
 _PUNCT_WORDS = st.sampled_from(
-    ["Dr.", "e.g.", "U.S.", "3.14", "end.", "Why?", "No!", "...", "\u2026", '"Yes."', "(ok.)"]
+    [
+        "Dr.",
+        "e.g.",
+        "U.S.",
+        "3.14",
+        "end.",
+        "Why?",
+        "No!",
+        "...",
+        "\u2026",
+        '"Yes."',
+        "(ok.)",
+        "\u96e8\u3002\u98a8",
+    ]
 )
 
 
@@ -109,7 +122,10 @@ def _prose(sentence_count: int, *, seed: int, paragraph_every: int = 0) -> str:
                 "Next one.",
             ],
         ),
-        ("Ends mid-sentence, then\ncontinues lowercase.", ["Ends mid-sentence, then\ncontinues lowercase."]),
+        (
+            "Ends mid-sentence, then\ncontinues lowercase.",
+            ["Ends mid-sentence, then\ncontinues lowercase."],
+        ),
         ("Windows line.\r\n\r\nNext paragraph.", ["Windows line.", "Next paragraph."]),
         ("It is 5 p.m. The shop closes.", ["It is 5 p.m.", "The shop closes."]),
         ("Version 2.0.1 shipped. Great.", ["Version 2.0.1 shipped.", "Great."]),
@@ -120,11 +136,19 @@ def test_split_sentences_cases(text: str, expected: list[str]) -> None:
 
 
 def test_split_sentences_unicode() -> None:
-    text = "Die Stra\u00dfe ist lang. \u00c9t\u00e9 arrive! \u039a\u03b1\u03bb\u03b7\u03bc\u03ad\u03c1\u03b1 \u03ba\u03cc\u03c3\u03bc\u03b5."
+    text = "Die Straße ist lang. Été arrive! Καλημέρα κόσμε. 今日は晴れです。 Ça va?"
     assert split_sentences(text) == [
-        "Die Stra\u00dfe ist lang.",
-        "\u00c9t\u00e9 arrive!",
-        "\u039a\u03b1\u03bb\u03b7\u03bc\u03ad\u03c1\u03b1 \u03ba\u03cc\u03c3\u03bc\u03b5.",
+        "Die Straße ist lang.",
+        "Été arrive!",
+        "Καλημέρα κόσμε.",
+        "今日は晴れです。",
+        "Ça va?",
+    ]
+    assert split_sentences("雨です。風です\uff01本当\uff1f「はい。」") == [
+        "雨です。",
+        "風です\uff01",
+        "本当\uff1f",
+        "「はい。」",
     ]
 
 
@@ -141,7 +165,9 @@ def test_split_sentences_keeps_order_and_all_words_of_prose() -> None:
 def test_split_sentences_loses_no_words(text: str) -> None:
     sentences = split_sentences(text)
     assert all(s and s == s.strip() for s in sentences)
-    assert " ".join(sentences).split() == text.split()
+    assert "".join("".join(sentences).split()) == "".join(text.split())
+    if not any(mark in text for mark in "\u3002\uff01\uff1f\uff61"):  # CJK stops need no space
+        assert " ".join(sentences).split() == text.split()
 
 
 # --------------------------------------------------------------------------- chunk_text

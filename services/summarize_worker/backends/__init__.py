@@ -2,7 +2,7 @@
 
 - `extractive` (default): offline, deterministic, no model download;
 - `simulated`: fixed latency and optional failures, for benchmarks and tests;
-- `openai`: not available in this build yet (`make_summarizer` refuses it).
+- `openai`: any OpenAI-compatible `/v1/chat/completions` server (vLLM, Ollama, OpenAI).
 """
 
 from __future__ import annotations
@@ -10,11 +10,13 @@ from __future__ import annotations
 from agentbus.settings import SummarizerSettings
 from summarize_worker.backends.base import Summarizer, Summary
 from summarize_worker.backends.extractive import ExtractiveSummarizer, summarize_extractive
+from summarize_worker.backends.openai import OpenAISummarizer
 from summarize_worker.backends.simulated import SimulatedSummarizer, lead_summary
 from summarize_worker.errors import SummarizerError
 
 __all__ = [
     "ExtractiveSummarizer",
+    "OpenAISummarizer",
     "SimulatedSummarizer",
     "Summarizer",
     "Summary",
@@ -35,6 +37,8 @@ def make_summarizer(settings: SummarizerSettings) -> Summarizer:
         return SimulatedSummarizer(
             latency_ms=settings.simulated_latency_ms, fail_rate=settings.simulated_fail_rate
         )
+    if settings.backend == "openai":
+        return OpenAISummarizer.from_settings(settings)
     raise SummarizerError(
         f"AGENTBUS_SUMMARIZER__BACKEND={settings.backend} is not available in this build",
         retryable=False,

@@ -9,8 +9,9 @@ order and joined by single spaces:
    suffix-stripped words (character bigrams for CJK runs);
 3. sentences are scored by TextRank (weighted PageRank over the cosine-similarity graph)
    or, above `max_graph_sentences` sentences, by cosine similarity to the document
-   centroid (linear instead of quadratic); the lead sentence gets a small bonus, short
-   fragments and questions a small penalty;
+   centroid (linear instead of quadratic); the lead sentence and the first sentence of
+   each paragraph get a small bonus, while short sentences, questions and sentences that
+   open with a back-reference ("This", "However") get a small penalty;
 4. sentences are taken best first (ties by position) while they fit the budget and are
    not near-duplicates of a sentence already taken.
 
@@ -65,7 +66,9 @@ _CJK: Final = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af
 _BULLET_MARKER: Final = re.compile(
     r"^(?:[-*+\u2022\u2023\u25e6\u25aa\u25ab\u00b7\u2013\u2014>]|\d{1,3}[.)]|\(\w{1,3}\))\s+"
 )
-_TERMINATED: Final = re.compile(r"[.!?\u2026\u203d][\"'\u201d\u2019\u00bb)\]}*_]*$")
+_TERMINATED: Final = re.compile(
+    r"[.!?\u2026\u203d\u3002\uff01\uff1f\uff61][\"'\u201d\u2019\u00bb)\]}*_\u300d\u300f\uff09]*$"
+)
 
 _DANGLING_OPENERS: Final = frozenset(
     """
@@ -187,7 +190,7 @@ def _prepare(paragraphs: list[list[str]]) -> list[_Sentence]:
                 text = text.lstrip("#").strip()
             if not text:
                 continue
-            words = len(text.split())
+            words = len(text.split()) + len(_CJK.findall(text)) // 2  # CJK: ~2 chars a word
             terminated = _TERMINATED.search(text) is not None
             candidate = (
                 not heading

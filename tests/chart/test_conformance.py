@@ -1,0 +1,243 @@
+"""Chart conformance: the rendered release, run as local processes.
+
+The default scenario's provisioning Job, Deployments and `helm test` Pod are started with
+exactly their container's command, args and env (on top of the image's ENV from the
+Dockerfile), against a real nats-server. Only what must differ on one machine is
+rewritten: the NATS URL (the local server), each HTTP port (one free port per process,
+bound to 127.0.0.1), volume mount paths (to per-pod directories), the pod name given by the
+downward API, and `agentbus` resolved from this virtualenv. Then every service must become
+ready, answer its probes, process the test Pod's job, and exit 0 on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agentbus.embedded import EmbeddedNatsServer
+from agentbus.stack import free_port
+from tests.chart.render import Rendered, env_of, image_env
+
+pytestmark = [pytest.mark.chart, pytest.mark.timeout(120)]
+
+AGENTBUS = Path(sys.executable).parent / "agentbus"
+READY_TIMEOUT_S = 40.0
+
+
+@dataclass
+class PodProcess:
+    pod: str
+    proc: subprocess.Popen[bytes]
+    http_port: int | None
+    log: Path
+    container: dict[str, Any]
+    grace_s: float
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:]
+
+    def get(self, path: str) -> tuple[int, str]:
+        assert self.http_port is not None
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=2) as r:
+                return int(r.status), r.read().decode()
+        except urllib.error.HTTPError as e:
+            return int(e.code), e.read().decode()
+        except (urllib.error.URLError, OSError) as e:
+            return 0, str(e)
+
+
+class LocalPods:
+    """Pod specs turned into local processes; everything started is stopped at the end."""
+
+    def __init__(self, root: Path, nats_url: str) -> None:
+        self.root = root
+        self.nats_url = nats_url
+        self.base_env = image_env()
+        self.running: list[PodProcess] = []
+
+    def _mounts(
+        self, pod: str, spec: dict[str, Any], c: dict[str, Any], r: Rendered
+    ) -> dict[str, Path]:
+        """mountPath -> a local directory standing in for the volume."""
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        out: dict[str, Path] = {}
+        for m in c.get("volumeMounts", []):
+            local = self.root / pod / m["name"]
+            local.mkdir(parents=True, exist_ok=True)
+            cm = volumes[m["name"]].get("configMap")
+            if cm:
+                for key, text in r.named("ConfigMap", cm["name"])["data"].items():
+                    (local / key).write_text(text)
+            out[m["mountPath"]] = local
+        return out
+
+    @staticmethod
+    def _local_path(value: str, mounts: dict[str, Path]) -> str:
+        for mount, local in sorted(mounts.items(), key=lambda kv: -len(kv[0])):
+            if mount in value:
+                return value.replace(mount, str(local))
+        return value
+
+    def command(
+        self, pod: str, spec: dict[str, Any], c: dict[str, Any], r: Rendered
+    ) -> tuple[list[str], dict[str, str], int | None]:
+        mounts = self._mounts(pod, spec, c, r)
+        env = {"PATH": os.environ["PATH"], "HOME": str(self.root / pod)}
+        for name, value in self.base_env.items():
+            if name.startswith(("AGENTBUS_", "PYTHON")):
+                env[name] = self._local_path(value, mounts)
+        http_port: int | None = None
+        for name, var in env_of(c).items():
+            if "value" in var:
+                value = var["value"]
+            elif var.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.name":
+                value = pod
+            else:
+                raise AssertionError(f"{pod}: {name} needs a Secret: {var}")
+            if name == "AGENTBUS_NATS__URL":
+                value = self.nats_url
+            elif name == "AGENTBUS_HTTP__PORT":
+                http_port = free_port()
+                value = str(http_port)
+                env["AGENTBUS_HTTP__HOST"] = "127.0.0.1"
+            env[name] = self._local_path(value, mounts)
+        assert c["command"] == ["agentbus"], c["command"]
+        argv = [str(AGENTBUS), *(self._local_path(a, mounts) for a in c.get("args", []))]
+        return argv, env, http_port
+
+    def start(self, pod: str, spec: dict[str, Any], r: Rendered) -> PodProcess:
+        (c,) = spec["containers"]
+        argv, env, port = self.command(pod, spec, c, r)
+        log = self.root / f"{pod}.log"
+        workdir = self.root / pod / "workdir"
+        workdir.mkdir(parents=True, exist_ok=True)
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                argv, env=env, cwd=workdir, stdin=subprocess.DEVNULL, stdout=out,
+                stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        p = PodProcess(
+            pod=pod, proc=proc, http_port=port, log=log, container=c,
+            grace_s=float(spec.get("terminationGracePeriodSeconds", 30)),
+        )  # fmt: skip
+        self.running.append(p)
+        return p
+
+    def run(self, pod: str, spec: dict[str, Any], r: Rendered, *, timeout_s: float) -> str:
+        """Run a Job/Pod container to completion; its output."""
+        (c,) = spec["containers"]
+        argv, env, _port = self.command(pod, spec, c, r)
+        workdir = self.root / pod / "workdir"
+        workdir.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run(
+            argv, env=env, cwd=workdir, stdin=subprocess.DEVNULL, capture_output=True,
+            timeout=timeout_s, check=False,
+        )  # fmt: skip
+        output = done.stdout.decode(errors="replace")
+        assert done.returncode == 0, f"{pod} exited {done.returncode}:\n{output}\n{done.stderr!r}"
+        return output
+
+    def wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        pending = list(self.running)
+        while pending:
+            for p in list(pending):
+                assert p.proc.poll() is None, f"{p.pod} exited at start-up:\n{p.tail()}"
+                if p.get("/readyz")[0] == 200:
+                    pending.remove(p)
+            if pending:
+                assert time.monotonic() < deadline, "not ready: " + ", ".join(
+                    f"{p.pod} ({p.get('/readyz')[1].strip()})\n{p.tail()}" for p in pending
+                )
+                time.sleep(0.2)
+
+    def stop_all(self) -> dict[str, int | None]:
+        codes: dict[str, int | None] = {}
+        for p in self.running:
+            if p.proc.poll() is None:
+                p.proc.send_signal(signal.SIGTERM)
+        for p in self.running:
+            try:
+                codes[p.pod] = p.proc.wait(p.grace_s)
+            except subprocess.TimeoutExpired:
+                p.proc.kill()  # what the kubelet does after the grace period
+                p.proc.wait(5)
+                codes[p.pod] = None
+        self.running.clear()
+        return codes
+
+
+@pytest.fixture
+def local_pods(nats_server: EmbeddedNatsServer, tmp_path: Path) -> Iterator[LocalPods]:
+    pods = LocalPods(tmp_path / "pods", nats_server.url)
+    try:
+        yield pods
+    finally:
+        pods.stop_all()
+
+
+def test_rendered_release_runs_and_processes_a_job(
+    rendered: Callable[[str], Rendered], local_pods: LocalPods
+) -> None:
+    r = rendered("default")
+
+    # 1. the provisioning hook Job
+    (job,) = r.of_kind("Job")
+    out = local_pods.run(
+        f"{job['metadata']['name']}-x7k2p", job["spec"]["template"]["spec"], r, timeout_s=60
+    )
+    assert "topology ready" in out
+
+    # 2. every Deployment, with its replica count
+    started = []
+    for d in r.of_kind("Deployment"):
+        for i in range(int(d["spec"].get("replicas", 1))):
+            pod = f"{d['metadata']['name']}-5d8f9c7b6-p{i}"
+            started.append(local_pods.start(pod, d["spec"]["template"]["spec"], r))
+    assert sorted(p.pod.rsplit("-", 2)[0] for p in started) == [
+        "agentbus-event-archiver",
+        "agentbus-orchestrator",
+        "agentbus-summarize-worker",
+        "agentbus-summarize-worker",
+    ]
+    local_pods.wait_ready(READY_TIMEOUT_S)
+
+    # 3. each probe the kubelet would run answers 200
+    for p in started:
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            path = p.container[probe]["httpGet"]["path"]
+            status, body = p.get(path)
+            assert status == 200, f"{p.pod} {probe} {path}: {status} {body}"
+
+    # 4. the `helm test` Pod: submit its document and wait for the summary
+    (test_pod,) = r.of_kind("Pod")
+    out = local_pods.run("agentbus-test-submit", test_pod["spec"], r, timeout_s=90)
+    (record,) = json.loads(out)
+    assert record["status"] == "completed", record
+    assert record["summary"] and len(record["summary"]) < record["chars"]
+
+    # 5. metrics on every service
+    for p in started:
+        status, body = p.get("/metrics")
+        assert status == 200 and "agentbus_" in body, p.pod
+
+    # 6. SIGTERM: everyone exits 0 within the pod's grace period
+    logs = {p.pod: p for p in started}
+    codes = local_pods.stop_all()
+    bad = {pod: code for pod, code in codes.items() if code != 0}
+    assert bad == {}, "\n".join(f"{pod}: {code}\n{logs[pod].tail()}" for pod, code in bad.items())
+    archive = next((local_pods.root).glob("agentbus-event-archiver-*/data/archive.db"))
+    assert archive.stat().st_size > 0

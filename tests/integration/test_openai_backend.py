@@ -1,0 +1,316 @@
+"""The OpenAI-compatible backend against a local HTTP server that speaks the protocol
+(`POST /v1/chat/completions`), including 429 and 5xx answers, and in a running worker."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from prometheus_client import REGISTRY
+
+from agentbus.bus import Bus
+from agentbus.client import AgentBusClient
+from agentbus.errors import ConfigError
+from agentbus.messages import AgentEvent, EventKind, JobStatus, decode
+from agentbus.settings import Settings, SummarizerSettings
+from agentbus.worker import TaskWorker
+from orchestrator import Orchestrator
+from summarize_worker import SummarizerError, SummarizeSkill
+from summarize_worker.backends import OpenAISummarizer, make_summarizer
+from summarize_worker.backends.openai import parse_retry_after
+from tests.conftest import stream_events
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Answer:
+    status: int = 200
+    content: str = "A short summary."
+    usage: dict[str, int] | None = field(
+        default_factory=lambda: {"prompt_tokens": 50, "completion_tokens": 7}
+    )
+    headers: dict[str, str] = field(default_factory=dict)
+    body: str | None = None
+    delay_s: float = 0.0
+
+
+class FakeOpenAI:
+    """A chat-completions server that plays scripted answers, then a default one."""
+
+    def __init__(self) -> None:
+        self.script: list[Answer] = []
+        self.default = Answer()
+        self.requests: list[dict[str, Any]] = []
+        self.auth: list[str | None] = []
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.requests.append(body)
+        self.auth.append(request.headers.get("Authorization"))
+        answer = self.script.pop(0) if self.script else self.default
+        if answer.delay_s:
+            await asyncio.sleep(answer.delay_s)
+        if answer.body is not None:
+            return web.Response(status=answer.status, text=answer.body, headers=answer.headers)
+        if answer.status != 200:
+            error = {"error": {"message": f"scripted {answer.status}", "type": "test"}}
+            return web.json_response(error, status=answer.status, headers=answer.headers)
+        completion: dict[str, Any] = {
+            "id": f"chatcmpl-{len(self.requests)}",
+            "object": "chat.completion",
+            "created": 0,
+            "model": body["model"],
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": answer.content},
+                    "finish_reason": "stop",
+                }
+            ],
+        }
+        if answer.usage is not None:
+            completion["usage"] = {**answer.usage, "total_tokens": sum(answer.usage.values())}
+        return web.json_response(completion, headers=answer.headers)
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._handle)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = self._runner.addresses[0][:2]
+        self.url = f"http://{host}:{port}/v1"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+@pytest.fixture
+async def fake_openai() -> AsyncIterator[FakeOpenAI]:
+    server = FakeOpenAI()
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+class RecordedSleep:
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    async def __call__(self, delay: float) -> None:
+        self.delays.append(delay)
+
+
+def make_backend(server: FakeOpenAI, **kw: Any) -> tuple[OpenAISummarizer, RecordedSleep]:
+    sleep = RecordedSleep()
+    options: dict[str, Any] = {"base_url": server.url, "model": "tiny", "backoff_s": 0.5}
+    options.update(kw)
+    return OpenAISummarizer(sleep=sleep, **options), sleep
+
+
+async def test_summary_and_usage(fake_openai: FakeOpenAI) -> None:
+    backend, sleep = make_backend(fake_openai, api_key="sk-test", temperature=0.0)
+    try:
+        out = await backend.summarize("Some long text about rivers. " * 20, max_chars=300)
+    finally:
+        await backend.aclose()
+    assert out.text == "A short summary."
+    assert out.usage is not None
+    assert (out.usage.prompt_tokens, out.usage.completion_tokens) == (50, 7)
+    assert sleep.delays == []
+    (req,) = fake_openai.requests
+    assert req["model"] == "tiny" and req["stream"] is False and req["temperature"] == 0.0
+    assert [m["role"] for m in req["messages"]] == ["system", "user"]
+    assert "300 characters" in req["messages"][0]["content"]
+    assert req["messages"][1]["content"].startswith("Some long text about rivers.")
+    assert 0 < req["max_tokens"] <= 2048
+    assert fake_openai.auth == ["Bearer sk-test"]
+
+
+async def test_429_and_500_are_retried_honouring_retry_after(fake_openai: FakeOpenAI) -> None:
+    fake_openai.script = [
+        Answer(status=429, headers={"Retry-After": "2"}),
+        Answer(status=500),
+        Answer(status=503, headers={"Retry-After": "0"}),
+        Answer(content="Recovered summary."),
+    ]
+    backend, sleep = make_backend(fake_openai, max_retries=4, backoff_s=0.5, backoff_max_s=10)
+    try:
+        out = await backend.summarize("text " * 50, max_chars=200)
+    finally:
+        await backend.aclose()
+    assert out.text == "Recovered summary."
+    assert len(fake_openai.requests) == 4
+    assert fake_openai.auth == [None] * 4  # no key configured: no Authorization header
+    # Retry-After wins; without it the backoff of retry 1 is 0.5 * 2**1 with jitter in [50%, 100%]
+    assert sleep.delays[0] == 2.0
+    assert 0.5 <= sleep.delays[1] <= 1.0
+    assert sleep.delays[2] == 0.0
+
+
+async def test_retry_after_as_http_date(fake_openai: FakeOpenAI) -> None:
+    when = datetime.now(UTC) + timedelta(seconds=5)
+    fake_openai.script = [Answer(status=429, headers={"Retry-After": format_datetime(when, True)})]
+    backend, sleep = make_backend(fake_openai, backoff_max_s=30)
+    try:
+        await backend.summarize("text " * 50, max_chars=200)
+    finally:
+        await backend.aclose()
+    assert len(sleep.delays) == 1 and 3.0 <= sleep.delays[0] <= 5.0
+    assert parse_retry_after("garbage") is None
+    assert parse_retry_after("-3") == 0.0
+
+
+async def test_retries_exhausted_is_a_retryable_error(fake_openai: FakeOpenAI) -> None:
+    fake_openai.default = Answer(status=502)
+    backend, sleep = make_backend(fake_openai, max_retries=2)
+    try:
+        with pytest.raises(SummarizerError, match="HTTP 502") as info:
+            await backend.summarize("text " * 50, max_chars=200)
+    finally:
+        await backend.aclose()
+    assert info.value.retryable is True
+    assert "gave up after 3 attempt(s)" in str(info.value)
+    assert len(fake_openai.requests) == 3 and len(sleep.delays) == 2
+
+
+async def test_long_retry_after_gives_the_task_back(fake_openai: FakeOpenAI) -> None:
+    fake_openai.script = [Answer(status=429, headers={"Retry-After": "120"})]
+    backend, sleep = make_backend(fake_openai, backoff_max_s=30)
+    try:
+        with pytest.raises(SummarizerError, match="retry after 120s") as info:
+            await backend.summarize("text " * 50, max_chars=200)
+    finally:
+        await backend.aclose()
+    assert info.value.retryable is True and sleep.delays == []
+
+
+@pytest.mark.parametrize(
+    ("status", "hint"),
+    [(400, "scripted 400"), (401, "OPENAI_API_KEY"), (404, "OPENAI_BASE_URL"), (422, "422")],
+)
+async def test_4xx_is_a_clear_non_retryable_error(
+    fake_openai: FakeOpenAI, status: int, hint: str
+) -> None:
+    fake_openai.script = [Answer(status=status)]
+    backend, sleep = make_backend(fake_openai)
+    try:
+        with pytest.raises(SummarizerError) as info:
+            await backend.summarize("text " * 50, max_chars=200)
+    finally:
+        await backend.aclose()
+    message = str(info.value)
+    assert info.value.retryable is False
+    assert f"HTTP {status}" in message and hint in message
+    assert "/v1/chat/completions" in message and "tiny" in message
+    assert len(fake_openai.requests) == 1 and sleep.delays == []
+
+
+async def test_overshoot_is_cut_at_a_word_boundary(fake_openai: FakeOpenAI) -> None:
+    words = [f"word{i}" for i in range(200)]
+    fake_openai.script = [Answer(content="<think>planning the summary</think>" + " ".join(words))]
+    backend, _ = make_backend(fake_openai)
+    try:
+        out = await backend.summarize("text " * 50, max_chars=100)
+    finally:
+        await backend.aclose()
+    assert len(out.text) <= 100
+    assert out.text.startswith("word0 word1")
+    kept = out.text.rstrip("…").split()
+    assert all(w in words for w in kept)  # no word cut in half
+    assert "think" not in out.text
+
+
+async def test_timeout_and_garbage(fake_openai: FakeOpenAI) -> None:
+    fake_openai.script = [Answer(delay_s=2.0), Answer(body="<html>proxy</html>")]
+    backend, sleep = make_backend(fake_openai, timeout_s=0.3, max_retries=1)
+    try:
+        with pytest.raises(SummarizerError, match="not JSON") as info:
+            await backend.summarize("text " * 50, max_chars=200)
+    finally:
+        await backend.aclose()
+    assert info.value.retryable is False
+    assert len(fake_openai.requests) == 2 and len(sleep.delays) == 1  # the timeout was retried
+
+
+async def test_settings_key_file_and_factory(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text("sk-from-file\n")
+    settings = SummarizerSettings(
+        backend="openai",
+        openai_base_url=fake_openai.url,
+        openai_model="m",
+        openai_api_key="sk-from-env",  # type: ignore[arg-type]
+        openai_api_key_file=key_file,
+    )
+    backend = make_summarizer(settings)
+    try:
+        assert backend.name == "openai"
+        await backend.summarize("text " * 50, max_chars=200)
+    finally:
+        await backend.aclose()
+    assert fake_openai.auth == ["Bearer sk-from-file"]
+    missing = settings.model_copy(update={"openai_api_key_file": tmp_path / "nope"})
+    with pytest.raises(ConfigError, match=r"AGENTBUS_SUMMARIZER__OPENAI_API_KEY_FILE=.*nope"):
+        make_summarizer(missing)
+    with pytest.raises(ConfigError, match="AGENTBUS_SUMMARIZER__OPENAI_BASE_URL"):
+        make_summarizer(settings.model_copy(update={"openai_base_url": "ftp://x"}))
+
+
+def _tokens(kind: str) -> float:
+    value = REGISTRY.get_sample_value(
+        "agentbus_summarizer_tokens_total",
+        {"service": "worker", "backend": "openai", "kind": kind},
+    )
+    return value or 0.0
+
+
+async def test_worker_records_token_usage(
+    bus: Bus,
+    settings: Settings,
+    running: Any,
+    fake_openai: FakeOpenAI,
+) -> None:
+    fake_openai.script = [Answer(status=429, headers={"Retry-After": "0"})]
+    fake_openai.default = Answer(
+        content="Rivers flood in spring.", usage={"prompt_tokens": 120, "completion_tokens": 9}
+    )
+    s = settings.model_copy(
+        update={
+            "summarizer": SummarizerSettings(
+                backend="openai", openai_base_url=fake_openai.url, openai_model="tiny"
+            )
+        }
+    )
+    before = (_tokens("prompt"), _tokens("completion"))
+    await running.start(Orchestrator, s, "orch-openai")
+    await running.start(lambda st: TaskWorker(st, SummarizeSkill(st)), s, "worker-openai")
+    async with AgentBusClient(s.nats) as client:
+        job_id = await client.submit("The river floods every spring. " * 10)
+        state = await client.wait(job_id, timeout_s=30)
+    assert state.status is JobStatus.COMPLETED, state.error
+    assert state.summary == "Rivers flood in spring."
+    assert len(fake_openai.requests) == 2  # the 429 was retried inside the backend
+    completed = [
+        ev
+        for _, data in await stream_events(bus)
+        if (ev := decode(data, AgentEvent).payload).kind is EventKind.TASK_COMPLETED
+        and ev.job_id == job_id
+    ]
+    assert len(completed) == 1
+    assert completed[0].data["usage"] == {"prompt_tokens": 120, "completion_tokens": 9}
+    assert (_tokens("prompt") - before[0], _tokens("completion") - before[1]) == (120, 9)
