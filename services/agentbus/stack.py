@@ -109,8 +109,10 @@ class ServiceProcess:
         except subprocess.TimeoutExpired:
             return None
 
-    def stop(self, *, timeout_s: float) -> int | None:
-        self.signal(signal.SIGTERM)
+    def stop(self, *, timeout_s: float, signalled: bool = False) -> int | None:
+        """SIGTERM (unless already `signalled`), wait, SIGKILL after `timeout_s`."""
+        if not signalled:
+            self.signal(signal.SIGTERM)
         code = self.wait(timeout_s)
         if code is None and self.proc is not None:
             self.proc.kill()
@@ -245,7 +247,7 @@ class Stack:
         for p in first:
             p.signal(signal.SIGTERM)
         for p in first:
-            codes[p.agent_id] = p.stop(timeout_s=grace_s)
+            codes[p.agent_id] = p.stop(timeout_s=grace_s, signalled=True)
         for p in self.by_role("archiver"):
             codes[p.agent_id] = p.stop(timeout_s=grace_s)
         if self.server is not None:

@@ -10,6 +10,9 @@ Services that the NATS chart really creates.
 
 from __future__ import annotations
 
+import base64
+import copy
+import re
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -183,6 +186,93 @@ def render(
                 objects.append(doc)
                 sources.append(path)
     return Rendered(objects=objects, sources=sources, notes=notes, values=values)
+
+
+def chart_values(values: dict[str, Any]) -> dict[str, Any]:
+    """The chart's values.yaml with `values` over it, as Helm coalesces them (maps merged
+    key by key, anything else replaced, null deletes)."""
+
+    def merge(base: Any, over: Any) -> Any:
+        if isinstance(base, dict) and isinstance(over, dict):
+            out = dict(base)
+            for key, val in over.items():
+                if val is None:
+                    out.pop(key, None)
+                else:
+                    out[key] = merge(base.get(key), val)
+            return out
+        return copy.deepcopy(over)
+
+    defaults = yaml.safe_load((CHART_DIR / "values.yaml").read_text())
+    return dict(merge(defaults, values))
+
+
+def secret_data(r: Rendered, name: str) -> dict[str, str]:
+    """key -> decoded value of a Secret of the release."""
+    secret = r.named("Secret", name)
+    assert not secret.get("stringData"), name
+    return {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
+
+
+NATS_CONFIG_DIR: Final = "/etc/nats-config"
+"""Where the NATS chart mounts nats.conf; its includes are relative to it."""
+NATS_AUTH_VOLUME: Final = "agentbus-nats-auth"
+_NATS_FULLNAME_TPL: Final = re.compile(r'^\{\{ include "nats\.fullname" \. \}\}([-a-z0-9]*)$')
+
+
+@dataclass(frozen=True)
+class NatsAuthWiring:
+    """What the NATS chart does with our values: the files nats.conf includes (relative to
+    NATS_CONFIG_DIR), and the Secret volume mounted into its container."""
+
+    includes: list[str]
+    mount_path: str
+    secret_name: str
+    items: dict[str, str]
+    """Secret key -> file name under mount_path."""
+
+
+def nats_fullname(r: Rendered) -> str:
+    """The NATS chart's full name, from the headless Service the stand-in renders."""
+    (headless,) = [
+        s for s in r.of_kind("Service")
+        if s["spec"].get("clusterIP") == "None"
+        and s["metadata"]["labels"].get("app.kubernetes.io/component") == "nats"
+    ]  # fmt: skip
+    return str(headless["metadata"]["name"]).removesuffix("-headless")
+
+
+def nats_auth_wiring(r: Rendered) -> NatsAuthWiring:
+    """Read the NATS chart's values the way its templates use them: `config.merge` keys
+    ending in `$include` become include directives, `container.patch` and
+    `podTemplate.patch` are JSON patches of its container and pod, and `$tplYaml` strings
+    are templated in its context (only `{{ include "nats.fullname" . }}<suffix>` here)."""
+    nats = chart_values(r.values)["nats"]
+    includes = [v for k, v in sorted(nats["config"]["merge"].items()) if k.endswith("$include")]
+    mounts = [
+        p["value"] for p in nats["container"]["patch"]
+        if p["op"] == "add" and p["path"] == "/volumeMounts/-"
+        and p["value"]["name"] == NATS_AUTH_VOLUME
+    ]  # fmt: skip
+    volumes = [
+        p["value"] for p in nats["podTemplate"]["patch"]
+        if p["op"] == "add" and p["path"] == "/spec/volumes/-"
+        and p["value"]["name"] == NATS_AUTH_VOLUME
+    ]  # fmt: skip
+    assert len(mounts) == 1 and len(volumes) == 1, (mounts, volumes)
+    (mount,), (volume,) = mounts, volumes
+    assert mount.get("readOnly") is True and "subPath" not in mount, mount
+    secret_name = volume["secret"]["secretName"]
+    if isinstance(secret_name, dict):
+        (template,) = secret_name.values()
+        assert list(secret_name) == ["$tplYaml"], secret_name
+        m = _NATS_FULLNAME_TPL.match(template.strip())
+        assert m, f"unsupported $tplYaml in nats.podTemplate.patch: {template!r}"
+        secret_name = nats_fullname(r) + m.group(1)
+    items = {i["key"]: i["path"] for i in volume["secret"].get("items", [])}
+    return NatsAuthWiring(
+        includes=includes, mount_path=mount["mountPath"], secret_name=secret_name, items=items
+    )
 
 
 def env_of(container: dict[str, Any]) -> dict[str, dict[str, Any]]:

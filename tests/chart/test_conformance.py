@@ -2,11 +2,19 @@
 
 The default scenario's provisioning Job, Deployments and `helm test` Pod are started with
 exactly their container's command, args and env (on top of the image's ENV from the
-Dockerfile), against a real nats-server. Only what must differ on one machine is
-rewritten: the NATS URL (the local server), each HTTP port (one free port per process,
-bound to 127.0.0.1), volume mount paths (to per-pod directories), the pod name given by the
-downward API, and `agentbus` resolved from this virtualenv. Then every service must become
-ready, answer its probes, process the test Pod's job, and exit 0 on SIGTERM.
+Dockerfile), against a real nats-server configured the way the NATS chart configures its
+own from our values: nats.conf (in /etc/nats-config) includes the `$include` files of
+`nats.config.merge`, resolved against the Secret volume that `nats.container.patch` /
+`nats.podTemplate.patch` mount, with the rendered Secret's content. So the server has
+exactly the users, passwords and permissions of the rendered `auth.conf`, and each pod
+connects with its rendered user, password file (the mounted Secret item) and inbox prefix.
+
+Only what must differ on one machine is rewritten: the NATS URL (the local server), each
+HTTP port (one free port per process, bound to 127.0.0.1), volume mount paths (to per-pod
+directories holding the ConfigMap/Secret items), the pod name given by the downward API,
+and `agentbus` resolved from this virtualenv. Then every service must become ready,
+connected as its own user, answer its probes, process the test Pod's job without a single
+permission violation, and exit 0 on SIGTERM. A variant runs with natsAuth off.
 """
 
 from __future__ import annotations
@@ -14,12 +22,13 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +37,16 @@ import pytest
 
 from agentbus.embedded import EmbeddedNatsServer
 from agentbus.stack import free_port
-from tests.chart.render import Rendered, env_of, image_env
+from tests.chart.render import (
+    NATS_CONFIG_DIR,
+    Rendered,
+    env_of,
+    image_env,
+    load_values,
+    nats_auth_wiring,
+    render,
+    secret_data,
+)
 
 pytestmark = [pytest.mark.chart, pytest.mark.timeout(120)]
 
@@ -77,10 +95,18 @@ class LocalPods:
         for m in c.get("volumeMounts", []):
             local = self.root / pod / m["name"]
             local.mkdir(parents=True, exist_ok=True)
-            cm = volumes[m["name"]].get("configMap")
-            if cm:
-                for key, text in r.named("ConfigMap", cm["name"])["data"].items():
+            volume = volumes[m["name"]]
+            if "configMap" in volume:
+                for key, text in r.named("ConfigMap", volume["configMap"]["name"])["data"].items():
                     (local / key).write_text(text)
+            elif "secret" in volume:
+                # the Secret must be one the release renders (we have no others here)
+                data = secret_data(r, volume["secret"]["secretName"])
+                items = volume["secret"].get("items") or [{"key": k, "path": k} for k in data]
+                for item in items:
+                    assert item["key"] in data, f"{pod}: Secret has no key {item['key']}"
+                    (local / item["path"]).write_text(data[item["key"]])
+                    (local / item["path"]).chmod(volume["secret"].get("defaultMode", 0o644))
             out[m["mountPath"]] = local
         return out
 
@@ -180,19 +206,81 @@ class LocalPods:
         return codes
 
 
-@pytest.fixture
-def local_pods(nats_server: EmbeddedNatsServer, tmp_path: Path) -> Iterator[LocalPods]:
-    pods = LocalPods(tmp_path / "pods", nats_server.url)
-    try:
-        yield pods
-    finally:
-        pods.stop_all()
+@dataclass
+class ChartNats:
+    """A nats-server laid out like the NATS chart's pod, from the rendered release."""
+
+    server: EmbeddedNatsServer
+    monitor_port: int
+    users: dict[str, str]
+    """user -> password, from the rendered Secret (empty with natsAuth off)."""
+
+    def connections(self) -> list[dict[str, Any]]:
+        url = f"http://127.0.0.1:{self.monitor_port}/connz?auth=true&limit=1024"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return list(json.loads(resp.read())["connections"] or [])
 
 
+def start_chart_nats(r: Rendered, root: Path) -> ChartNats:
+    wiring = nats_auth_wiring(r)
+    data = secret_data(r, wiring.secret_name)
+    auth_dir = root / wiring.mount_path.lstrip("/")
+    auth_dir.mkdir(parents=True)
+    for key, path in wiring.items.items():
+        (auth_dir / path).write_text(data[key])
+    config_dir = root / NATS_CONFIG_DIR.lstrip("/")
+    config_dir.mkdir(parents=True)
+    monitor_port = free_port()
+    conf = [
+        f'jetstream {{ store_dir: "{root / "jetstream"}" }}',
+        f"http: 127.0.0.1:{monitor_port}",
+        *(f"include {path};" for path in wiring.includes),  # as the NATS chart writes them
+    ]
+    (config_dir / "nats.conf").write_text("\n".join(conf) + "\n")
+    server = EmbeddedNatsServer(config_file=config_dir / "nats.conf", jetstream=False)
+    server.start()
+    users = {k: v for k, v in data.items() if k not in wiring.items}
+    return ChartNats(server=server, monitor_port=monitor_port, users=users)
+
+
+def anonymous_connect(url: str) -> str:
+    """What the server answers a client without credentials: PONG or an -ERR line."""
+    host, port = url.removeprefix("nats://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        reader = sock.makefile("rb")
+        assert reader.readline().startswith(b"INFO ")
+        sock.sendall(b'CONNECT {"verbose":false,"pedantic":false}\r\nPING\r\n')
+        return reader.readline().decode().strip()
+
+
+VARIANTS = {
+    "default": None,  # natsAuth on (the default): every pod on its own user
+    "auth-off": {"natsAuth": {"enabled": False}},
+}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
 def test_rendered_release_runs_and_processes_a_job(
-    rendered: Callable[[str], Rendered], local_pods: LocalPods
+    rendered: Callable[[str], Rendered], chart_dir: Path, tmp_path: Path, variant: str
 ) -> None:
-    r = rendered("default")
+    extra = VARIANTS[variant]
+    r = rendered("default") if extra is None else render(chart_dir, load_values("default") | extra)
+    chart_nats = start_chart_nats(r, tmp_path / "nats-pod")
+    local_pods = LocalPods(tmp_path / "pods", chart_nats.server.url)
+    try:
+        _run_release(r, local_pods, chart_nats, auth=extra is None)
+    finally:
+        local_pods.stop_all()
+        chart_nats.server.stop()
+
+
+def _run_release(r: Rendered, local_pods: LocalPods, chart_nats: ChartNats, *, auth: bool) -> None:
+    if auth:
+        assert set(chart_nats.users) >= {"orchestrator", "worker", "archiver", "client"}
+        assert "authorization violation" in anonymous_connect(chart_nats.server.url).lower()
+    else:
+        assert chart_nats.users == {}
+        assert anonymous_connect(chart_nats.server.url) == "PONG"
 
     # 1. the provisioning hook Job
     (job,) = r.of_kind("Job")
@@ -214,6 +302,16 @@ def test_rendered_release_runs_and_processes_a_job(
         "agentbus-summarize-worker",
     ]
     local_pods.wait_ready(READY_TIMEOUT_S)
+
+    # every service is connected as the user its env names (and with auth, its own role)
+    by_pod: dict[str, set[str]] = {}
+    for conn in chart_nats.connections():
+        pod = str(conn.get("name", "")).rsplit(":", 1)[-1]
+        by_pod.setdefault(pod, set()).add(conn.get("authorized_user", ""))
+    for p in started:
+        want = env_of(p.container).get("AGENTBUS_NATS__USER", {}).get("value", "")
+        assert bool(want) == auth and want != "admin", p.pod
+        assert by_pod.get(p.pod) == {want}, (p.pod, by_pod)
 
     # 3. each probe the kubelet would run answers 200
     for p in started:
@@ -241,3 +339,6 @@ def test_rendered_release_runs_and_processes_a_job(
     assert bad == {}, "\n".join(f"{pod}: {code}\n{logs[pod].tail()}" for pod, code in bad.items())
     archive = next((local_pods.root).glob("agentbus-event-archiver-*/data/archive.db"))
     assert archive.stat().st_size > 0
+
+    # 7. nobody did anything its NATS user may not do
+    assert "violation" not in chart_nats.server.log.lower(), chart_nats.server.log[-3000:]

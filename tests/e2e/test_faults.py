@@ -1017,8 +1017,9 @@ async def test_cluster_node_killed_under_load_pipeline_continues(
         url = cluster.url
         docs = {f"cluster-{i:03}": small_doc(i) for i in range(JOBS)}
         async with running_stack(tmp_path, url, workers=2) as stack, Probe(url) as probe:
-            info = await probe.b.js.stream_info(subjects.TASKS_STREAM)
-            assert info.config.num_replicas == 3
+            for name in subjects.ALL_STREAMS:
+                info = await probe.b.js.stream_info(name)
+                assert info.config.num_replicas == 3, name
             job_ids = await probe.submit(docs)
             await probe.wait_terminal(job_ids, timeout_s=60, until=lambda n: n >= JOBS // 4)
             # kill the node that leads the busiest stream

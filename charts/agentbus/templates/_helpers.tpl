@@ -144,6 +144,114 @@ app.kubernetes.io/component: {{ include "agentbus.component" . }}
 {{- toJson $auth }}
 {{- end }}
 
+{{/* NATS users (natsAuth.enabled) --------------------------------------------------- */}}
+
+{{/* files/nats-permissions.json (generated from agentbus.permissions), as JSON text. */}}
+{{- define "agentbus.natsPermissions" -}}
+{{- $raw := .Files.Get "files/nats-permissions.json" }}
+{{- if not $raw }}
+{{- fail "files/nats-permissions.json is missing from the chart: run `python -m agentbus.permissions --write`" }}
+{{- end }}
+{{- $raw }}
+{{- end }}
+
+{{/* The Secret with auth.conf and the passwords; the NATS chart names it the same way in
+     nats.podTemplate.patch ({{ include "nats.fullname" . }}-auth). */}}
+{{- define "agentbus.natsAuthSecretName" -}}
+{{- printf "%s-auth" (include "agentbus.natsFullname" .) }}
+{{- end }}
+
+{{/* The chart's NATS user of one pod (dict "root" $ "service" "worker"), or nothing when
+     natsAuth.enabled is false or the service has credentials of its own (existingSecret). */}}
+{{- define "agentbus.natsUser" -}}
+{{- $auth := include "agentbus.natsAuth" . | fromJson }}
+{{- if and .root.Values.natsAuth.enabled (not $auth.existingSecret) }}
+{{- $roles := dict "orchestrator" "orchestrator" "worker" "worker" "archiver" "archiver" "provision" "provisioner" "test" "client" }}
+{{- $user := get $roles .service }}
+{{- if not $user }}
+{{- fail (printf "no NATS user for the agentbus service %q" .service) }}
+{{- end }}
+{{- $user }}
+{{- end }}
+{{- end }}
+
+{{/* The entry of one user in files/nats-permissions.json: dict "root" $ "user" "worker". */}}
+{{- define "agentbus.natsUserEntry" -}}
+{{- $found := dict }}
+{{- range $u := (include "agentbus.natsPermissions" .root | fromJson).users }}
+{{- if eq $u.user $.user }}{{ $found = $u }}{{ end }}
+{{- end }}
+{{- if not $found }}
+{{- fail (printf "files/nats-permissions.json has no NATS user %q: run `python -m agentbus.permissions --write`" .user) }}
+{{- end }}
+{{- toJson $found }}
+{{- end }}
+
+{{/* The data of an existing Secret (base64 values) or {}: dict "namespace" ns "name" n.
+     Offline (helm template, lint) lookup finds nothing. */}}
+{{- define "agentbus.secretData" -}}
+{{- $secret := lookup "v1" "Secret" .namespace .name | default dict }}
+{{- toJson (get $secret "data" | default dict) }}
+{{- end }}
+
+{{/* user -> password of every user: from natsAuth.passwordsSecret, else those of the
+     release's Secret (kept across upgrades), else new random ones. Called once per render. */}}
+{{- define "agentbus.natsPasswords" -}}
+{{- $users := (include "agentbus.natsPermissions" . | fromJson).users }}
+{{- $existing := .Values.natsAuth.passwordsSecret }}
+{{- $name := default (include "agentbus.natsAuthSecretName" .) $existing }}
+{{- $data := include "agentbus.secretData" (dict "namespace" .Release.Namespace "name" $name) | fromJson }}
+{{- if and $existing (not $data) }}
+{{- fail (printf "natsAuth.passwordsSecret: no Secret %q in namespace %s (create it before installing; `helm template` cannot read Secrets)" $existing .Release.Namespace) }}
+{{- end }}
+{{- $out := dict }}
+{{- range $u := $users }}
+{{- $old := get $data $u.user | default "" | b64dec | trim }}
+{{- if and $existing (not $old) }}
+{{- fail (printf "natsAuth.passwordsSecret %s has no (non-empty) key %q: it needs one key per NATS user" $existing $u.user) }}
+{{- end }}
+{{- $_ := set $out $u.user (ternary $old (randAlphaNum 32) (ne $old "")) }}
+{{- end }}
+{{- toJson $out }}
+{{- end }}
+
+{{/* A quoted nats-server configuration string: dict "value" v "what" "the password of x". */}}
+{{- define "agentbus.confString" -}}
+{{- if not (regexMatch `^[^"\\[:cntrl:]]*$` .value) }}
+{{- fail (printf "%s holds a quote, backslash or control character" .what) }}
+{{- end }}
+{{- printf "\"%s\"" .value }}
+{{- end }}
+
+{{/* A nats-server `authorization { users = [...] }` block from the permissions JSON and the
+     passwords: dict "permissions" (json) "passwords" (dict). The same text as
+     agentbus.permissions.render_nats_conf, which the chart tests compare it with. */}}
+{{- define "agentbus.natsAuthConf" -}}
+{{- $lines := list "authorization {" "  users = [" }}
+{{- range $u := .permissions.users }}
+{{- $pw := get $.passwords $u.user }}
+{{- $lines = append $lines "    {" }}
+{{- $lines = append $lines (printf "      user: %s" (include "agentbus.confString" (dict "value" $u.user "what" "a user name"))) }}
+{{- $lines = append $lines (printf "      password: %s" (include "agentbus.confString" (dict "value" $pw "what" (printf "the password of %s" $u.user)))) }}
+{{- $lines = append $lines "      permissions: {" }}
+{{- range $dir := list "publish" "subscribe" }}
+{{- $items := list }}
+{{- range $subject := (get $u.permissions $dir).allow }}
+{{- $items = append $items (printf "          %s" (include "agentbus.confString" (dict "value" $subject "what" "a subject"))) }}
+{{- end }}
+{{- $lines = append $lines (printf "        %s: { allow: [" $dir) }}
+{{- $lines = append $lines (join "\n" $items) }}
+{{- $lines = append $lines "        ] }" }}
+{{- end }}
+{{- if $u.permissions.allow_responses }}
+{{- $lines = append $lines "        allow_responses: true" }}
+{{- end }}
+{{- $lines = concat $lines (list "      }" "    }") }}
+{{- end }}
+{{- $lines = concat $lines (list "  ]" "}") }}
+{{- printf "%s\n" (join "\n" $lines) }}
+{{- end }}
+
 {{/* Environment -------------------------------------------------------------------- */}}
 
 {{/* One setting value as an env string: lists and maps as JSON, whole floats as ints. */}}
@@ -209,8 +317,21 @@ app.kubernetes.io/component: {{ include "agentbus.component" . }}
 {{- if has $svc (list "orchestrator" "worker" "archiver") }}
 {{- $_ := set $env "AGENTBUS_HTTP__PORT" (include "agentbus.envValue" $v.http.port) }}
 {{- end }}
+{{- $natsUser := include "agentbus.natsUser" . }}
+{{- if $natsUser }}
+{{- /* the chart's user: its env entries from files/nats-permissions.json, password file */}}
+{{- $entry := include "agentbus.natsUserEntry" (dict "root" $root "user" $natsUser) | fromJson }}
+{{- if and $auth.inboxPrefix (ne $auth.inboxPrefix $entry.inbox_prefix) }}
+{{- fail (printf "natsAuth inboxPrefix %q of %s: the chart's NATS user %s may only use %s (inboxPrefix is for credentials of your own, with existingSecret)" $auth.inboxPrefix $svc $natsUser $entry.inbox_prefix) }}
+{{- end }}
+{{- range $name, $val := $entry.env }}
+{{- $_ := set $env $name (toString $val) }}
+{{- end }}
+{{- $_ := set $env "AGENTBUS_NATS__PASSWORD_FILE" "/etc/agentbus/nats-auth/password" }}
+{{- else }}
 {{- with $auth.inboxPrefix }}
 {{- $_ := set $env "AGENTBUS_NATS__INBOX_PREFIX" (toString .) }}
+{{- end }}
 {{- end }}
 {{- if and $auth.existingSecret $auth.credsKey }}
 {{- $_ := set $env "AGENTBUS_NATS__CREDS_FILE" (printf "/etc/agentbus/nats-creds/%s" $auth.credsKey) }}
@@ -270,6 +391,11 @@ app.kubernetes.io/component: {{ include "agentbus.component" . }}
 {{- $auth := include "agentbus.natsAuth" . | fromJson }}
 - name: tmp
   mountPath: /tmp
+{{- if include "agentbus.natsUser" . }}
+- name: nats-auth
+  mountPath: /etc/agentbus/nats-auth
+  readOnly: true
+{{- end }}
 {{- if and $auth.existingSecret $auth.credsKey }}
 - name: nats-creds
   mountPath: /etc/agentbus/nats-creds
@@ -287,6 +413,15 @@ app.kubernetes.io/component: {{ include "agentbus.component" . }}
 - name: tmp
   emptyDir:
     sizeLimit: {{ .root.Values.tmpSizeLimit }}
+{{- with include "agentbus.natsUser" . }}
+- name: nats-auth
+  secret:
+    secretName: {{ include "agentbus.natsAuthSecretName" $.root }}
+    defaultMode: 0440
+    items:
+      - key: {{ . }}
+        path: password
+{{- end }}
 {{- if and $auth.existingSecret $auth.credsKey }}
 - name: nats-creds
   secret:
@@ -436,7 +571,45 @@ spec:
 {{- if and .Values.nats.enabled .Values.nats.config.cluster.enabled (gt (int .Values.topology.replicas) (int .Values.nats.config.cluster.replicas)) }}
 {{- fail "topology.replicas must not exceed nats.config.cluster.replicas" }}
 {{- end }}
+{{- include "agentbus.validateNatsAuth" . }}
 {{- if and .Values.metrics.podMonitor.enabled .Values.metrics.serviceMonitor.enabled }}
 {{- fail "metrics.podMonitor.enabled and metrics.serviceMonitor.enabled: pick one (each service would be scraped twice)" }}
+{{- end }}
+{{- end }}
+
+{{/* The chart's NATS users need: the worker's skill in the permissions file, and (bundled
+     NATS) the subchart values that load auth.conf from the Secret. */}}
+{{- define "agentbus.validateNatsAuth" -}}
+{{- if .Values.natsAuth.enabled }}
+{{- if include "agentbus.natsUser" (dict "root" $ "service" "worker") }}
+{{- $skills := (include "agentbus.natsPermissions" . | fromJson).skills }}
+{{- if not (has .Values.worker.skill $skills) }}
+{{- fail (printf "worker.skill %q has no NATS permissions in files/nats-permissions.json (skills: %s): run `python -m agentbus.permissions --write --skill %s`" .Values.worker.skill (join ", " $skills) .Values.worker.skill) }}
+{{- end }}
+{{- end }}
+{{- if .Values.nats.enabled }}
+{{- $n := .Values.nats }}
+{{- $mountPath := "" }}
+{{- range $p := ($n.container | default dict).patch | default list }}
+{{- if and (eq (toString $p.op) "add") (eq (toString $p.path) "/volumeMounts/-") (kindIs "map" $p.value) }}
+{{- if eq (toString $p.value.name) "agentbus-nats-auth" }}{{ $mountPath = toString $p.value.mountPath }}{{ end }}
+{{- end }}
+{{- end }}
+{{- $volume := false }}
+{{- range $p := ($n.podTemplate | default dict).patch | default list }}
+{{- if and (eq (toString $p.op) "add") (eq (toString $p.path) "/spec/volumes/-") (kindIs "map" $p.value) }}
+{{- if and (eq (toString $p.value.name) "agentbus-nats-auth") $p.value.secret }}{{ $volume = true }}{{ end }}
+{{- end }}
+{{- end }}
+{{- $included := false }}
+{{- range $key, $file := ($n.config | default dict).merge | default dict }}
+{{- if and $mountPath (hasSuffix "$include" $key) (eq (clean (printf "/etc/nats-config/%s" (toString $file))) (printf "%s/auth.conf" (trimSuffix "/" $mountPath))) }}
+{{- $included = true }}
+{{- end }}
+{{- end }}
+{{- if not (and $mountPath $volume $included) }}
+{{- fail (printf "natsAuth.enabled with the bundled NATS needs the chart's entries in nats.config.merge ($include), nats.container.patch and nats.podTemplate.patch (volume agentbus-nats-auth from Secret %s): keep them when you set these values (see values.yaml)" (include "agentbus.natsAuthSecretName" .)) }}
+{{- end }}
+{{- end }}
 {{- end }}
 {{- end }}

@@ -246,11 +246,27 @@ def _submit(nats_port: int, tmp_path: Path, count: int, seed: int) -> list[str]:
     return [r["job_id"] for r in records]
 
 
+def _use_client_user(namespace: str, directory: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Connect as the chart's `client` NATS user (natsAuth): its password from the
+    release's Secret, like the `helm test` Pod."""
+    import base64
+
+    encoded = _run("kubectl", "-n", namespace, "get", "secret", f"{RELEASE}-nats-auth",
+                   "-o", "jsonpath={.data.client}").stdout  # fmt: skip
+    password_file = directory / "client-password"
+    password_file.write_text(base64.b64decode(encoded).decode())
+    password_file.chmod(0o600)
+    monkeypatch.setenv("AGENTBUS_NATS__USER", "client")
+    monkeypatch.setenv("AGENTBUS_NATS__PASSWORD_FILE", str(password_file))
+    monkeypatch.setenv("AGENTBUS_NATS__INBOX_PREFIX", "_INBOX_client")
+
+
 def test_helm_install_scale_observe_test_uninstall(
-    release: tuple[str, Path], tmp_path: Path
+    release: tuple[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     namespace, chart = release
     _rollout(namespace)
+    _use_client_user(namespace, tmp_path, monkeypatch)
     assert len(_worker_pods(namespace)) == 1
 
     with port_forward(namespace, f"svc/{RELEASE}-nats", 4222) as nats_port:

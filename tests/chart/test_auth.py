@@ -1,0 +1,389 @@
+"""The chart's NATS users come from the one source of truth, agentbus.permissions.
+
+The chart renders the nats-server `authorization` include from
+files/nats-permissions.json (written by `python -m agentbus.permissions --write`); these
+tests render the chart and compare that include, user by user, with what
+`permissions.render_nats_conf` makes of the same passwords, check that every pod connects
+as the user of its role (env from the same JSON, its password as a mounted Secret item),
+that every Secret key a pod or the NATS chart mounts exists, that passwords survive an
+upgrade, and that the NATS chart's values load the include. The conformance test runs
+it all against a real nats-server.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import posixpath
+from collections.abc import Callable
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import pytest
+
+from agentbus import permissions
+from tests.chart.render import (
+    CHART_DIR,
+    NATS_CONFIG_DIR,
+    RELEASE,
+    SCENARIOS,
+    Rendered,
+    chart_values,
+    env_of,
+    load_values,
+    nats_auth_wiring,
+    prepare_chart,
+    render,
+    secret_data,
+)
+
+pytestmark = pytest.mark.chart
+
+RenderFn = Callable[[str], Rendered]
+
+AUTH_SECRET = f"{RELEASE}-nats-auth"
+PASSWORD_FILE = "AGENTBUS_NATS__PASSWORD_FILE"
+PERMISSIONS_JSON = CHART_DIR / "files" / "nats-permissions.json"
+# The NATS user each of our workloads runs as (the chart's role mapping).
+ROLE_OF_WORKLOAD = {
+    ("Deployment", f"{RELEASE}-orchestrator"): permissions.ORCHESTRATOR,
+    ("Deployment", f"{RELEASE}-summarize-worker"): permissions.WORKER,
+    ("Deployment", f"{RELEASE}-event-archiver"): permissions.ARCHIVER,
+    ("Job", f"{RELEASE}-provision"): permissions.PROVISIONER,
+    ("Pod", f"{RELEASE}-test-submit"): permissions.CLIENT,
+}
+# The lookup of an existing Secret, replaced in test copies of the chart by fixed data.
+LOOKUP = 'lookup "v1" "Secret" .namespace .name'
+
+
+def _json() -> dict[str, Any]:
+    return dict(json.loads(PERMISSIONS_JSON.read_text()))
+
+
+def _auth_on(scenario: str) -> bool:
+    return bool(chart_values(load_values(scenario))["natsAuth"]["enabled"])
+
+
+AUTH_SCENARIOS = [s for s in SCENARIOS if _auth_on(s)]
+
+
+def _expected_conf(passwords: dict[str, str]) -> str:
+    """permissions.py's rendering of the JSON's users (in its order) with `passwords`."""
+    doc = _json()
+    perms = permissions.build_permissions(skills=doc["skills"])
+    creds: dict[str, permissions.Credential] = {
+        u["user"]: permissions.Password(passwords[u["user"]]) for u in doc["users"]
+    }
+    return permissions.render_nats_conf(creds, permissions=perms)
+
+
+def _user_block(conf: str, user: str) -> str:
+    """The `{ user: ... }` block of one user in an authorization include."""
+    start = conf.index(f'    {{\n      user: "{user}"\n')
+    return conf[start : conf.index("\n    }\n", start) + len("\n    }\n")]
+
+
+def _chart_with_secrets(tmp_path: Path, secrets: dict[str, dict[str, str]]) -> Path:
+    """A copy of the chart whose `lookup` of a Secret finds `secrets` (name -> data), as
+    it would in a cluster: the upgrade and existing-Secret paths, offline."""
+    chart = prepare_chart(tmp_path)
+    helpers = chart / "templates" / "_helpers.tpl"
+    text = helpers.read_text()
+    assert text.count(LOOKUP) == 1, "the Secret lookup moved: update this test"
+    found = {name: {"data": data} for name, data in secrets.items()}
+    helpers.write_text(text.replace(LOOKUP, f"get (fromJson `{json.dumps(found)}`) .name"))
+    return chart
+
+
+def _b64(values: dict[str, str]) -> dict[str, str]:
+    return {k: base64.b64encode(v.encode()).decode() for k, v in values.items()}
+
+
+def _mount_of(container: dict[str, Any], path: str) -> dict[str, Any]:
+    """The volumeMount a file path lies under (the deepest one)."""
+    hits = [
+        m for m in container.get("volumeMounts", [])
+        if PurePosixPath(path).is_relative_to(m["mountPath"])
+    ]  # fmt: skip
+    assert hits, f"{path} is under no volumeMount"
+    return max(hits, key=lambda m: len(m["mountPath"]))
+
+
+# --- one source of truth -----------------------------------------------------------------
+
+
+def test_permissions_file_is_what_permissions_py_writes() -> None:
+    assert PERMISSIONS_JSON.read_text() == permissions.render_json(skills=_json()["skills"]), (
+        "run `python -m agentbus.permissions --write`"
+    )
+    assert [u["user"] for u in _json()["users"]] == list(permissions.ROLES)
+
+
+@pytest.mark.parametrize("scenario", AUTH_SCENARIOS)
+def test_auth_include_is_what_permissions_py_renders(rendered: RenderFn, scenario: str) -> None:
+    data = secret_data(rendered(scenario), AUTH_SECRET)
+    users = [u["user"] for u in _json()["users"]]
+    assert sorted(data) == sorted([*users, "auth.conf"])
+    passwords = {u: data[u] for u in users}
+    assert all(len(p) >= 32 for p in passwords.values())
+    assert len(set(passwords.values())) == len(users)  # one password per user
+    expected = _expected_conf(passwords)
+    conf = data["auth.conf"]
+    for user in users:  # user by user first, for a readable failure
+        assert _user_block(conf, user) == _user_block(expected, user), user
+    assert conf == expected
+
+
+def test_every_user_of_the_include_has_exactly_the_json_permissions(rendered: RenderFn) -> None:
+    """Independent of the text format: the subjects of each user's block are the JSON's."""
+    conf = secret_data(rendered("default"), AUTH_SECRET)["auth.conf"]
+    for entry in _json()["users"]:
+        block = _user_block(conf, entry["user"])
+        pub, _, sub = block.partition("subscribe:")
+        quoted = [line.strip().strip('"') for line in pub.splitlines() if line.startswith(" " * 10)]
+        assert quoted == entry["permissions"]["publish"]["allow"], entry["user"]
+        quoted = [line.strip().strip('"') for line in sub.splitlines() if line.startswith(" " * 10)]
+        assert quoted == entry["permissions"]["subscribe"]["allow"], entry["user"]
+        assert ("allow_responses: true" in block) == bool(
+            entry["permissions"].get("allow_responses")
+        ), entry["user"]
+        inbox = f"{entry['inbox_prefix']}.>"
+        assert (
+            entry["user"] == permissions.ADMIN
+            or inbox in entry["permissions"]["subscribe"]["allow"]
+        ), entry["user"]
+
+
+# --- each pod its own user ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scenario", AUTH_SCENARIOS)
+def test_every_pod_connects_as_the_user_of_its_role(rendered: RenderFn, scenario: str) -> None:
+    r = rendered(scenario)
+    entries = {u["user"]: u for u in _json()["users"]}
+    data = secret_data(r, AUTH_SECRET)
+    seen = set()
+    for owner, spec in r.pod_specs():
+        key = (owner["kind"], owner["metadata"]["name"])
+        user = ROLE_OF_WORKLOAD[key]
+        seen.add(key)
+        (c,) = spec["containers"]
+        env = env_of(c)
+        # the JSON's env entries of its user, verbatim
+        for name, value in entries[user]["env"].items():
+            assert env[name] == {"name": name, "value": value}, (key, name)
+        assert env["AGENTBUS_NATS__USER"]["value"] == user
+        assert env["AGENTBUS_NATS__INBOX_PREFIX"]["value"] == permissions.inbox_prefix(user)
+        assert "AGENTBUS_NATS__PASSWORD" not in env and "AGENTBUS_NATS__CREDS_FILE" not in env
+        # the password file is its own user's Secret item, and nobody else's
+        path = env[PASSWORD_FILE]["value"]
+        mount = _mount_of(c, path)
+        assert mount["readOnly"] is True
+        volume = {v["name"]: v for v in spec["volumes"]}[mount["name"]]
+        assert volume["secret"]["secretName"] == AUTH_SECRET
+        (item,) = volume["secret"]["items"]
+        rel = posixpath.relpath(path, mount["mountPath"])
+        assert item == {"key": user, "path": rel}, key
+        assert data[user], key
+        assert volume["secret"]["defaultMode"] & 0o007 == 0  # not world-readable
+    assert seen == set(ROLE_OF_WORKLOAD)
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_every_referenced_secret_key_exists(rendered: RenderFn, scenario: str) -> None:
+    """Secret items mounted and env secretKeyRefs that name a Secret of the release exist,
+    and every *_FILE setting points into a mounted volume."""
+    r = rendered(scenario)
+    ours = {s["metadata"]["name"] for s in r.of_kind("Secret")}
+    for owner, spec in r.pod_specs():
+        where = f"{owner['kind']}/{owner['metadata']['name']}"
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        for v in volumes.values():
+            name = v.get("secret", {}).get("secretName")
+            if name in ours:
+                data = secret_data(r, name)
+                for item in v["secret"].get("items", []):
+                    assert item["key"] in data, f"{where}: {name} has no key {item['key']}"
+        for c in spec["containers"]:
+            for var in c.get("env", []):
+                ref = var.get("valueFrom", {}).get("secretKeyRef")
+                if ref and ref["name"] in ours:
+                    assert ref["key"] in secret_data(r, ref["name"]), f"{where}: {ref}"
+                if var["name"].endswith("_FILE") and "value" in var:
+                    mount = _mount_of(c, var["value"])
+                    assert mount["name"] in volumes, where
+    if chart_values(r.values)["nats"]["enabled"]:
+        wiring = nats_auth_wiring(r)
+        data = secret_data(r, wiring.secret_name)
+        assert set(wiring.items) <= set(data), wiring
+
+
+# --- the NATS chart loads the include ----------------------------------------------------
+
+
+@pytest.mark.parametrize("scenario", [s for s in SCENARIOS if s != "external-nats"])
+def test_nats_chart_values_include_the_rendered_secret(rendered: RenderFn, scenario: str) -> None:
+    r = rendered(scenario)
+    wiring = nats_auth_wiring(r)
+    assert wiring.secret_name == AUTH_SECRET
+    included = {posixpath.normpath(posixpath.join(NATS_CONFIG_DIR, p)) for p in wiring.includes}
+    auth_file = posixpath.join(wiring.mount_path, wiring.items["auth.conf"])
+    assert auth_file in included
+    # the config reloader mounts the NATS container's volumes under /etc/ (its default
+    # natsVolumeMountPrefixes) and watches included files: a new auth.conf is reloaded
+    assert wiring.mount_path.startswith("/etc/")
+    assert not wiring.mount_path.startswith(NATS_CONFIG_DIR)  # the ConfigMap's directory
+    secret = r.named("Secret", AUTH_SECRET)
+    ann = secret["metadata"]["annotations"]
+    # before the provisioning Job (a pre-upgrade hook itself) and the NATS pods
+    assert {"pre-install", "pre-upgrade"} <= set(ann["helm.sh/hook"].split(","))
+    (job,) = r.of_kind("Job")
+    assert int(ann["helm.sh/hook-weight"]) < int(
+        job["metadata"]["annotations"]["helm.sh/hook-weight"]
+    )
+
+
+def test_nats_exporter_and_monitors_for_the_dashboard(rendered: RenderFn) -> None:
+    nats = chart_values({})["nats"]
+    # the NATS chart runs the exporter with -jsz=all (when JetStream is on) and -prefix=nats
+    assert nats["promExporter"]["enabled"] is True
+    assert nats["config"]["jetstream"]["enabled"] is True
+    dashboard = (CHART_DIR / "dashboards" / "agentbus.json").read_text()
+    assert "nats_consumer_num_pending" in dashboard
+    # our own metrics carry a `service` label: the monitors keep it (honorLabels)
+    monitors = [
+        *rendered("autoscaling-keda").of_kind("PodMonitor"),
+        *rendered("nats-cluster").of_kind("ServiceMonitor"),
+    ]
+    assert len(monitors) == 2
+    for m in monitors:
+        endpoints = m["spec"].get("podMetricsEndpoints") or m["spec"]["endpoints"]
+        assert all(ep["honorLabels"] is True for ep in endpoints), m["kind"]
+
+
+# --- passwords -----------------------------------------------------------------------------
+
+
+def test_passwords_are_kept_across_upgrades(rendered: RenderFn, tmp_path: Path) -> None:
+    first = secret_data(rendered("default"), AUTH_SECRET)
+    old = {k: v for k, v in first.items() if k not in ("auth.conf", permissions.ADMIN)}
+    # the release's Secret exists (without admin, as if that user were new)
+    chart = _chart_with_secrets(tmp_path, {AUTH_SECRET: _b64(old)})
+    again = secret_data(render(chart, {}), AUTH_SECRET)
+    for user, password in old.items():
+        assert again[user] == password, user
+    assert again[permissions.ADMIN] != first[permissions.ADMIN]  # new user: new password
+    assert again["auth.conf"] == _expected_conf(again)
+
+
+def test_passwords_from_an_existing_secret(tmp_path: Path) -> None:
+    mine = {u: f"pw-{u}-Zq8rT2vLx9" for u in permissions.ROLES}
+    stored = {u: p + "\n" for u, p in mine.items()}  # e.g. `kubectl create secret --from-file`
+    chart = _chart_with_secrets(tmp_path, {"my-nats-passwords": _b64(stored)})
+    r = render(chart, {"natsAuth": {"passwordsSecret": "my-nats-passwords"}})
+    data = secret_data(r, AUTH_SECRET)
+    assert {u: data[u] for u in mine} == mine
+    assert data["auth.conf"] == _expected_conf(mine)
+
+
+@pytest.mark.parametrize(
+    ("secrets", "needle"),
+    [
+        ({}, 'no Secret "my-nats-passwords" in namespace'),
+        (
+            {"my-nats-passwords": {u: "x" * 20 for u in permissions.ROLES if u != "admin"}},
+            'has no (non-empty) key "admin"',
+        ),
+        (
+            {"my-nats-passwords": dict.fromkeys(permissions.ROLES, 'ab"cd')},
+            "the password of orchestrator holds a quote",
+        ),
+    ],
+)
+def test_existing_secret_problems_fail_clearly(
+    tmp_path: Path, secrets: dict[str, dict[str, str]], needle: str
+) -> None:
+    import helm_python as helm
+
+    chart = _chart_with_secrets(tmp_path, {k: _b64(v) for k, v in secrets.items()})
+    with pytest.raises(helm.HelmError) as e:
+        render(chart, {"natsAuth": {"passwordsSecret": "my-nats-passwords"}})
+    assert needle in str(e.value)
+    assert 'ab"cd' not in str(e.value)  # never a password in an error
+
+
+# --- switches and mixes ----------------------------------------------------------------------
+
+
+def test_auth_off_leaves_an_empty_include_and_no_users(chart_dir: Path) -> None:
+    r = render(chart_dir, {"natsAuth": {"enabled": False}})
+    data = secret_data(r, AUTH_SECRET)  # the NATS chart still mounts it
+    assert data == {"auth.conf": data["auth.conf"]}
+    assert all(line.startswith("#") for line in data["auth.conf"].splitlines())
+    for owner, c in r.our_containers():
+        env = env_of(c)
+        assert "AGENTBUS_NATS__USER" not in env and PASSWORD_FILE not in env, owner["kind"]
+        assert "nats-auth" not in {m["name"] for m in c["volumeMounts"]}
+
+
+def test_external_nats_with_the_charts_users(chart_dir: Path) -> None:
+    r = render(
+        chart_dir,
+        {"nats": {"enabled": False}, "externalNats": {"url": "nats://nats.messaging:4222"}},
+    )
+    data = secret_data(r, AUTH_SECRET)  # auth.conf for the external server to include
+    assert data["auth.conf"] == _expected_conf(data)
+    users = {env_of(c)["AGENTBUS_NATS__USER"]["value"] for _o, c in r.our_containers()}
+    assert users == {"orchestrator", "worker", "archiver", "provisioner", "client"}
+
+
+def test_external_nats_with_credentials_of_its_own(rendered: RenderFn) -> None:
+    r = rendered("external-nats")
+    assert r.of_kind("Secret") == []
+    for _owner, c in r.our_containers():
+        assert PASSWORD_FILE not in env_of(c)
+
+
+def test_a_service_with_its_own_secret_overrides_the_charts_user(chart_dir: Path) -> None:
+    r = render(chart_dir, {"natsAuth": {"services": {"worker": {"existingSecret": "w"}}}})
+    for owner, c in r.our_containers():
+        env = env_of(c)
+        if owner["metadata"]["name"] == f"{RELEASE}-summarize-worker":
+            assert env["AGENTBUS_NATS__USER"]["valueFrom"]["secretKeyRef"] == {
+                "name": "w",
+                "key": "user",
+            }
+            assert PASSWORD_FILE not in env
+        else:
+            assert env["AGENTBUS_NATS__USER"]["value"] != permissions.WORKER
+            assert PASSWORD_FILE in env
+
+
+@pytest.mark.parametrize(
+    ("values", "needle"),
+    [
+        (
+            {"worker": {"skill": "translate"}},
+            'worker.skill "translate" has no NATS permissions',
+        ),
+        (
+            {"natsAuth": {"services": {"worker": {"inboxPrefix": "_INBOX"}}}},
+            "the chart's NATS user worker may only use _INBOX_worker",
+        ),
+        ({"nats": {"container": {"patch": []}}}, "nats.container.patch"),
+        ({"nats": {"podTemplate": {"patch": []}}}, "nats.podTemplate.patch"),
+        ({"nats": {"config": {"merge": {"$include": None}}}}, "nats.config.merge ($include)"),
+        (
+            {"nats": {"config": {"merge": {"$include": "auth.conf"}}}},
+            "volume agentbus-nats-auth from Secret agentbus-nats-auth",
+        ),
+    ],
+)
+def test_broken_auth_wiring_fails_clearly(
+    chart_dir: Path, values: dict[str, Any], needle: str
+) -> None:
+    import helm_python as helm
+
+    with pytest.raises(helm.HelmError) as e:
+        render(chart_dir, values)
+    assert needle in str(e.value)
