@@ -31,6 +31,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    event,
     func,
     inspect,
     select,
@@ -144,6 +145,18 @@ MIGRATIONS: Final[dict[int, Callable[[AsyncConnection], Awaitable[None]]]] = {
 }
 
 
+def _sqlite_wal(dbapi_connection: Any, _record: Any) -> None:
+    """Write-ahead logging: a commit appends to the WAL instead of rewriting pages through a
+    rollback journal, several times cheaper per batch; `synchronous=FULL` keeps every
+    committed (and so acked) event durable across a power loss too."""
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+    finally:
+        cursor.close()
+
+
 class EventStore:
     def __init__(self, url: str) -> None:
         self.url = url
@@ -162,6 +175,8 @@ class EventStore:
         except (SQLAlchemyError, ValueError) as e:
             raise ArchiveError(f"{URL_SETTING}={self._shown}: cannot open: {e}") from e
         self._dialect = self.engine.dialect.name
+        if self._dialect == "sqlite":
+            event.listen(self.engine.sync_engine, "connect", _sqlite_wal)
         self._sqlite_path = (
             Path(parsed.database)
             if self._dialect == "sqlite" and parsed.database not in (None, "", ":memory:")

@@ -226,7 +226,10 @@ class Orchestrator(AgentService):
     async def _intake(self, msg: Msg, job: JobSubmit) -> None:
         bus = self.bus
         assert bus is not None
-        loaded = await self._load(job.job_id)
+        # On a first delivery the state almost never exists: create it straight away and
+        # read it only when the create finds one (saves a round trip per job).
+        first = delivery_count(msg) == 1 and not is_replay(msg.headers)
+        loaded = None if first else await self._load(job.job_id)
         # a replayed dead letter (`agentbus dlq replay`) of a job that failed at intake
         # is taken in again from the start
         reopen = (
@@ -236,7 +239,7 @@ class Orchestrator(AgentService):
             and loaded[0].level == 0
             and not loaded[0].level_done
         )
-        if loaded is not None and not reopen and (loaded[0].status.terminal or loaded[0].level > 0):
+        if loaded is not None and not reopen and self._moved_on(loaded[0]):
             if delivery_count(msg) > 1 and loaded[0].chunks:
                 await self._emit_intake(loaded[0])  # in case the last try died before them
             await msg.ack()  # a re-submitted or redelivered job that has moved on
@@ -271,7 +274,11 @@ class Orchestrator(AgentService):
                     await self.jobs.create(job.job_id, state.model_dump_json().encode())
                     metrics.JOBS_SUBMITTED.labels(self.name).inc()
                 except nats.js.errors.KeyWrongLastSequenceError:
-                    pass  # another replica (or our previous delivery) created it
+                    # another replica (or a re-submission of the same id) created it
+                    existing = await self._load(job.job_id)
+                    if existing is not None and self._moved_on(existing[0]):
+                        await msg.ack()
+                        return
         intake = JobState(
             job_id=job.job_id, status=JobStatus.RUNNING, title=job.title,
             document_chars=len(text), summary_chars=summary_chars, chunks=len(chunks),
@@ -288,6 +295,11 @@ class Orchestrator(AgentService):
         # ack was lost finds its state and re-sends only duplicates, which are dropped
         await msg.ack()
         log.info("job accepted: %d chars in %d chunk(s)", len(text), len(chunks))
+
+    @staticmethod
+    def _moved_on(state: JobState) -> bool:
+        """Past intake: finished, or its map step already recorded as launched."""
+        return state.status.terminal or state.level > 0
 
     async def _emit_intake(
         self, state: JobState, *, accepted: bool = True, chunked: bool = True
