@@ -25,21 +25,12 @@ from pydantic.json_schema import models_json_schema
 from agentbus import bus, subjects
 from agentbus.discovery import SRV_PREFIX, WORKER_SERVICE, WorkerStats
 from agentbus.messages import (
+    MESSAGE_TYPES,
     SCHEMA_VERSION,
-    AgentEvent,
-    Command,
-    CommandReply,
     DocumentRef,
     Envelope,
-    HistoryQuery,
-    HistoryReply,
     JobState,
-    JobSubmit,
     Payload,
-    SummarizeReply,
-    SummarizeRequest,
-    TaskAssign,
-    TaskResult,
 )
 from agentbus.rpc import rpc_queue, rpc_subject
 from agentbus.service import agentbus_version
@@ -245,18 +236,7 @@ _OPERATIONS: Final = (
                ["MicroPing", "MicroInfo", "MicroStats"]),
 )  # fmt: skip
 
-_ENVELOPED: Final[tuple[type[Payload], ...]] = (
-    JobSubmit,
-    TaskAssign,
-    TaskResult,
-    AgentEvent,
-    HistoryQuery,
-    HistoryReply,
-    SummarizeRequest,
-    SummarizeReply,
-    Command,
-    CommandReply,
-)
+_ENVELOPED: Final[tuple[type[Payload], ...]] = tuple(MESSAGE_TYPES.values())
 
 _JETSTREAM_MESSAGES: Final = frozenset({"JobSubmit", "TaskAssign", "TaskResult", "AgentEvent"})
 

@@ -21,24 +21,11 @@ from agentbus.messages import AgentEvent, decode
 from agentbus.settings import NatsSettings
 from event_archiver import EventStore
 from tests.conftest import stream_events
+from tests.documents import make_document
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 AGENTBUS = [sys.executable, "-m", "agentbus"]
-WORDS = (
-    "river delta harbor tide current sediment estuary marsh channel levee flood drought "
-    "farmer village market bridge ferry boat salt fresh water season spring autumn storm"
-).split()
-
-
-def _document(rng: random.Random, sentences: int) -> str:
-    out = []
-    for i in range(sentences):
-        words = [rng.choice(WORDS) for _ in range(rng.randint(6, 18))]
-        out.append(" ".join(words).capitalize() + ".")
-        if i % 7 == 6:
-            out.append("\n\n")
-    return " ".join(out)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -100,7 +87,7 @@ def test_up_submit_twenty_documents_and_archive_every_event(tmp_path: Path) -> N
         files = []
         for i, n in enumerate(lengths):
             f = tmp_path / f"doc{i:02}.txt"
-            f.write_text(_document(rng, n))
+            f.write_text(make_document(rng, n))
             files.append(f)
         env = {**os.environ, "AGENTBUS_NATS__URL": url}
         done = subprocess.run(

@@ -23,6 +23,7 @@ from docker_engine import Docker
 
 from agentbus.embedded import EmbeddedNatsServer
 from agentbus.stack import free_port
+from tests.documents import make_document
 
 pytestmark = [pytest.mark.container, pytest.mark.timeout(600)]
 
@@ -33,20 +34,6 @@ HARDENED = (
     "--cap-drop", "ALL",
     "--security-opt", "no-new-privileges",
 )  # fmt: skip
-WORDS = (
-    "river delta harbor tide current sediment estuary marsh channel levee flood drought "
-    "farmer village market bridge ferry boat salt fresh water season spring autumn storm"
-).split()
-
-
-def _document(rng: random.Random, sentences: int) -> str:
-    out = []
-    for i in range(sentences):
-        words = [rng.choice(WORDS) for _ in range(rng.randint(8, 16))]
-        out.append(" ".join(words).capitalize() + ".")
-        if i % 6 == 5:
-            out.append("\n\n")
-    return " ".join(out)
 
 
 def _get(port: int, path: str) -> tuple[int, str]:
@@ -165,7 +152,7 @@ def test_services_as_containers_process_jobs(
     rng = random.Random(11)
     for i, sentences in enumerate((40, 70, 25)):
         path = docs / f"doc-{i}.txt"
-        path.write_text(_document(rng, sentences))
+        path.write_text(make_document(rng, sentences))
         path.chmod(0o644)
     submitted = docker.run(
         "run", "--rm", *HARDENED, *nats, "--volume", f"{docs}:/docs:ro", agentbus_image,
