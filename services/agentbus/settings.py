@@ -181,6 +181,8 @@ class ArchiverSettings(_Section):
     database_url: str = "sqlite+aiosqlite:///agentbus-archive.db"
     batch_size: int = Field(default=256, ge=1, le=10_000)
     fetch_timeout_s: PositiveFloat = 0.5
+    linger_s: float = Field(default=0.05, ge=0, le=5)
+    """After a small batch, wait this long for the next one to fill (0 = never)."""
 
 
 def default_agent_id() -> str:

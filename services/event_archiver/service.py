@@ -63,6 +63,7 @@ class EventArchiver(AgentService):
                 batch_handler=self.handle_batch,
                 batch_size=self.cfg.batch_size,
                 fetch_timeout_s=self.cfg.fetch_timeout_s,
+                linger_s=self.cfg.linger_s,
             )
         ]
 
