@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from agentbus.bus import Bus
 from agentbus.embedded import EmbeddedNatsServer
@@ -88,6 +89,25 @@ class Running:
             with contextlib.suppress(Exception):
                 await svc.stop(grace_s=2.0)
             await b.close()
+
+
+@pytest.fixture
+def memory_spans() -> Iterator[InMemorySpanExporter]:
+    """This process traces into memory while the test runs (tracing off again after)."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    from agentbus import telemetry
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    telemetry.enable_tracing(provider)
+    try:
+        yield exporter
+    finally:
+        telemetry.disable_tracing()
+        provider.shutdown()
 
 
 @pytest.fixture

@@ -38,6 +38,7 @@ from agentbus.embedded import EmbeddedNatsServer
 from agentbus.messages import JobStatus
 from agentbus.settings import NatsSettings
 from agentbus.stack import Stack, free_port
+from tests.local_http import LocalHttpServer
 
 DASHBOARD: Final = Path(__file__).parents[2] / "charts/agentbus/dashboards/agentbus.json"
 RATE_INTERVAL: Final = "15s"
@@ -130,15 +131,14 @@ class _Families:
         return self.families
 
 
-class FakeNatsExporter:
+class FakeNatsExporter(LocalHttpServer):
     """Serves the exporter's JetStream gauges from the live server's stream and consumer
     info, as the leader replica, plus a stale follower replica of every series."""
 
     def __init__(self, bus: Bus) -> None:
+        super().__init__()
         self.bus = bus
-        self.port = 0
         self.scrapes = 0
-        self._runner: web.AppRunner | None = None
 
     async def _families(self) -> list[Metric]:
         info: dict[str, Any] = dict(self.bus.nc._server_info)
@@ -197,18 +197,8 @@ class FakeNatsExporter:
             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
         )
 
-    async def start(self) -> None:
-        app = web.Application()
+    def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/metrics", self._metrics)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
 
 
 # --- Prometheus ------------------------------------------------------------------------

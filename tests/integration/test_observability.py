@@ -16,8 +16,6 @@ from typing import ClassVar
 
 import aiohttp
 import pytest
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.metrics import MetricWrapperBase
@@ -261,19 +259,6 @@ async def test_metrics_count_a_pipeline_run_exactly_with_bounded_labels(
 # --- tracing off by default, on when asked -----------------------------------------
 
 
-@pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    telemetry.enable_tracing(provider)
-    try:
-        yield exporter
-    finally:
-        telemetry.disable_tracing()
-        provider.shutdown()
-
-
 async def _job_headers(bus: Bus, seq: int) -> dict[str, str]:
     msg = await bus.js.get_msg(subjects.JOBS_STREAM, seq)
     return dict(msg.headers or {})
@@ -292,11 +277,11 @@ async def test_tracing_is_off_by_default_and_adds_no_headers(bus: Bus, settings:
 
 
 async def test_submit_starts_the_trace_and_carries_it_in_headers(
-    bus: Bus, settings: Settings, spans: InMemorySpanExporter
+    bus: Bus, settings: Settings, memory_spans: InMemorySpanExporter
 ) -> None:
     async with AgentBusClient(settings.nats) as client:
         job_id = await client.submit("A traced document. Its context travels.")
-    (root,) = spans.get_finished_spans()
+    (root,) = memory_spans.get_finished_spans()
     assert root.name == "submit job" and root.parent is None
     assert root.attributes is not None and root.attributes["agentbus.job_id"] == job_id
     headers = await _job_headers(bus, 1)
@@ -331,7 +316,7 @@ def _captured_logs(fmt: str) -> Iterator[io.StringIO]:
 
 
 def test_json_log_lines_carry_service_agent_job_task_and_trace_ids(
-    spans: InMemorySpanExporter,
+    memory_spans: InMemorySpanExporter,
 ) -> None:
     log = logging.getLogger("agentbus.test")
     with _captured_logs("json") as buf:

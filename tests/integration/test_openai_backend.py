@@ -26,6 +26,7 @@ from summarize_worker import SummarizerError, SummarizeSkill
 from summarize_worker.backends import OpenAISummarizer, make_summarizer
 from summarize_worker.backends.openai import parse_retry_after
 from tests.conftest import stream_events
+from tests.local_http import LocalHttpServer
 
 pytestmark = pytest.mark.integration
 
@@ -42,16 +43,16 @@ class Answer:
     delay_s: float = 0.0
 
 
-class FakeOpenAI:
+class FakeOpenAI(LocalHttpServer):
     """A chat-completions server that plays scripted answers, then a default one."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.script: list[Answer] = []
         self.default = Answer()
         self.requests: list[dict[str, Any]] = []
         self.auth: list[str | None] = []
         self.url = ""
-        self._runner: web.AppRunner | None = None
 
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -82,19 +83,12 @@ class FakeOpenAI:
             completion["usage"] = {**answer.usage, "total_tokens": sum(answer.usage.values())}
         return web.json_response(completion, headers=answer.headers)
 
-    async def start(self) -> None:
-        app = web.Application()
+    def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/chat/completions", self._handle)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = self._runner.addresses[0][:2]
-        self.url = f"http://{host}:{port}/v1"
 
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+    async def start(self) -> None:
+        await super().start()
+        self.url = f"http://127.0.0.1:{self.port}/v1"
 
 
 @pytest.fixture

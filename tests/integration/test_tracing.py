@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,15 +18,14 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from agentbus import telemetry
 from agentbus.client import AgentBusClient
 from agentbus.embedded import EmbeddedNatsServer
 from agentbus.messages import AgentEvent, EventKind, JobState, JobStatus
 from agentbus.stack import Stack
+from tests.local_http import LocalHttpServer
 
 pytestmark = pytest.mark.integration
 
@@ -47,14 +46,13 @@ _KIND_NAMES = {0: "unspecified", 1: "internal", 2: "server", 3: "client", 4: "pr
 _KIND_NAMES[5] = "consumer"
 
 
-class OtlpReceiver:
+class OtlpReceiver(LocalHttpServer):
     """A minimal OTLP/HTTP (protobuf) trace receiver on 127.0.0.1."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.spans: list[RecordedSpan] = []
         self.requests = 0
-        self._runner: web.AppRunner | None = None
-        self.port = 0
 
     async def _traces(self, request: web.Request) -> web.Response:
         body = await request.read()
@@ -86,18 +84,8 @@ class OtlpReceiver:
             content_type="application/x-protobuf",
         )
 
-    async def start(self) -> None:
-        app = web.Application()
+    def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/traces", self._traces)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
 
 
 @pytest.fixture
@@ -108,20 +96,6 @@ async def receiver() -> AsyncIterator[OtlpReceiver]:
         yield r
     finally:
         await r.stop()
-
-
-@pytest.fixture
-def client_spans() -> Iterator[InMemorySpanExporter]:
-    """This process (the client) traces into memory while the test runs."""
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    telemetry.enable_tracing(provider)
-    try:
-        yield exporter
-    finally:
-        telemetry.disable_tracing()
-        provider.shutdown()
 
 
 def _hex(span: ReadableSpan) -> tuple[str, str]:
@@ -141,7 +115,7 @@ def _log_lines(path: Path) -> list[dict[str, object]]:
 async def test_one_job_is_one_trace_across_three_processes(
     nats_server: EmbeddedNatsServer,
     receiver: OtlpReceiver,
-    client_spans: InMemorySpanExporter,
+    memory_spans: InMemorySpanExporter,
     tmp_path: Path,
 ) -> None:
     env = {
@@ -167,7 +141,7 @@ async def test_one_job_is_one_trace_across_three_processes(
             assert state.level >= 1  # mapped, then reduced
             events = await _wait_history(client, job_id)
 
-        (root,) = [s for s in client_spans.get_finished_spans() if s.name == "submit job"]
+        (root,) = [s for s in memory_spans.get_finished_spans() if s.name == "submit job"]
         trace_id, root_id = _hex(root)
         assert state.trace_id == trace_id  # the job state names its trace
 
