@@ -53,7 +53,7 @@ from agentbus.messages import (
     decode_job_state,
 )
 from agentbus.settings import NatsSettings, Settings
-from agentbus.stack import Stack, free_port
+from agentbus.stack import ServiceProcess, Stack, free_port
 from agentbus.worker import TaskWorker
 from event_archiver import EventStore
 from orchestrator import Orchestrator
@@ -480,6 +480,20 @@ async def nats_single(tmp_path: Path) -> AsyncIterator[EmbeddedNatsServer]:
         await asyncio.to_thread(server.stop)
 
 
+async def wait_in_flight(victim: ServiceProcess, *, at_least: int) -> None:
+    """Give `victim` up to 5 s to hold `at_least` tasks in flight (best effort: the fault
+    is injected either way, and the scenario's counts hold whatever it held)."""
+
+    async def busy() -> bool:
+        n = await asyncio.to_thread(
+            metric, victim.url, "agentbus_worker_in_flight", consumer="summarize-workers"
+        )
+        return bool(n and n >= at_least)
+
+    with contextlib.suppress(AssertionError):
+        await until(busy, timeout_s=5, what="victim has work in flight")
+
+
 # --- scenarios -----------------------------------------------------------------------------
 
 
@@ -498,14 +512,7 @@ async def test_worker_sigkill_mid_task_is_redelivered_and_finished_by_another_re
             job_ids = await probe.submit(docs)
             await probe.wait_terminal(job_ids, timeout_s=60, until=lambda n: n >= JOBS // 5)
 
-            async def victim_busy() -> bool:
-                n = await asyncio.to_thread(
-                    metric, victim.url, "agentbus_worker_in_flight", consumer="summarize-workers"
-                )
-                return bool(n and n >= 2)
-
-            with contextlib.suppress(AssertionError):
-                await until(victim_busy, timeout_s=5, what="victim has work in flight")
+            await wait_in_flight(victim, at_least=2)
             victim.signal(signal.SIGKILL)
             assert await asyncio.to_thread(victim.wait, 10) == -signal.SIGKILL
             await probe.wait_terminal(job_ids, timeout_s=90)
@@ -850,14 +857,7 @@ async def test_sigterm_finishes_in_flight_work_and_exits_zero(
             job_ids = await probe.submit(docs)
             await probe.wait_terminal(job_ids, timeout_s=60, until=lambda n: n >= JOBS // 5)
 
-            async def victim_busy() -> bool:
-                n = await asyncio.to_thread(
-                    metric, victim.url, "agentbus_worker_in_flight", consumer="summarize-workers"
-                )
-                return bool(n and n >= 3)
-
-            with contextlib.suppress(AssertionError):
-                await until(victim_busy, timeout_s=5, what="victim has work in flight")
+            await wait_in_flight(victim, at_least=3)
             signalled_at = datetime.now(UTC)
             victim.signal(signal.SIGTERM)
             code = await asyncio.to_thread(victim.wait, 30)
