@@ -12,6 +12,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from agentbus.bus import Bus
 from agentbus.embedded import EmbeddedNatsServer
+from agentbus.messages import AgentEvent, decode_events
 from agentbus.service import AgentService
 from agentbus.settings import Settings, load_settings
 from agentbus.topology import provision
@@ -136,6 +137,11 @@ async def stream_events(bus: Bus) -> list[tuple[str, bytes]]:
                 return out
     finally:
         await sub.unsubscribe()
+
+
+async def stream_agent_events(bus: Bus) -> list[AgentEvent]:
+    """Every event now in AGENT_EVENTS (batches unpacked), in emission order."""
+    return [ev for _s, data in await stream_events(bus) for ev in decode_events(data)[1]]
 
 
 async def dlq_messages(bus: Bus) -> list[tuple[str, dict[str, str], bytes]]:

@@ -436,10 +436,11 @@ def events(
     limit: Annotated[int | None, typer.Option(help="Exit after this many events")] = None,
 ) -> None:
     """Print agent events (the `agent.>` wildcard); `--follow` tails them live."""
+    from nats.aio.msg import Msg
     from nats.js.api import ConsumerConfig, DeliverPolicy
 
     from agentbus.bus import connect_nats
-    from agentbus.messages import decode
+    from agentbus.messages import decode_events
 
     settings = _settings()
 
@@ -449,22 +450,35 @@ def events(
         seen = 0
         done = asyncio.Event()
 
-        async def show(data: bytes) -> None:
-            nonlocal seen
+        def unpack(data: bytes) -> list[AgentEvent] | str:
             try:
-                ev = decode(data, AgentEvent).payload
+                return decode_events(data)[1]
             except AgentBusError as e:
-                out.print(f"(undecodable event: {e})", highlight=False)
+                return f"(undecodable event: {e})"
+
+        def show(item: AgentEvent | str) -> None:
+            nonlocal seen
+            if done.is_set():
                 return
-            out.print(_event_line(ev), highlight=False, markup=False)
+            if isinstance(item, str):
+                out.print(item, highlight=False)
+                return
+            out.print(_event_line(item), highlight=False, markup=False)
             seen += 1
             if limit is not None and seen >= limit:
                 done.set()
+
+        async def live(msg: Msg) -> None:
+            got = unpack(msg.data)
+            for item in [got] if isinstance(got, str) else got:
+                show(item)
 
         try:
             info = await js.stream_info(subjects.AGENT_EVENTS_STREAM)
             last_seq = info.state.last_seq
             if last and last_seq:
+                # a message may hold several events: the last `last` messages hold at
+                # least `last` events, of which the newest `last` are shown
                 start = max(info.state.first_seq, last_seq - last + 1)
                 sub = await js.subscribe(
                     "agent.>",
@@ -473,16 +487,20 @@ def events(
                         deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start
                     ),
                 )
-                while not done.is_set():
+                stored: list[AgentEvent | str] = []
+                while True:
                     msg = await sub.next_msg(timeout=5)
-                    await show(msg.data)
+                    got = unpack(msg.data)
+                    stored.extend([got] if isinstance(got, str) else got)
                     if msg.metadata.sequence.stream >= last_seq:
                         break
                 await sub.unsubscribe()
+                for item in stored[-last:]:
+                    show(item)
             if follow and not done.is_set():
                 # a core subscription sees every event as it is published
-                await nc.subscribe("agent.*.events", cb=lambda m: show(m.data))
-                await nc.subscribe("agent.*.results", cb=lambda m: show(m.data))
+                await nc.subscribe("agent.*.events", cb=live)
+                await nc.subscribe("agent.*.results", cb=live)
                 loop = asyncio.get_running_loop()
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     loop.add_signal_handler(sig, done.set)

@@ -26,10 +26,12 @@ from agentbus.errors import MessageDecodeError
 
 __all__ = [
     "HARD_MAX_MESSAGE_BYTES",
+    "MAX_EVENTS_PER_BATCH",
     "MAX_EVENT_DATA_DEPTH",
     "MESSAGE_TYPES",
     "SCHEMA_VERSION",
     "AgentEvent",
+    "AgentEventBatch",
     "Command",
     "CommandReply",
     "DocumentRef",
@@ -47,6 +49,7 @@ __all__ = [
     "TaskResult",
     "TokenUsage",
     "decode",
+    "decode_events",
     "decode_job_state",
     "encode",
     "new_id",
@@ -59,7 +62,11 @@ HARD_MAX_MESSAGE_BYTES: Final = 64 * 1024 * 1024
 MAX_EVENT_DATA_DEPTH: Final = 16
 """Nesting depth allowed in an event's free-form `data`."""
 
+MAX_EVENTS_PER_BATCH: Final = 10_000
+"""Events one `AgentEventBatch` may hold."""
+
 Token = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,128}$")]
+TraceHeader = Annotated[str, StringConstraints(max_length=512)]
 
 
 def utcnow() -> datetime:
@@ -175,6 +182,17 @@ class AgentEvent(Payload):
     task_id: Token | None = None
     data: Annotated[dict[str, Any], AfterValidator(_clean_data)] = Field(default_factory=dict)
     ts: datetime = Field(default_factory=utcnow)
+    traceparent: TraceHeader | None = None
+    """W3C trace context of the step, inside an `AgentEventBatch` (a single event carries
+    it in the message headers instead)."""
+    tracestate: TraceHeader | None = None
+
+
+class AgentEventBatch(Payload):
+    """Events emitted side by side, published as one message (group commit)."""
+
+    MSG_TYPE: ClassVar[str] = "agent.event_batch"
+    events: list[AgentEvent] = Field(min_length=1, max_length=MAX_EVENTS_PER_BATCH)
 
 
 class HistoryQuery(Payload):
@@ -225,6 +243,7 @@ MESSAGE_TYPES: Final[dict[str, type[Payload]]] = {
         TaskAssign,
         TaskResult,
         AgentEvent,
+        AgentEventBatch,
         HistoryQuery,
         HistoryReply,
         SummarizeRequest,
@@ -261,6 +280,9 @@ def _first_error(e: ValidationError) -> str:
     return f"{where}: {err['msg']}{more}"
 
 
+_ENVELOPES: dict[type[Payload], type[Envelope[Any]]] = {}
+
+
 def decode(data: bytes, payload_type: type[P], *, max_bytes: int | None = None) -> Envelope[P]:
     """Decode `data` as an envelope of `payload_type`; `MessageDecodeError` names the field.
 
@@ -270,8 +292,11 @@ def decode(data: bytes, payload_type: type[P], *, max_bytes: int | None = None) 
     cap = HARD_MAX_MESSAGE_BYTES if max_bytes is None else min(max_bytes, HARD_MAX_MESSAGE_BYTES)
     if len(data) > cap:
         raise MessageDecodeError(f"message of {len(data)} bytes exceeds the cap of {cap}")
+    envelope = _ENVELOPES.get(payload_type)
+    if envelope is None:  # pydantic caches the class too, behind a slower lookup
+        envelope = _ENVELOPES[payload_type] = Envelope[payload_type]  # type: ignore[valid-type]
     try:
-        env = Envelope[payload_type].model_validate_json(data)  # type: ignore[valid-type]
+        env = envelope.model_validate_json(data)
     except ValidationError as e:
         raise MessageDecodeError(f"invalid {payload_type.MSG_TYPE}: {_first_error(e)}") from e
     except Exception as e:  # the parser's own limits (recursion, sizes): still just bad input
@@ -287,6 +312,34 @@ def decode(data: bytes, payload_type: type[P], *, max_bytes: int | None = None) 
             f"schema_version {env.schema_version} is newer than supported {SCHEMA_VERSION}"
         )
     return env
+
+
+_BATCH_MARK: Final = b'"msg_type":"agent.event_batch"'
+
+
+def decode_events(
+    data: bytes, *, max_bytes: int | None = None
+) -> tuple[Envelope[AgentEvent] | Envelope[AgentEventBatch], list[AgentEvent]]:
+    """Decode a message of the AGENT_EVENTS stream: one `AgentEvent` or an
+    `AgentEventBatch`. Returns the envelope and its events in emission order."""
+    batch_first = _BATCH_MARK in data
+    try:
+        return _decode_events_as(data, batch=batch_first, max_bytes=max_bytes)
+    except MessageDecodeError as first:
+        try:  # the mark can also appear inside a single event's data
+            return _decode_events_as(data, batch=not batch_first, max_bytes=max_bytes)
+        except MessageDecodeError:
+            raise first from None
+
+
+def _decode_events_as(
+    data: bytes, *, batch: bool, max_bytes: int | None
+) -> tuple[Envelope[AgentEvent] | Envelope[AgentEventBatch], list[AgentEvent]]:
+    if batch:
+        many = decode(data, AgentEventBatch, max_bytes=max_bytes)
+        return many, list(many.payload.events)
+    one = decode(data, AgentEvent, max_bytes=max_bytes)
+    return one, [one.payload]
 
 
 class JobStatus(StrEnum):

@@ -179,7 +179,12 @@ async def run_service(
         loop.add_signal_handler(sig, stop.set)
     log.info("%s %s starting; http port %s", service.name, agentbus_version(), health.bound_port)
     bus = await Bus.connect(
-        settings.nats, agent_id=settings.agent_id, service=service.name, retry_forever=True
+        settings.nats,
+        agent_id=settings.agent_id,
+        service=service.name,
+        retry_forever=True,
+        max_events_per_message=settings.limits.max_events_per_message,
+        max_message_bytes=settings.limits.max_message_bytes,
     )
     try:
         await _serve_commands(bus, service, stop.set)

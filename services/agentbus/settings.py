@@ -120,6 +120,9 @@ class LimitsSettings(_Section):
     """Documents above this travel through the object store."""
     max_message_bytes: int = Field(default=1024 * 1024, gt=0)
     """Largest message any service decodes; bigger ones go to the DLQ."""
+    max_events_per_message: int = Field(default=256, ge=1, le=10_000)
+    """Events emitted side by side share one message, up to this many (1: one message
+    per event)."""
 
 
 class TopologySettings(_Section):

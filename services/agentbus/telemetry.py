@@ -31,6 +31,7 @@ from opentelemetry.trace import Link, Span, SpanKind, Tracer, TracerProvider
 
 __all__ = [
     "TRACEPARENT_HEADER",
+    "TRACESTATE_HEADER",
     "SpanKindName",
     "adopt_global_tracing",
     "current_span_id",
@@ -50,6 +51,7 @@ __all__ = [
 log = logging.getLogger("agentbus.telemetry")
 
 TRACEPARENT_HEADER: Final = "traceparent"
+TRACESTATE_HEADER: Final = "tracestate"
 _TRACER_NAME: Final = "agentbus"
 _SERVICE_NAMESPACE: Final = "agentbus"
 

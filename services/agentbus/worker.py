@@ -81,6 +81,8 @@ class TaskWorker(AgentService):
         self.task_counts: Counter[str] = Counter()
         self.endpoint: SkillEndpoint | None = None
         """Serves `rpc.{skill}` and the nats.micro registration (`AGENTBUS_WORKER__RPC`)."""
+        self._beating: dict[int, Msg] = {}
+        self._beat: asyncio.Task[None] | None = None
 
     async def setup(self, bus: Bus) -> list[ConsumerLoop]:
         if self.settings.worker.rpc:
@@ -123,24 +125,33 @@ class TaskWorker(AgentService):
         return rpc_done and tasks_done
 
     async def teardown(self) -> None:
+        if self._beat is not None:
+            self._beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._beat
         await self.skill.aclose()
 
-    async def _heartbeat(self, msg: Msg) -> None:
+    async def _heartbeat(self) -> None:
+        """One loop for every task in flight (not a task and a timer per task): each gets
+        `in_progress` at least every `in_progress_interval_s`."""
         interval = self.settings.worker.in_progress_interval_s
         while True:
             await asyncio.sleep(interval)
-            with contextlib.suppress(Exception):
-                await msg.in_progress()
+            for msg in list(self._beating.values()):
+                with contextlib.suppress(Exception):
+                    await msg.in_progress()
 
     @contextlib.contextmanager
     def _in_progress(self, msg: Msg) -> Iterator[None]:
         """Heartbeats for the whole handling (skill, result, events, ack): neither a long
         summary nor publishes retried through an outage let `ack_wait` expire."""
-        beat = asyncio.create_task(self._heartbeat(msg))
+        if self._beat is None or self._beat.done():
+            self._beat = asyncio.create_task(self._heartbeat())
+        self._beating[id(msg)] = msg  # (a nats-py Msg is not hashable)
         try:
             yield
         finally:
-            beat.cancel()
+            del self._beating[id(msg)]
 
     async def handle(self, msg: Msg) -> None:
         bus = self.bus

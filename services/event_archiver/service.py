@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import ClassVar
@@ -15,7 +16,14 @@ from nats.aio.msg import Msg
 from agentbus import metrics, subjects, telemetry
 from agentbus.bus import BatchConsumerLoop, Bus, ConsumerLoop
 from agentbus.errors import MessageDecodeError
-from agentbus.messages import AgentEvent, HistoryQuery, HistoryReply, decode, encode
+from agentbus.messages import (
+    AgentEvent,
+    HistoryQuery,
+    HistoryReply,
+    decode,
+    decode_events,
+    encode,
+)
 from agentbus.service import AgentService
 from agentbus.settings import Settings
 from event_archiver.errors import ArchiveError
@@ -37,6 +45,15 @@ def _ensure_sqlite_dir(url: str) -> None:
                 f"cannot create the archive directory {directory} of "
                 f"AGENTBUS_ARCHIVER__DATABASE_URL: {e.strerror or e}"
             ) from e
+
+
+def _trace_headers(event: AgentEvent) -> dict[str, str] | None:
+    if event.traceparent is None:
+        return None
+    headers = {telemetry.TRACEPARENT_HEADER: event.traceparent}
+    if event.tracestate:
+        headers[telemetry.TRACESTATE_HEADER] = event.tracestate
+    return headers
 
 
 class EventArchiver(AgentService):
@@ -74,10 +91,13 @@ class EventArchiver(AgentService):
         bus = self.bus
         assert bus is not None
         rows: list[tuple[AgentEvent, str, int]] = []
+        contexts: list[Mapping[str, str] | None] = []
         good: list[Msg] = []
         for msg in msgs:
             try:
-                ev = decode(msg.data, AgentEvent, max_bytes=self.settings.limits.max_message_bytes)
+                _env, events = decode_events(
+                    msg.data, max_bytes=self.settings.limits.max_message_bytes
+                )
             except MessageDecodeError as e:
                 # no event about it: a rejected event would feed the stream it came from
                 metrics.MESSAGES_REJECTED.labels(bus.service, subjects.AGENT_EVENTS_STREAM).inc()
@@ -86,20 +106,27 @@ class EventArchiver(AgentService):
                 )
                 continue
             seq = int(msg.metadata.sequence.stream) if msg.metadata else 0
-            rows.append((ev.payload, msg.subject, seq))
+            for ev in events:
+                rows.append((ev, msg.subject, seq))
+                # an event of a batch carries its step's trace context itself
+                contexts.append(_trace_headers(ev) if len(events) > 1 else msg.headers)
             good.append(msg)
         if not rows:
             return
         # each archived event is a span of its job's trace (child of the emitter's span);
         # the batch commit is one span linked to all of them
-        event_spans = [
-            telemetry.start_span(
-                "archive event",
-                headers=m.headers,
-                attributes={"agentbus.event": e.kind.value, "agentbus.job_id": e.job_id or ""},
-            )
-            for m, (e, _subject, _seq) in zip(good, rows, strict=True)
-        ]
+        event_spans = (
+            [
+                telemetry.start_span(
+                    "archive event",
+                    headers=hdrs,
+                    attributes={"agentbus.event": e.kind.value, "agentbus.job_id": e.job_id or ""},
+                )
+                for hdrs, (e, _subject, _seq) in zip(contexts, rows, strict=True)
+            ]
+            if telemetry.tracing_enabled()
+            else []
+        )
         try:
             with telemetry.span(
                 "archive commit", links=event_spans, attributes={"agentbus.events": len(rows)}

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import ClassVar, Final
 
@@ -71,6 +72,20 @@ _CAS_RETRIES: Final = 50
 _AHEAD_RETRY_S: Final = 0.2
 
 
+_KNOWN_STATES_MAX: Final = 10_000
+
+
+def _records(state: JobState, r: TaskResult) -> bool:
+    """`r` is a success that `state` has not recorded yet, of the level it is at."""
+    return (
+        not state.status.terminal
+        and r.ok
+        and r.level == state.level
+        and r.index < state.level_tasks
+        and r.index not in state.level_done
+    )
+
+
 class ResultAhead(OrchestratorError):
     """A result of a level the job state has not moved to yet."""
 
@@ -91,6 +106,10 @@ class Orchestrator(AgentService):
         self.cfg = settings.orchestrator
         self._jobs: KeyValue | None = None
         self._parts: KeyValue | None = None
+        # The last state (and revision) this replica read or wrote of each running job.
+        # It only ever saves the read before a compare-and-set write: a stale entry (another
+        # replica moved the job on) fails the write, which then reads the job afresh.
+        self._known: OrderedDict[str, tuple[JobState, int]] = OrderedDict()
 
     async def setup(self, bus: Bus) -> list[ConsumerLoop]:
         self._jobs = await bus.kv(subjects.JOBS_BUCKET)
@@ -130,10 +149,23 @@ class Orchestrator(AgentService):
         try:
             entry = await self.jobs.get(job_id)
         except nats.js.errors.KeyNotFoundError:
+            self._known.pop(job_id, None)
             return None
         if entry.value is None:
+            self._known.pop(job_id, None)
             return None
-        return decode_job_state(entry.value), entry.revision or 0
+        loaded = decode_job_state(entry.value), entry.revision or 0
+        self._remember(job_id, loaded)
+        return loaded
+
+    def _remember(self, job_id: str, loaded: tuple[JobState, int]) -> None:
+        if loaded[0].status.terminal:
+            self._known.pop(job_id, None)
+            return
+        self._known[job_id] = loaded
+        self._known.move_to_end(job_id)
+        while len(self._known) > _KNOWN_STATES_MAX:
+            self._known.popitem(last=False)
 
     async def _update(
         self,
@@ -154,16 +186,20 @@ class Orchestrator(AgentService):
                     f"job {job_id}: no state in KV bucket {subjects.JOBS_BUCKET}"
                 )
             state, revision = loaded
-            new = change(state.model_copy(deep=True))
+            # its one mutable field copied: cheaper than a deep copy, same isolation
+            new = change(state.model_copy(update={"level_done": list(state.level_done)}))
             if new is None:
                 return None
             new.updated_at = utcnow()
             try:
-                await self.jobs.update(job_id, new.model_dump_json().encode(), last=revision)
+                written = await self.jobs.update(
+                    job_id, new.model_dump_json().encode(), last=revision
+                )
             except nats.js.errors.KeyWrongLastSequenceError:
                 loaded = None
                 await asyncio.sleep(0)
                 continue
+            self._remember(job_id, (new, written))
             return new
         raise OrchestratorError(f"job {job_id}: KV update kept conflicting")
 
@@ -271,7 +307,8 @@ class Orchestrator(AgentService):
                 )
             else:
                 try:
-                    await self.jobs.create(job.job_id, state.model_dump_json().encode())
+                    created = await self.jobs.create(job.job_id, state.model_dump_json().encode())
+                    self._remember(job.job_id, (state, created))
                     metrics.JOBS_SUBMITTED.labels(self.name).inc()
                 except nats.js.errors.KeyWrongLastSequenceError:
                     # another replica (or a re-submission of the same id) created it
@@ -294,7 +331,7 @@ class Orchestrator(AgentService):
         # no need to wait for the server's confirmation: a job redelivered because this
         # ack was lost finds its state and re-sends only duplicates, which are dropped
         await msg.ack()
-        log.info("job accepted: %d chars in %d chunk(s)", len(text), len(chunks))
+        log.debug("job accepted: %d chars in %d chunk(s)", len(text), len(chunks))
 
     @staticmethod
     def _moved_on(state: JobState) -> bool:
@@ -386,7 +423,11 @@ class Orchestrator(AgentService):
         """Record one result. A failed job keeps recording the successes of its tasks, so
         that when a dead-lettered task is replayed (`agentbus dlq replay`) and succeeds,
         the job goes on from where it stopped (failed -> reducing/completed)."""
-        loaded = await self._load(r.job_id)
+        known = None if redelivered else self._known.get(r.job_id)
+        # the state this replica last wrote saves a read when the result is a plain next
+        # step (its write checks the revision); anything else is decided on a fresh read
+        loaded = known if known is not None and _records(known[0], r) else None
+        loaded = loaded or await self._load(r.job_id)
         if loaded is None:
             raise OrchestratorError(f"result for unknown job {r.job_id}")
         state = loaded[0]
@@ -547,7 +588,7 @@ class Orchestrator(AgentService):
             data={"summary_chars": len(summary), "levels": state.level + 1, "seconds": seconds},
         )
         await self._drop_parts(done)
-        log.info("job completed in %.3fs (%d chars)", seconds, len(summary))
+        log.debug("job completed in %.3fs (%d chars)", seconds, len(summary))
 
     async def _drop_parts(self, state: JobState) -> None:
         assert self._parts is not None

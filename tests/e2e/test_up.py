@@ -17,10 +17,9 @@ from pathlib import Path
 import pytest
 
 from agentbus.bus import Bus
-from agentbus.messages import AgentEvent, decode
 from agentbus.settings import NatsSettings
 from event_archiver import EventStore
-from tests.conftest import stream_events
+from tests.conftest import stream_agent_events
 from tests.documents import make_document
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
@@ -107,9 +106,7 @@ def test_up_submit_twenty_documents_and_archive_every_event(tmp_path: Path) -> N
             store = EventStore(f"sqlite+aiosqlite:///{data_dir / 'archive.db'}")
             try:
                 for _ in range(100):
-                    emitted = [
-                        decode(d, AgentEvent).payload.event_id for _s, d in await stream_events(bus)
-                    ]
+                    emitted = [e.event_id for e in await stream_agent_events(bus)]
                     archived = await store.event_ids()
                     if len(archived) >= len(emitted):
                         return emitted, archived

@@ -18,14 +18,14 @@ from prometheus_client import REGISTRY
 from agentbus.bus import Bus
 from agentbus.client import AgentBusClient
 from agentbus.errors import ConfigError
-from agentbus.messages import AgentEvent, EventKind, JobStatus, decode
+from agentbus.messages import EventKind, JobStatus
 from agentbus.settings import Settings, SummarizerSettings
 from agentbus.worker import TaskWorker
 from orchestrator import Orchestrator
 from summarize_worker import SummarizerError, SummarizeSkill
 from summarize_worker.backends import OpenAISummarizer, make_summarizer
 from summarize_worker.backends.openai import parse_retry_after
-from tests.conftest import stream_events
+from tests.conftest import stream_agent_events
 from tests.local_http import LocalHttpServer
 
 pytestmark = pytest.mark.integration
@@ -301,9 +301,8 @@ async def test_worker_records_token_usage(
     assert len(fake_openai.requests) == 2  # the 429 was retried inside the backend
     completed = [
         ev
-        for _, data in await stream_events(bus)
-        if (ev := decode(data, AgentEvent).payload).kind is EventKind.TASK_COMPLETED
-        and ev.job_id == job_id
+        for ev in await stream_agent_events(bus)
+        if ev.kind is EventKind.TASK_COMPLETED and ev.job_id == job_id
     ]
     assert len(completed) == 1
     assert completed[0].data["usage"] == {"prompt_tokens": 120, "completion_tokens": 9}

@@ -13,19 +13,15 @@ from agentbus import subjects
 from agentbus.bus import DLQ_HEADER_REASON, Bus
 from agentbus.client import AgentBusClient
 from agentbus.embedded import EmbeddedNatsServer
-from agentbus.messages import AgentEvent, EventKind, JobStatus, decode
+from agentbus.messages import EventKind, JobStatus
 from agentbus.settings import Settings
 from agentbus.stack import Stack
 from agentbus.worker import TaskWorker
 from orchestrator import Orchestrator
 from summarize_worker import SummarizeSkill
-from tests.conftest import Running, dlq_messages, stream_events
+from tests.conftest import Running, dlq_messages, stream_agent_events
 
 pytestmark = pytest.mark.integration
-
-
-def _events(raw: list[tuple[str, bytes]]) -> list[AgentEvent]:
-    return [decode(data, AgentEvent).payload for _subject, data in raw]
 
 
 @pytest.mark.timeout(180)
@@ -48,9 +44,7 @@ async def test_work_is_spread_across_three_worker_processes(
             states = await asyncio.gather(*(client.wait(j, timeout_s=60) for j in ids))
         assert [s.status for s in states] == [JobStatus.COMPLETED] * 30
         done = Counter(
-            e.agent_id
-            for e in _events(await stream_events(bus))
-            if e.kind is EventKind.TASK_COMPLETED
+            e.agent_id for e in await stream_agent_events(bus) if e.kind is EventKind.TASK_COMPLETED
         )
         assert sum(done.values()) == 30
         assert set(done) == {"worker-1", "worker-2", "worker-3"}, done
@@ -99,7 +93,7 @@ async def test_job_survives_orchestrator_restart_mid_job(
     assert final.status is JobStatus.COMPLETED, final.error
     assert final.chunks == paused.chunks
     assert final.summary and len(final.summary) <= 400
-    events = _events(await stream_events(bus))
+    events = await stream_agent_events(bus)
     completed = [e for e in events if e.kind is EventKind.JOB_COMPLETED and e.job_id == job_id]
     assert len(completed) == 1
     map_done = {

@@ -18,6 +18,7 @@ from agentbus.messages import (
     MAX_EVENT_DATA_DEPTH,
     MESSAGE_TYPES,
     AgentEvent,
+    AgentEventBatch,
     Command,
     CommandReply,
     DocumentRef,
@@ -68,6 +69,19 @@ SAMPLES: dict[type[Payload], Payload] = {
         kind=EventKind.TASK_STARTED,
         job_id="job-1",
         data={"attempt": 1, "nested": {"x": [1, 2]}},
+    ),
+    AgentEventBatch: AgentEventBatch(
+        events=[
+            AgentEvent(
+                event_id=f"e-{i}",
+                agent_id="a-1",
+                service="orchestrator",
+                kind=EventKind.JOB_ACCEPTED,
+                job_id="job-1",
+                traceparent=None,
+            )
+            for i in range(3)
+        ]
     ),
     HistoryQuery: HistoryQuery(job_id="job-1"),
     HistoryReply: HistoryReply(job_id="job-1"),
