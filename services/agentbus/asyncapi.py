@@ -52,6 +52,9 @@ def subject_template(fn: Callable[..., str]) -> str:
     return address
 
 
+_EVENTS: Final = ["AgentEvent", "AgentEventBatch"]
+"""The two forms of a message on the events channels."""
+
 _PARAMETERS: Final = {
     "skill": f"A worker skill (e.g. `{_SKILL_EXAMPLE}`); one subject token.",
     "job_id": "The job id (a subject token, [A-Za-z0-9_-]{1,128}).",
@@ -112,17 +115,19 @@ def _channels() -> list[_Channel]:
         _Channel(
             "agentEvents", t(subjects.agent_events), "Agent events",
             "Every step of every service, archived exactly once by the event-archiver (the "
-            "event id is the Nats-Msg-Id).",
-            ["AgentEvent"],
+            "event id is its key). Events emitted side by side share one message "
+            "(AgentEventBatch, group commit); a lone event is an AgentEvent whose id is "
+            "the Nats-Msg-Id.",
+            list(_EVENTS),
             {"kind": "jetstream", "stream": subjects.AGENT_EVENTS_STREAM, "retention": "limits",
              "subjects": list(subjects.AGENT_EVENTS_SUBJECTS),
              "consumer": subjects.ARCHIVER_CONSUMER},
         ),
         _Channel(
             "agentResults", t(subjects.agent_results), "Agent result events",
-            "Events that record a produced result (`task.completed`), same stream as the "
-            "events.",
-            ["AgentEvent"],
+            "Events that record a produced result (`task.completed`), same stream and "
+            "forms as the events.",
+            list(_EVENTS),
             {"kind": "jetstream", "stream": subjects.AGENT_EVENTS_STREAM, "retention": "limits",
              "subjects": list(subjects.AGENT_EVENTS_SUBJECTS),
              "consumer": subjects.ARCHIVER_CONSUMER},
@@ -206,13 +211,13 @@ _OPERATIONS: Final = (
                "Publish a task's result (or its failure)."),
     _Operation("receiveResult", "receive", "taskResults", ["TaskResult"], "orchestrator",
                "Collect results; reduce; write the final summary to the jobs KV bucket."),
-    _Operation("emitEvent", "send", "agentEvents", ["AgentEvent"], "every service",
-               "Record a step."),
-    _Operation("emitResultEvent", "send", "agentResults", ["AgentEvent"], "worker",
+    _Operation("emitEvent", "send", "agentEvents", _EVENTS, "every service",
+                              "Record a step."),
+    _Operation("emitResultEvent", "send", "agentResults", _EVENTS, "worker",
                "Record a produced result."),
-    _Operation("archiveEvent", "receive", "agentEvents", ["AgentEvent"], "archiver",
+    _Operation("archiveEvent", "receive", "agentEvents", _EVENTS, "archiver",
                "Store each event once (idempotent on its id)."),
-    _Operation("archiveResultEvent", "receive", "agentResults", ["AgentEvent"], "archiver",
+    _Operation("archiveResultEvent", "receive", "agentResults", _EVENTS, "archiver",
                "Store each result event once."),
     _Operation("deadLetter", "send", "deadLetters", ["DeadLetter"], "every service",
                "File a poison or over-delivered message with the reason."),
@@ -238,7 +243,9 @@ _OPERATIONS: Final = (
 
 _ENVELOPED: Final[tuple[type[Payload], ...]] = tuple(MESSAGE_TYPES.values())
 
-_JETSTREAM_MESSAGES: Final = frozenset({"JobSubmit", "TaskAssign", "TaskResult", "AgentEvent"})
+_JETSTREAM_MESSAGES: Final = frozenset(
+    {"JobSubmit", "TaskAssign", "TaskResult", "AgentEvent", "AgentEventBatch"}
+)
 
 
 def _headers_schema(*, jetstream: bool) -> dict[str, Any]:
