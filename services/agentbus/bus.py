@@ -486,7 +486,44 @@ class Bus:
 
         A deterministic `event_id` makes a step that is retried record its event once
         (the archive's key; alone in its message, it is also the `Nats-Msg-Id`)."""
-        event = AgentEvent(
+        event = self._event(kind, job_id=job_id, task_id=task_id, data=data, event_id=event_id)
+        await self._emitter.emit(self._results_subject if result else self._events_subject, event)
+        metrics.EVENTS_EMITTED.labels(self.service).inc()
+        return event
+
+    def emit_soon(
+        self,
+        kind: EventKind,
+        *,
+        job_id: str | None = None,
+        task_id: str | None = None,
+        data: Mapping[str, Any] | None = None,
+        result: bool = False,
+        event_id: str | None = None,
+    ) -> asyncio.Future[None]:
+        """`emit` without waiting: the future completes once the event is stored. Await it
+        before anything that must follow the event (an ack, the step's outcome)."""
+        event = self._event(kind, job_id=job_id, task_id=task_id, data=data, event_id=event_id)
+        stored = self._emitter.enqueue(
+            self._results_subject if result else self._events_subject, event
+        )
+        stored.add_done_callback(self._count_emitted)
+        return stored
+
+    def _count_emitted(self, stored: asyncio.Future[None]) -> None:
+        if not stored.cancelled() and stored.exception() is None:
+            metrics.EVENTS_EMITTED.labels(self.service).inc()
+
+    def _event(
+        self,
+        kind: EventKind,
+        *,
+        job_id: str | None,
+        task_id: str | None,
+        data: Mapping[str, Any] | None,
+        event_id: str | None,
+    ) -> AgentEvent:
+        return AgentEvent(
             event_id=event_id or new_id(),
             agent_id=self.agent_id,
             service=self.service,
@@ -495,9 +532,6 @@ class Bus:
             task_id=task_id,
             data=dict(data or {}),
         )
-        await self._emitter.emit(self._results_subject if result else self._events_subject, event)
-        metrics.EVENTS_EMITTED.labels(self.service).inc()
-        return event
 
     async def dead_letter(self, msg: Msg, *, reason: str, stream: str) -> None:
         """File `msg` on `dlq.{stream}` with its payload, headers and the reason, then `term` it."""

@@ -72,28 +72,34 @@ class EventEmitter:
 
     async def emit(self, subject: str, event: AgentEvent) -> None:
         """Publish `event` on `subject`; returns once the stream has stored it."""
+        await self.enqueue(subject, event)
+
+    def enqueue(self, subject: str, event: AgentEvent) -> asyncio.Future[None]:
+        """Queue `event` for the next publish on `subject`; the future completes once the
+        stream has stored it (or fails with the publish). Cancelling the future withdraws
+        nobody else's event, and this one's only if its publish has not started."""
         headers: dict[str, str] = {}
         telemetry.inject(headers)
+        loop = asyncio.get_running_loop()
         if self._max_events == 1:
-            await self._send(subject, [event], [headers])
-            return
-        pending = _Pending(event, headers, asyncio.get_running_loop().create_future())
-        pending.done.add_done_callback(_retrieved)
+            return loop.create_task(self._send(subject, [event], [headers]))
+        done: asyncio.Future[None] = loop.create_future()
+        done.add_done_callback(_retrieved)
         lane = self._lanes.setdefault(subject, _Lane())
-        lane.waiting.append(pending)
+        lane.waiting.append(_Pending(event, headers, done))
         if lane.task is None:
-            lane.task = asyncio.create_task(self._drain(subject, lane))
-        # not cancelled with its caller: the event may be in a publish already, and the
-        # other events of that publish still wait for its outcome
-        await asyncio.shield(pending.done)
+            lane.task = loop.create_task(self._drain(subject, lane))
+        return done
 
     async def _drain(self, subject: str, lane: _Lane) -> None:
         try:
             # one loop turn, so that the events of steps running side by side join
             await asyncio.sleep(0)
             while lane.waiting:
-                group = lane.waiting[: self._max_events]
-                del lane.waiting[: len(group)]
+                group = [p for p in lane.waiting[: self._max_events] if not p.done.cancelled()]
+                del lane.waiting[: self._max_events]
+                if not group:
+                    continue
                 try:
                     await self._send(subject, [p.event for p in group], [p.headers for p in group])
                 except asyncio.CancelledError:

@@ -191,6 +191,8 @@ class SkillEndpoint:
                     },
                 )
             )
+            # the server knows the subscription before anyone is told the worker is up
+            await self.bus.nc.flush()
         except (nats.errors.Error, ValueError) as e:
             raise AgentBusError(f"cannot serve {self.subject} ({WORKER_SERVICE}): {e}") from e
         self._serving = True

@@ -187,13 +187,11 @@ class TaskWorker(AgentService):
                 return
             # The started event goes out while the skill runs (a round trip less in every
             # slot); it is confirmed before any outcome of the task is published.
-            announced = asyncio.ensure_future(
-                bus.emit(
-                    EventKind.TASK_STARTED,
-                    job_id=t.job_id,
-                    task_id=t.task_id,
-                    data={"attempt": attempt, "level": t.level, "chars": len(t.text)},
-                )
+            announced = bus.emit_soon(
+                EventKind.TASK_STARTED,
+                job_id=t.job_id,
+                task_id=t.task_id,
+                data={"attempt": attempt, "level": t.level, "chars": len(t.text)},
             )
             started = time.perf_counter()
             try:
@@ -232,25 +230,24 @@ class TaskWorker(AgentService):
                 duration_ms=elapsed * 1000,
                 usage=out.usage,
             )
-            # result and event in one round trip (they leave in this order on the one
-            # connection); the task is acked only once both are stored
-            await asyncio.gather(
-                self._publish_result(result),
-                bus.emit(
-                    EventKind.TASK_COMPLETED,
-                    job_id=t.job_id,
-                    task_id=t.task_id,
-                    result=True,
-                    # one per task: a redelivery after the work was done records nothing new
-                    event_id=_stable_id(t.job_id, t.task_id, "completed"),
-                    data={
-                        "attempt": attempt,
-                        "duration_ms": round(elapsed * 1000, 3),
-                        "summary_chars": len(out.text),
-                        "usage": out.usage.model_dump() if out.usage else None,
-                    },
-                ),
+            # result and event go out side by side; the task is acked only once both
+            # are stored
+            completed = bus.emit_soon(
+                EventKind.TASK_COMPLETED,
+                job_id=t.job_id,
+                task_id=t.task_id,
+                result=True,
+                # one per task: a redelivery after the work was done records nothing new
+                event_id=_stable_id(t.job_id, t.task_id, "completed"),
+                data={
+                    "attempt": attempt,
+                    "duration_ms": round(elapsed * 1000, 3),
+                    "summary_chars": len(out.text),
+                    "usage": out.usage.model_dump() if out.usage else None,
+                },
             )
+            await self._publish_result(result)
+            await completed
             await self._ack(msg)
             metrics.TASKS_PROCESSED.labels(bus.service, self.skill.name, "ok").inc()
             self.task_counts["ok"] += 1

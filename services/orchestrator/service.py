@@ -277,7 +277,8 @@ class Orchestrator(AgentService):
         )
         if loaded is not None and not reopen and self._moved_on(loaded[0]):
             if delivery_count(msg) > 1 and loaded[0].chunks:
-                await self._emit_intake(loaded[0])  # in case the last try died before them
+                for stored in self._emit_intake(loaded[0]):  # the last try may have died
+                    await stored  # before they were stored
             await msg.ack()  # a re-submitted or redelivered job that has moved on
             return
         try:
@@ -321,13 +322,12 @@ class Orchestrator(AgentService):
             document_chars=len(text), summary_chars=summary_chars, chunks=len(chunks),
         )  # fmt: skip
         per_task = summary_chars if len(chunks) == 1 else self.cfg.chunk_summary_chars
-        # Sent together (one round trip, not three): on one connection they leave in this
-        # order, so the event stream still reads accepted, then chunked.
-        await asyncio.gather(
-            self._emit_intake(intake, chunked=False),
-            self._publish_level(job.job_id, job.skill, 0, chunks, per_task),
-            self._emit_intake(intake, accepted=False),
-        )
+        # the events go out alongside the tasks (the emitter batches them with other
+        # jobs' events); the job is acked once all of them are stored
+        events = self._emit_intake(intake)
+        await self._publish_level(job.job_id, job.skill, 0, chunks, per_task)
+        for stored in events:
+            await stored
         # no need to wait for the server's confirmation: a job redelivered because this
         # ack was lost finds its state and re-sends only duplicates, which are dropped
         await msg.ack()
@@ -338,29 +338,28 @@ class Orchestrator(AgentService):
         """Past intake: finished, or its map step already recorded as launched."""
         return state.status.terminal or state.level > 0
 
-    async def _emit_intake(
-        self, state: JobState, *, accepted: bool = True, chunked: bool = True
-    ) -> None:
-        """The intake events, with ids derived from the job id (so emitting twice is a no-op)."""
+    def _emit_intake(self, state: JobState) -> tuple[asyncio.Future[None], ...]:
+        """The intake events (accepted, then chunked), with ids derived from the job id
+        (so emitting them twice records them once); each future completes once its event
+        is stored."""
         assert self.bus is not None
-        if accepted:
-            await self.bus.emit(
-                EventKind.JOB_ACCEPTED,
-                job_id=state.job_id,
-                event_id=f"{state.job_id}-accepted",
-                data={
-                    "title": state.title,
-                    "chars": state.document_chars,
-                    "summary_chars": state.summary_chars,
-                },
-            )
-        if chunked:
-            await self.bus.emit(
-                EventKind.JOB_CHUNKED,
-                job_id=state.job_id,
-                event_id=f"{state.job_id}-chunked",
-                data={"chunks": state.chunks, "chunk_chars": self.cfg.chunk_chars},
-            )
+        accepted = self.bus.emit_soon(
+            EventKind.JOB_ACCEPTED,
+            job_id=state.job_id,
+            event_id=f"{state.job_id}-accepted",
+            data={
+                "title": state.title,
+                "chars": state.document_chars,
+                "summary_chars": state.summary_chars,
+            },
+        )
+        chunked = self.bus.emit_soon(
+            EventKind.JOB_CHUNKED,
+            job_id=state.job_id,
+            event_id=f"{state.job_id}-chunked",
+            data={"chunks": state.chunks, "chunk_chars": self.cfg.chunk_chars},
+        )
+        return accepted, chunked
 
     async def _publish_level(
         self, job_id: str, skill: str, level: int, texts: list[str], max_chars: int
@@ -379,6 +378,9 @@ class Orchestrator(AgentService):
                 subject, task, msg_id=f"{job_id}:{task_id}", stream=subjects.TASKS_STREAM
             )
 
+        if len(texts) == 1:
+            await one(0, texts[0])
+            return
         for start in range(0, len(texts), _PUBLISH_BATCH):
             batch = texts[start : start + _PUBLISH_BATCH]
             await asyncio.gather(*(one(start + i, t) for i, t in enumerate(batch)))
