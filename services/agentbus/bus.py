@@ -21,6 +21,7 @@ from typing import Any, Final
 
 import nats
 import nats.errors
+import nats.js.api
 import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
@@ -32,6 +33,7 @@ from agentbus import metrics, subjects, telemetry
 from agentbus.emitter import DEFAULT_MAX_EVENTS_PER_MESSAGE, EventEmitter
 from agentbus.errors import AgentBusError
 from agentbus.messages import AgentEvent, EventKind, Payload, encode, new_id
+from agentbus.publisher import JetStreamPublisher
 from agentbus.settings import NatsSettings
 
 __all__ = [
@@ -66,13 +68,15 @@ DLQ_HEADER_MSG_ID: Final = "Agentbus-Dlq-Msg-Id"
 _HEADER_VALUE_MAX: Final = 1024
 _REBIND_BACKOFF_S: Final = (0.2, 0.5, 1.0, 2.0, 5.0)
 PUBLISH_RETRY_FOR_S: Final = 30.0
+"""How long a JetStream publish is retried through transient failures (see `publish_raw`)."""
 _MAX_PAYLOAD_FALLBACK: Final = 1024 * 1024
 """The server's default max_payload, for a client that has not read the server's yet."""
 _HEADERS_ALLOWANCE_BYTES: Final = 4096
 _ACK_V1_TOKENS: Final = 9
 """`$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<ts>.<pending>`"""
 _ACK_V1_DELIVERED: Final = 4
-"""How long a JetStream publish is retried through transient failures (see `publish_raw`)."""
+_KV_WRONG_LAST_SEQUENCE: Final = 10071
+"""JetStream's error code for a compare-and-set write that lost the race."""
 _TRANSIENT_PUBLISH_ERRORS: Final = (
     nats.js.errors.NoStreamResponseError,  # no stream leader answered (election, restart)
     nats.js.errors.ServiceUnavailableError,
@@ -349,6 +353,7 @@ class Bus:
         self.agent_id = agent_id
         self.service = service
         self._kv: dict[str, KeyValue] = {}
+        self._publisher = JetStreamPublisher(nc)
         self._events_subject = subjects.agent_events(agent_id)
         self._results_subject = subjects.agent_results(agent_id)
         self._emitter = EventEmitter(
@@ -439,7 +444,9 @@ class Bus:
         attempt = 0
         while True:
             try:
-                ack = await self.js.publish(subject, data, timeout=timeout_s, headers=hdrs)
+                ack = await self._publisher.publish(
+                    subject, data, headers=hdrs, timeout_s=timeout_s
+                )
                 break
             except _TRANSIENT_PUBLISH_ERRORS as e:
                 left = deadline - time.monotonic()
@@ -459,6 +466,35 @@ class Bus:
                 raise BusError(f"publish to {subject} failed: {e or type(e).__name__}") from e
         metrics.MESSAGES_PUBLISHED.labels(self.service, stream).inc()
         return ack
+
+    async def kv_update(
+        self, bucket: str, key: str, value: bytes, *, last: int, timeout_s: float = 10.0
+    ) -> int:
+        """Compare-and-set write of `key` (the bucket's `update`): stored only if the key's
+        revision is still `last`; returns the new revision. Raises nats-py's
+        `KeyWrongLastSequenceError` when another writer came first. Not retried: a write
+        that may have landed must be re-read, not re-sent."""
+        try:
+            ack = await self._publisher.publish(
+                f"$KV.{bucket}.{key}",
+                value,
+                headers={nats.js.api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE: str(last)},
+                timeout_s=timeout_s,
+            )
+        except nats.js.errors.APIError as e:
+            if e.err_code == _KV_WRONG_LAST_SEQUENCE:
+                raise nats.js.errors.KeyWrongLastSequenceError(description=e.description) from e
+            raise
+        return int(ack.seq)
+
+    async def kv_create(self, bucket: str, key: str, value: bytes) -> int:
+        """Write `key` only if it does not exist (or was deleted); returns its revision."""
+        try:
+            return await self.kv_update(bucket, key, value, last=0)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            # it exists, or only its delete marker does: nats-py's create tells the two
+            # apart (and raises KeyWrongLastSequenceError for the first)
+            return int(await (await self.kv(bucket)).create(key, value))
 
     async def _no_stream_takes(self, subject: str) -> bool:
         """True when JetStream answers that no stream takes `subject` (a missing topology,
@@ -585,6 +621,7 @@ class Bus:
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._emitter.close(), timeout_s)
+        await self._publisher.close()
         try:
             await asyncio.wait_for(self.nc.drain(), timeout_s)
         except Exception:

@@ -178,6 +178,8 @@ class Orchestrator(AgentService):
 
         `loaded` (a state and its revision read just before) saves the first read; a stale
         one only costs a retry. Returns the state written, or None when `change` declined."""
+        bus = self.bus
+        assert bus is not None
         for _ in range(_CAS_RETRIES):
             if loaded is None:
                 loaded = await self._load(job_id)
@@ -192,8 +194,8 @@ class Orchestrator(AgentService):
                 return None
             new.updated_at = utcnow()
             try:
-                written = await self.jobs.update(
-                    job_id, new.model_dump_json().encode(), last=revision
+                written = await bus.kv_update(
+                    subjects.JOBS_BUCKET, job_id, new.model_dump_json().encode(), last=revision
                 )
             except nats.js.errors.KeyWrongLastSequenceError:
                 loaded = None
@@ -308,7 +310,9 @@ class Orchestrator(AgentService):
                 )
             else:
                 try:
-                    created = await self.jobs.create(job.job_id, state.model_dump_json().encode())
+                    created = await bus.kv_create(
+                        subjects.JOBS_BUCKET, job.job_id, state.model_dump_json().encode()
+                    )
                     self._remember(job.job_id, (state, created))
                     metrics.JOBS_SUBMITTED.labels(self.name).inc()
                 except nats.js.errors.KeyWrongLastSequenceError:
