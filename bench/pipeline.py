@@ -197,7 +197,7 @@ async def _profile(
     py_spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
     if py_spy is None:
         return {"error": "py-spy not found (pip install py-spy)"}
-    targets = [p for p in stack.processes if p.agent_id in ("orchestrator-1", "worker-1")]
+    targets = [p for p in stack.processes if p.agent_id in ("orchestrator-1", "worker-1", "archiver-1")]
     spies: list[tuple[str, asyncio.subprocess.Process, Path]] = []
     for p in targets:
         out = out_dir / f"profile-{p.role}.collapsed"
@@ -313,7 +313,7 @@ async def _run(args: Any) -> dict[str, Any]:
 
 def add_arguments(p: Any) -> None:
     p.add_argument("--jobs", type=int, default=1500, help="jobs per measured round")
-    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--window", type=int, default=64, help="jobs in flight")
     p.add_argument("--workers", type=int, default=2)
@@ -322,7 +322,7 @@ def add_arguments(p: Any) -> None:
         "--profile",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="then py-spy the orchestrator and a worker during one more run",
+        help="then py-spy the orchestrator, a worker and the archiver during one more run",
     )
 
 
