@@ -17,7 +17,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypedDict, Unpack
 
 import nats
 import nats.errors
@@ -333,6 +333,18 @@ def _kept_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
     return kept
 
 
+class EventFields(TypedDict, total=False):
+    """What an event says besides its kind (`Bus.emit`)."""
+
+    job_id: str | None
+    task_id: str | None
+    data: Mapping[str, Any] | None
+    result: bool
+    """On `agent.{id}.results` (a produced result) rather than `agent.{id}.events`."""
+    event_id: str | None
+    """Deterministic for a step that may be retried; a fresh one otherwise."""
+
+
 class Bus:
     """A service's view of NATS: connection, JetStream, KV handles, events, dead letters."""
 
@@ -507,67 +519,34 @@ class Bus:
             return False  # JetStream itself is not answering: transient
         return False
 
-    async def emit(
-        self,
-        kind: EventKind,
-        *,
-        job_id: str | None = None,
-        task_id: str | None = None,
-        data: Mapping[str, Any] | None = None,
-        result: bool = False,
-        event_id: str | None = None,
-    ) -> AgentEvent:
+    async def emit(self, kind: EventKind, **fields: Unpack[EventFields]) -> None:
         """Publish one agent event and wait until the stream has stored it. Events that
         steps running side by side emit share one message (`agentbus.emitter`).
 
         A deterministic `event_id` makes a step that is retried record its event once
         (the archive's key; alone in its message, it is also the `Nats-Msg-Id`)."""
-        event = self._event(kind, job_id=job_id, task_id=task_id, data=data, event_id=event_id)
-        await self._emitter.emit(self._results_subject if result else self._events_subject, event)
-        metrics.EVENTS_EMITTED.labels(self.service).inc()
-        return event
+        await self.emit_soon(kind, **fields)
 
-    def emit_soon(
-        self,
-        kind: EventKind,
-        *,
-        job_id: str | None = None,
-        task_id: str | None = None,
-        data: Mapping[str, Any] | None = None,
-        result: bool = False,
-        event_id: str | None = None,
-    ) -> asyncio.Future[None]:
+    def emit_soon(self, kind: EventKind, **fields: Unpack[EventFields]) -> asyncio.Future[None]:
         """`emit` without waiting: the future completes once the event is stored. Await it
         before anything that must follow the event (an ack, the step's outcome)."""
-        event = self._event(kind, job_id=job_id, task_id=task_id, data=data, event_id=event_id)
-        stored = self._emitter.enqueue(
-            self._results_subject if result else self._events_subject, event
+        event = AgentEvent(
+            event_id=fields.get("event_id") or new_id(),
+            agent_id=self.agent_id,
+            service=self.service,
+            kind=kind,
+            job_id=fields.get("job_id"),
+            task_id=fields.get("task_id"),
+            data=dict(fields.get("data") or {}),
         )
+        subject = self._results_subject if fields.get("result") else self._events_subject
+        stored = self._emitter.enqueue(subject, event)
         stored.add_done_callback(self._count_emitted)
         return stored
 
     def _count_emitted(self, stored: asyncio.Future[None]) -> None:
         if not stored.cancelled() and stored.exception() is None:
             metrics.EVENTS_EMITTED.labels(self.service).inc()
-
-    def _event(
-        self,
-        kind: EventKind,
-        *,
-        job_id: str | None,
-        task_id: str | None,
-        data: Mapping[str, Any] | None,
-        event_id: str | None,
-    ) -> AgentEvent:
-        return AgentEvent(
-            event_id=event_id or new_id(),
-            agent_id=self.agent_id,
-            service=self.service,
-            kind=kind,
-            job_id=job_id,
-            task_id=task_id,
-            data=dict(data or {}),
-        )
 
     async def dead_letter(self, msg: Msg, *, reason: str, stream: str) -> None:
         """File `msg` on `dlq.{stream}` with its payload, headers and the reason, then `term` it."""
