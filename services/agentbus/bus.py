@@ -371,6 +371,7 @@ class Bus:
         self._emitter = EventEmitter(
             self.publish_raw,
             sender=agent_id,
+            service=service,
             stream=subjects.AGENT_EVENTS_STREAM,
             max_events_per_message=max_events_per_message,
             max_message_bytes=min(

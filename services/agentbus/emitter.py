@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
-from agentbus import telemetry
+from agentbus import metrics, telemetry
 from agentbus.messages import AgentEvent, AgentEventBatch, encode, new_id
 
 __all__ = ["DEFAULT_MAX_EVENTS_PER_MESSAGE", "EventEmitter", "PublishRaw"]
@@ -57,6 +57,7 @@ class EventEmitter:
         publish_raw: PublishRaw,
         *,
         sender: str,
+        service: str,
         stream: str,
         max_events_per_message: int = DEFAULT_MAX_EVENTS_PER_MESSAGE,
         max_message_bytes: int = 1024 * 1024,
@@ -65,6 +66,7 @@ class EventEmitter:
             raise ValueError("max_events_per_message must be at least 1")
         self._publish_raw = publish_raw
         self._sender = sender
+        self._messages = metrics.EVENT_MESSAGES.labels(service)
         self._stream = stream
         self._max_events = max_events_per_message
         self._max_bytes = max_message_bytes
@@ -132,6 +134,7 @@ class EventEmitter:
                 stream=self._stream,
                 headers=headers[0],
             )
+            self._messages.inc()
             return
         batch = AgentEventBatch(
             events=[_with_trace(ev, hdrs) for ev, hdrs in zip(events, headers, strict=True)]
@@ -144,6 +147,7 @@ class EventEmitter:
             await self._send(subject, events[half:], headers[half:])
             return
         await self._publish_raw(subject, data, msg_id=batch_id, stream=self._stream)
+        self._messages.inc()
 
     async def close(self) -> None:
         """Wait for the events already emitted to be published (or to fail)."""

@@ -25,6 +25,7 @@ __all__ = [
     "DEAD_LETTER_REASONS",
     "EVENTS_ARCHIVED",
     "EVENTS_EMITTED",
+    "EVENT_MESSAGES",
     "HANDLER_ERRORS",
     "JOBS_COMPLETED",
     "JOBS_FAILED",
@@ -137,6 +138,11 @@ MESSAGES_PUBLISHED: Final = Counter(
 )
 EVENTS_EMITTED: Final = Counter(
     "agentbus_events_emitted_total", "Agent events published", ["service"]
+)
+EVENT_MESSAGES: Final = Counter(
+    "agentbus_event_messages_total",
+    "AGENT_EVENTS messages published (events emitted side by side share one)",
+    ["service"],
 )
 NATS_CONNECTED: Final = Gauge("agentbus_nats_connected", "1 while connected to NATS", ["service"])
 NATS_RECONNECTS: Final = Counter(

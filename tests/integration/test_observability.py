@@ -215,6 +215,12 @@ async def test_metrics_count_a_pipeline_run_exactly_with_bounded_labels(
 
     orch, wk, arch = {"service": "orchestrator"}, {"service": "worker"}, {"service": "archiver"}
     assert delta("agentbus_jobs_submitted_total", **orch) == 4
+    # the long document's tasks ran side by side: their events shared messages
+    emitted, messages = (
+        delta("agentbus_events_emitted_total", **wk),
+        delta("agentbus_event_messages_total", **wk),
+    )
+    assert 0 < messages < emitted, (messages, emitted)
     assert delta("agentbus_jobs_completed_total", **orch) == 3
     assert delta("agentbus_jobs_failed_total", **orch, reason="task") == 1
     assert delta("agentbus_job_duration_seconds_count", **orch) == 3

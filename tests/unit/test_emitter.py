@@ -51,7 +51,7 @@ class Recorder:
 
 
 def _emitter(rec: Recorder, **kw: Any) -> EventEmitter:
-    return EventEmitter(rec, sender="a-1", stream="AGENT_EVENTS", **kw)
+    return EventEmitter(rec, sender="a-1", service="test", stream="AGENT_EVENTS", **kw)
 
 
 async def test_a_lone_event_is_a_plain_event_with_its_own_id() -> None:
