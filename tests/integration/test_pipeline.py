@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
+from nats.aio.msg import Msg
 
 from agentbus import subjects
 from agentbus.bus import Bus
 from agentbus.client import AgentBusClient
-from agentbus.messages import JobStatus
+from agentbus.messages import EventKind, JobStatus
 from agentbus.settings import Settings
 from agentbus.topology import provision
 from agentbus.worker import TaskWorker
 from event_archiver import EventArchiver
 from orchestrator import Orchestrator
 from summarize_worker import SummarizeSkill
+from tests.conftest import stream_agent_events
+from tests.documents import make_document
 
 pytestmark = pytest.mark.integration
 
@@ -54,3 +59,51 @@ async def test_many_chunk_job_completes(bus: Bus, settings: Settings, running) -
     assert state.level >= 1  # at least one reduce step ran
     assert state.summary and 0 < len(state.summary) <= 300
     assert "river" in state.summary.lower()
+
+
+class CountingOrchestrator(Orchestrator):
+    """Counts the results this replica handled."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.results = 0
+
+    async def handle_result(self, msg: Msg) -> None:
+        self.results += 1
+        await super().handle_result(msg)
+
+
+async def test_two_orchestrators_share_multi_chunk_jobs(
+    bus: Bus, settings: Settings, running
+) -> None:  # type: ignore[no-untyped-def]
+    """Results of one job land on both replicas, so each one's remembered state goes stale
+    under the other's writes: every stale compare-and-set must re-read, never lose or
+    double-count a task."""
+    s = settings.model_copy(
+        update={
+            "orchestrator": settings.orchestrator.model_copy(
+                update={"chunk_chars": 300, "chunk_summary_chars": 100, "summary_chars": 300}
+            ),
+            "worker": settings.worker.model_copy(update={"concurrency": 8}),
+        }
+    )
+    orchestrators = [await running.start(CountingOrchestrator, s, f"orch-{i}") for i in (1, 2)]
+    for i in (1, 2):
+        await running.start(lambda st: TaskWorker(st, SummarizeSkill(st)), s, f"worker-{i}")
+    rng = random.Random(7)
+    docs = [make_document(rng, 40 + 10 * i) for i in range(8)]
+    async with AgentBusClient(s.nats) as client:
+        ids = [await client.submit(d) for d in docs]
+        states = [await client.wait(j, timeout_s=60) for j in ids]
+    assert [st.status for st in states] == [JobStatus.COMPLETED] * len(docs)
+    assert all(o.results > 0 for o in orchestrators), [o.results for o in orchestrators]
+    events = {e.event_id: e for e in await stream_agent_events(bus)}.values()
+    for st in states:
+        reduce_tasks = sum(
+            int(e.data["tasks"])
+            for e in events
+            if e.job_id == st.job_id and e.kind is EventKind.JOB_REDUCING
+        )
+        assert st.chunks >= 5 and st.level >= 1
+        # every map and reduce task counted exactly once
+        assert st.tasks_done_total == st.chunks + reduce_tasks, st
