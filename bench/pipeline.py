@@ -197,7 +197,8 @@ async def _profile(
     py_spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
     if py_spy is None:
         return {"error": "py-spy not found (pip install py-spy)"}
-    targets = [p for p in stack.processes if p.agent_id in ("orchestrator-1", "worker-1", "archiver-1")]
+    profiled = ("orchestrator-1", "worker-1", "archiver-1")
+    targets = [p for p in stack.processes if p.agent_id in profiled]
     spies: list[tuple[str, asyncio.subprocess.Process, Path]] = []
     for p in targets:
         out = out_dir / f"profile-{p.role}.collapsed"
