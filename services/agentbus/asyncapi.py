@@ -212,7 +212,7 @@ _OPERATIONS: Final = (
     _Operation("receiveResult", "receive", "taskResults", ["TaskResult"], "orchestrator",
                "Collect results; reduce; write the final summary to the jobs KV bucket."),
     _Operation("emitEvent", "send", "agentEvents", _EVENTS, "every service",
-                              "Record a step."),
+               "Record a step."),
     _Operation("emitResultEvent", "send", "agentResults", _EVENTS, "worker",
                "Record a produced result."),
     _Operation("archiveEvent", "receive", "agentEvents", _EVENTS, "archiver",

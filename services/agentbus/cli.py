@@ -450,11 +450,11 @@ def events(
         seen = 0
         done = asyncio.Event()
 
-        def unpack(data: bytes) -> list[AgentEvent] | str:
+        def unpack(data: bytes) -> list[AgentEvent | str]:
             try:
-                return decode_events(data)[1]
+                return list(decode_events(data)[1])
             except AgentBusError as e:
-                return f"(undecodable event: {e})"
+                return [f"(undecodable event: {e})"]
 
         def show(item: AgentEvent | str) -> None:
             nonlocal seen
@@ -469,8 +469,7 @@ def events(
                 done.set()
 
         async def live(msg: Msg) -> None:
-            got = unpack(msg.data)
-            for item in [got] if isinstance(got, str) else got:
+            for item in unpack(msg.data):
                 show(item)
 
         try:
@@ -490,8 +489,7 @@ def events(
                 stored: list[AgentEvent | str] = []
                 while True:
                     msg = await sub.next_msg(timeout=5)
-                    got = unpack(msg.data)
-                    stored.extend([got] if isinstance(got, str) else got)
+                    stored.extend(unpack(msg.data))
                     if msg.metadata.sequence.stream >= last_seq:
                         break
                 await sub.unsubscribe()

@@ -72,10 +72,6 @@ class EventEmitter:
         self._max_bytes = max_message_bytes
         self._lanes: dict[str, _Lane] = {}
 
-    async def emit(self, subject: str, event: AgentEvent) -> None:
-        """Publish `event` on `subject`; returns once the stream has stored it."""
-        await self.enqueue(subject, event)
-
     def enqueue(self, subject: str, event: AgentEvent) -> asyncio.Future[None]:
         """Queue `event` for the next publish on `subject`; the future completes once the
         stream has stored it (or fails with the publish). Cancelling the future withdraws

@@ -149,9 +149,8 @@ class Orchestrator(AgentService):
         try:
             entry = await self.jobs.get(job_id)
         except nats.js.errors.KeyNotFoundError:
-            self._known.pop(job_id, None)
-            return None
-        if entry.value is None:
+            entry = None
+        if entry is None or entry.value is None:
             self._known.pop(job_id, None)
             return None
         loaded = decode_job_state(entry.value), entry.revision or 0

@@ -56,7 +56,7 @@ def _emitter(rec: Recorder, **kw: Any) -> EventEmitter:
 
 async def test_a_lone_event_is_a_plain_event_with_its_own_id() -> None:
     rec = Recorder()
-    await _emitter(rec).emit("agent.a-1.events", _event(1, chars=10))
+    await _emitter(rec).enqueue("agent.a-1.events", _event(1, chars=10))
     assert len(rec.calls) == 1
     call = rec.calls[0]
     assert call["msg_id"] == "ev-1" and call["stream"] == "AGENT_EVENTS"
@@ -67,7 +67,7 @@ async def test_a_lone_event_is_a_plain_event_with_its_own_id() -> None:
 async def test_concurrent_emits_share_one_message_in_order() -> None:
     rec = Recorder()
     em = _emitter(rec)
-    await asyncio.gather(*(em.emit("agent.a-1.events", _event(i)) for i in range(10)))
+    await asyncio.gather(*(em.enqueue("agent.a-1.events", _event(i)) for i in range(10)))
     assert rec.events() == [[f"ev-{i}" for i in range(10)]]
     env, _ = decode_events(rec.calls[0]["data"])
     assert env.msg_type == AgentEventBatch.MSG_TYPE
@@ -77,9 +77,9 @@ async def test_concurrent_emits_share_one_message_in_order() -> None:
 async def test_events_emitted_during_a_publish_go_in_the_next_one() -> None:
     rec = Recorder(delay_s=0.05)
     em = _emitter(rec)
-    first = asyncio.create_task(em.emit("agent.a-1.events", _event(0)))
+    first = em.enqueue("agent.a-1.events", _event(0))
     await asyncio.sleep(0.01)  # the first publish is in flight
-    rest = [asyncio.create_task(em.emit("agent.a-1.events", _event(i))) for i in (1, 2, 3)]
+    rest = [em.enqueue("agent.a-1.events", _event(i)) for i in (1, 2, 3)]
     await asyncio.gather(first, *rest)
     assert rec.events() == [["ev-0"], ["ev-1", "ev-2", "ev-3"]]
 
@@ -88,8 +88,8 @@ async def test_subjects_are_never_mixed_and_caps_hold() -> None:
     rec = Recorder()
     em = _emitter(rec, max_events_per_message=4)
     await asyncio.gather(
-        *(em.emit("agent.a-1.events", _event(i)) for i in range(10)),
-        *(em.emit("agent.a-1.results", _event(100 + i)) for i in range(3)),
+        *(em.enqueue("agent.a-1.events", _event(i)) for i in range(10)),
+        *(em.enqueue("agent.a-1.results", _event(100 + i)) for i in range(3)),
     )
     by_subject: dict[str, list[list[str]]] = {}
     for call, ids in zip(rec.calls, rec.events(), strict=True):
@@ -105,7 +105,7 @@ async def test_a_batch_above_the_byte_cap_is_split() -> None:
     rec = Recorder()
     em = _emitter(rec, max_message_bytes=4000)
     await asyncio.gather(
-        *(em.emit("agent.a-1.events", _event(i, pad="x" * 400)) for i in range(20))
+        *(em.enqueue("agent.a-1.events", _event(i, pad="x" * 400)) for i in range(20))
     )
     assert all(len(c["data"]) <= 4000 for c in rec.calls)
     assert len(rec.calls) > 2
@@ -115,7 +115,7 @@ async def test_a_batch_above_the_byte_cap_is_split() -> None:
 async def test_one_event_per_message_when_asked() -> None:
     rec = Recorder()
     em = _emitter(rec, max_events_per_message=1)
-    await asyncio.gather(*(em.emit("agent.a-1.events", _event(i)) for i in range(3)))
+    await asyncio.gather(*(em.enqueue("agent.a-1.events", _event(i)) for i in range(3)))
     assert rec.events() == [["ev-0"], ["ev-1"], ["ev-2"]]
     assert [c["msg_id"] for c in rec.calls] == ["ev-0", "ev-1", "ev-2"]
 
@@ -124,18 +124,18 @@ async def test_a_failed_publish_fails_every_emit_in_it_and_the_next_one_goes_on(
     rec = Recorder(fail=RuntimeError("stream down"))
     em = _emitter(rec)
     outcomes = await asyncio.gather(
-        *(em.emit("agent.a-1.events", _event(i)) for i in range(3)), return_exceptions=True
+        *(em.enqueue("agent.a-1.events", _event(i)) for i in range(3)), return_exceptions=True
     )
     assert [str(o) for o in outcomes] == ["stream down"] * 3
     rec.fail = None
-    await em.emit("agent.a-1.events", _event(9))
+    await em.enqueue("agent.a-1.events", _event(9))
     assert rec.events()[-1] == ["ev-9"]
 
 
 async def test_a_cancelled_caller_does_not_cancel_the_others() -> None:
     rec = Recorder(delay_s=0.05)
     em = _emitter(rec)
-    tasks = [asyncio.create_task(em.emit("agent.a-1.events", _event(i))) for i in range(3)]
+    tasks = [em.enqueue("agent.a-1.events", _event(i)) for i in range(3)]
     await asyncio.sleep(0.01)
     tasks[0].cancel()
     done = await asyncio.gather(*tasks, return_exceptions=True)
@@ -152,7 +152,7 @@ async def test_each_batched_event_carries_its_own_trace_context(
 
     async def in_span(i: int) -> str:
         with telemetry.span(f"step {i}"):
-            await em.emit("agent.a-1.events", _event(i))
+            await em.enqueue("agent.a-1.events", _event(i))
             return str(telemetry.current_span_id())
 
     span_ids = await asyncio.gather(*(in_span(i) for i in range(3)))
