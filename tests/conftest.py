@@ -3,7 +3,9 @@ it, a provisioned JetStream topology, and services run in-process or as processe
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -11,8 +13,9 @@ import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from agentbus.bus import Bus
+from agentbus.client import AgentBusClient
 from agentbus.embedded import EmbeddedNatsServer
-from agentbus.messages import AgentEvent, decode_events
+from agentbus.messages import AgentEvent, EventKind, decode_events
 from agentbus.service import AgentService
 from agentbus.settings import Settings, load_settings
 from agentbus.topology import provision
@@ -142,6 +145,20 @@ async def stream_events(bus: Bus) -> list[tuple[str, bytes]]:
 async def stream_agent_events(bus: Bus) -> list[AgentEvent]:
     """Every event now in AGENT_EVENTS (batches unpacked), in emission order."""
     return [ev for _s, data in await stream_events(bus) for ev in decode_events(data)[1]]
+
+
+async def archived_history(
+    client: AgentBusClient, job_id: str, *, timeout_s: float = 20.0
+) -> list[AgentEvent]:
+    """The job's archived events once its `job.completed` is among them (the archiver
+    commits in batches), or what is archived when `timeout_s` runs out."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        history = await client.history(job_id)
+        done = any(e.kind is EventKind.JOB_COMPLETED for e in history)
+        if done or time.monotonic() > deadline:
+            return history
+        await asyncio.sleep(0.1)
 
 
 async def dlq_messages(bus: Bus) -> list[tuple[str, dict[str, str], bytes]]:

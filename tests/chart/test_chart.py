@@ -47,6 +47,18 @@ STANDARD_ENV = re.compile(r"^OTEL_[A-Z0-9_]+$")
 # The custom resources we render have no schema in kubernetes-validate: their required
 # structure (from the KEDA and Prometheus Operator CRDs) is checked here.
 _STR_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
+_SCRAPE_ENDPOINT = {
+    "type": "object",
+    "required": ["port"],
+    "properties": {
+        "port": {"type": "string"},
+        "path": {"type": "string"},
+        "interval": {"type": "string", "pattern": "^[0-9]+(ms|s|m|h)$"},
+        "honorLabels": {"type": "boolean"},
+    },
+    "additionalProperties": False,
+}
+"""One scrape endpoint of a PodMonitor or a ServiceMonitor (same fields in both)."""
 _SELECTOR = {
     "type": "object",
     "properties": {"matchLabels": _STR_MAP, "matchExpressions": {"type": "array"}},
@@ -102,17 +114,7 @@ _CRD_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
                     "podMetricsEndpoints": {
                         "type": "array",
                         "minItems": 1,
-                        "items": {
-                            "type": "object",
-                            "required": ["port"],
-                            "properties": {
-                                "port": {"type": "string"},
-                                "path": {"type": "string"},
-                                "interval": {"type": "string", "pattern": "^[0-9]+(ms|s|m|h)$"},
-                                "honorLabels": {"type": "boolean"},
-                            },
-                            "additionalProperties": False,
-                        },
+                        "items": _SCRAPE_ENDPOINT,
                     },
                 },
             }
@@ -131,17 +133,7 @@ _CRD_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
                     "endpoints": {
                         "type": "array",
                         "minItems": 1,
-                        "items": {
-                            "type": "object",
-                            "required": ["port"],
-                            "properties": {
-                                "port": {"type": "string"},
-                                "path": {"type": "string"},
-                                "interval": {"type": "string", "pattern": "^[0-9]+(ms|s|m|h)$"},
-                                "honorLabels": {"type": "boolean"},
-                            },
-                            "additionalProperties": False,
-                        },
+                        "items": _SCRAPE_ENDPOINT,
                     },
                 },
             }

@@ -4,7 +4,6 @@ the event-archiver service end to end."""
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 import json
 import socket
@@ -37,6 +36,7 @@ from event_archiver import ArchiveError, EventArchiver, EventStore
 from event_archiver.store import SCHEMA_VERSION, normalize_url, redact_url
 from orchestrator import Orchestrator
 from summarize_worker import SummarizeSkill
+from tests.conftest import archived_history
 from tests.integration.pgserver import PostgresServer, postgres_unavailable
 
 pytestmark = pytest.mark.integration
@@ -210,11 +210,7 @@ async def test_archiver_service_stores_every_event_once(
         job_id = await client.submit(text_)
         state = await client.wait(job_id, timeout_s=60)
         assert state.status is JobStatus.COMPLETED, state.error
-        for _ in range(100):  # the archiver commits in batches
-            history = await client.history(job_id)
-            if any(e.kind is EventKind.JOB_COMPLETED for e in history):
-                break
-            await asyncio.sleep(0.1)
+        history = await archived_history(client, job_id)
     kinds = [e.kind for e in history]
     assert kinds[0] is EventKind.JOB_ACCEPTED and kinds[-1] is EventKind.JOB_COMPLETED
     assert state.chunks > 1

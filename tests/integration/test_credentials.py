@@ -9,7 +9,6 @@ import asyncio
 import logging
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,19 +31,9 @@ from tests.security import (
     SecureNats,
     settings_as,
     start_operator_nats,
-    start_secure_nats,
 )
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def secure(tmp_path: Path) -> Iterator[SecureNats]:
-    s = start_secure_nats(tmp_path)
-    try:
-        yield s
-    finally:
-        s.stop()
 
 
 async def _connect_error(cfg: NatsSettings) -> str:

@@ -18,7 +18,6 @@ import sys
 import textwrap
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,8 +28,8 @@ from agentbus.client import AgentBusClient
 from agentbus.messages import EventKind, JobStatus
 from agentbus.stack import free_port
 from agentbus.topology import provision
-from tests.conftest import make_settings
-from tests.security import SecureNats, start_secure_nats
+from tests.conftest import archived_history, make_settings
+from tests.security import SecureNats
 
 pytestmark = pytest.mark.integration
 
@@ -138,15 +137,6 @@ def _start_sandboxed(
         )  # fmt: skip
 
 
-@pytest.fixture
-def secure(tmp_path: Path) -> Iterator[SecureNats]:
-    s = start_secure_nats(tmp_path)
-    try:
-        yield s
-    finally:
-        s.stop()
-
-
 def _ready(port: int) -> bool:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
@@ -221,12 +211,7 @@ async def test_services_run_on_a_read_only_root_as_an_unprivileged_user(
             job_id = await client.submit(text)
             state = await client.wait(job_id, timeout_s=60)
             assert state.status is JobStatus.COMPLETED, state.error
-            history = []
-            for _ in range(100):
-                history = await client.history(job_id)
-                if any(e.kind is EventKind.JOB_COMPLETED for e in history):
-                    break
-                await asyncio.sleep(0.1)
+            history = await archived_history(client, job_id)
             assert any(e.kind is EventKind.JOB_COMPLETED for e in history)
     finally:
         for proc, _port, _log in procs.values():

@@ -41,7 +41,7 @@ from agentbus.worker import TaskWorker
 from event_archiver import EventArchiver
 from orchestrator import Orchestrator
 from summarize_worker import SummarizeSkill
-from tests.conftest import dlq_messages, make_settings
+from tests.conftest import archived_history, dlq_messages, make_settings
 
 pytestmark = pytest.mark.integration
 
@@ -243,12 +243,7 @@ async def test_hostile_batch_on_every_inbound_path(
         for bad_id in bad_jobs:
             bad = await client.wait(bad_id, timeout_s=30)
             assert bad.status is JobStatus.FAILED and bad.error, bad_id
-        history: list[AgentEvent] = []
-        for _ in range(100):
-            history = await client.history(job_id)
-            if any(e.kind is EventKind.JOB_COMPLETED for e in history):
-                break
-            await asyncio.sleep(0.1)
+        history = await archived_history(client, job_id)
         assert any(e.kind is EventKind.JOB_COMPLETED for e in history)
     query = encode(HistoryQuery(job_id=job_id), sender="x")
     good_reply = decode((await admin.nc.request(subjects.RPC_HISTORY, query, timeout=5)).data,

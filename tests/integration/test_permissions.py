@@ -10,7 +10,7 @@ import json
 import logging
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,21 +30,12 @@ from agentbus.worker import TaskWorker
 from event_archiver import EventArchiver
 from orchestrator import Orchestrator
 from summarize_worker import SummarizeSkill
-from tests.conftest import make_settings
-from tests.security import SecureNats, ViolationRecorder, settings_as, start_secure_nats
+from tests.conftest import archived_history, make_settings
+from tests.security import SecureNats, ViolationRecorder, settings_as
 
 pytestmark = pytest.mark.integration
 
 REPO: Path = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def secure(tmp_path: Path) -> Iterator[SecureNats]:
-    s = start_secure_nats(tmp_path)
-    try:
-        yield s
-    finally:
-        s.stop()
 
 
 @pytest.fixture
@@ -128,13 +119,8 @@ async def test_pipeline_runs_with_each_service_on_its_own_user(
         assert big.status is JobStatus.COMPLETED, big.error
         assert small.status is JobStatus.COMPLETED, small.error
         assert big.level >= 1 and big.summary and "lake" in big.summary.lower()
-        history: list[object] = []
-        for _ in range(50):  # the archiver stores events in batches
-            history = list(await client.history(big_id))
-            if any(getattr(e, "kind", None) == "job.completed" for e in history):
-                break
-            await asyncio.sleep(0.1)
-        kinds = {getattr(e, "kind", None) for e in history}
+        history = await archived_history(client, big_id)
+        kinds = {e.kind for e in history}
         assert {"job.accepted", "task.completed", "job.completed"} <= kinds
 
     # an operator (admin) can ping a service; the service answers as its own user

@@ -23,8 +23,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from agentbus.client import AgentBusClient
 from agentbus.embedded import EmbeddedNatsServer
-from agentbus.messages import AgentEvent, EventKind, JobState, JobStatus
+from agentbus.messages import EventKind, JobState, JobStatus
 from agentbus.stack import Stack
+from tests.conftest import archived_history
 from tests.local_http import LocalHttpServer
 
 pytestmark = pytest.mark.integration
@@ -139,7 +140,8 @@ async def test_one_job_is_one_trace_across_three_processes(
             state: JobState = await client.wait(job_id, timeout_s=60)
             assert state.status is JobStatus.COMPLETED, state.error
             assert state.level >= 1  # mapped, then reduced
-            events = await _wait_history(client, job_id)
+            events = await archived_history(client, job_id)
+            assert any(e.kind is EventKind.JOB_COMPLETED for e in events), [e.kind for e in events]
 
         (root,) = [s for s in memory_spans.get_finished_spans() if s.name == "submit job"]
         trace_id, root_id = _hex(root)
@@ -234,15 +236,3 @@ async def test_one_job_is_one_trace_across_three_processes(
     assert accepted[0]["service"] == "orchestrator"
     assert accepted[0]["agent_id"] == "orchestrator-1"
     assert accepted[0]["span_id"] == job.span_id
-
-
-async def _wait_history(client: AgentBusClient, job_id: str) -> list[AgentEvent]:
-    """The job's archived events, once the job-completed one is in."""
-    deadline = time.monotonic() + 20
-    while True:
-        events = await client.history(job_id)
-        if any(e.kind is EventKind.JOB_COMPLETED for e in events):
-            return events
-        if time.monotonic() > deadline:
-            pytest.fail(f"job {job_id}: archive incomplete: {[e.kind for e in events]}")
-        await asyncio.sleep(0.1)
