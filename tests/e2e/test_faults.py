@@ -31,7 +31,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import nats.errors
 import nats.js.errors
@@ -46,7 +46,7 @@ from agentbus.bus import (
     Bus,
 )
 from agentbus.client import AgentBusClient
-from agentbus.dlq import list_dead_letters, replay_dead_letter
+from agentbus.dlq import DeadLetter, DeadLetterError, list_dead_letters, replay_dead_letter
 from agentbus.embedded import EmbeddedNatsServer
 from agentbus.messages import (
     AgentEvent,
@@ -64,6 +64,8 @@ from event_archiver import EventStore
 from orchestrator import Orchestrator
 from summarize_worker import SummarizeSkill
 from tests.conftest import Running, dlq_messages, make_settings, stream_agent_events
+
+T = TypeVar("T")
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults]
 
@@ -227,14 +229,22 @@ class Probe:
             await asyncio.sleep(0.25)
 
     async def events(self) -> list[AgentEvent]:
+        return await self._read(lambda: stream_agent_events(self.b))
+
+    async def dead_letters(self) -> list[DeadLetter]:
+        return await self._read(lambda: list_dead_letters(self.b.js, limit=100_000))
+
+    @staticmethod
+    async def _read(read: Callable[[], Awaitable[T]]) -> T:
+        """`read()`, tried again for ~5 s while this probe reconnects or a leader moves."""
         for attempt in range(10):
             try:
-                return await stream_agent_events(self.b)
-            except (nats.errors.Error, TimeoutError):
+                return await read()
+            except (nats.errors.Error, TimeoutError, DeadLetterError):
                 if attempt == 9:
                     raise
                 await asyncio.sleep(0.5)
-        return []
+        raise AssertionError("unreachable")
 
     async def settle(self, *, timeout_s: float = 60.0) -> None:
         """Until no work is left anywhere: every job, task and result message acked (each
@@ -342,7 +352,7 @@ async def measure(
     await probe.settle()
     states = await probe.states(job_ids)
     reasons_by_job: dict[str, list[str]] = {}
-    for dead in await list_dead_letters(probe.b.js, limit=100_000):
+    for dead in await probe.dead_letters():
         if dead.job_id:
             reasons_by_job.setdefault(dead.job_id, []).append(dead.reason)
     copies = await probe.events()
