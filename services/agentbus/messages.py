@@ -7,6 +7,7 @@ decides `msg_type`. Job state in the jobs KV bucket is a `JobState` (no envelope
 
 from __future__ import annotations
 
+import base64
 import math
 import uuid
 from datetime import UTC, datetime
@@ -20,6 +21,7 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
+    model_validator,
 )
 
 from agentbus.errors import MessageDecodeError
@@ -39,6 +41,7 @@ __all__ = [
     "EventKind",
     "HistoryQuery",
     "HistoryReply",
+    "JobDeadline",
     "JobState",
     "JobStatus",
     "JobSubmit",
@@ -67,6 +70,7 @@ MAX_EVENTS_PER_BATCH: Final = 10_000
 
 Token = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,128}$")]
 TraceHeader = Annotated[str, StringConstraints(max_length=512)]
+Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 
 
 def utcnow() -> datetime:
@@ -90,7 +94,7 @@ class DocumentRef(BaseModel):
     bucket: Token
     name: Annotated[str, StringConstraints(min_length=1, max_length=256)]
     size_bytes: int = Field(ge=0)
-    sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+    sha256: Sha256Hex
 
 
 class JobSubmit(Payload):
@@ -101,6 +105,18 @@ class JobSubmit(Payload):
     document: DocumentRef | None = None
     summary_chars: int | None = Field(default=None, ge=50, le=1_000_000)
     title: Annotated[str, StringConstraints(max_length=512)] = ""
+    document_sha256: Sha256Hex | None = None
+    """SHA-256 of the document's bytes: a job id submitted again must carry the same."""
+    timeout_s: float | None = Field(default=None, gt=0, le=30 * 86400)
+    """Deadline of this job in seconds from its acceptance (default: the orchestrator's)."""
+
+
+class JobDeadline(Payload):
+    """The timer of a running job (`jobs.deadline.{job_id}`), published by the orchestrator
+    at intake and re-delivered by its deadline consumer until the job ends."""
+
+    MSG_TYPE: ClassVar[str] = "job.deadline"
+    job_id: Token
 
 
 class TaskAssign(Payload):
@@ -240,6 +256,7 @@ MESSAGE_TYPES: Final[dict[str, type[Payload]]] = {
     m.MSG_TYPE: m
     for m in (
         JobSubmit,
+        JobDeadline,
         TaskAssign,
         TaskResult,
         AgentEvent,
@@ -355,7 +372,11 @@ class JobStatus(StrEnum):
 
 
 class JobState(BaseModel):
-    """The value of a job's key in the jobs KV bucket."""
+    """The value of a job's key in the jobs KV bucket.
+
+    Its size does not grow with the document: the tasks recorded at the current level are
+    a count and a bitmap (`level_bits`, one bit per task, base64), and the task summaries
+    live under their own keys in the job-parts bucket."""
 
     model_config = ConfigDict(extra="forbid")
     job_id: Token
@@ -363,21 +384,46 @@ class JobState(BaseModel):
     title: str = ""
     skill: Token = "summarize"
     document_chars: int = Field(default=0, ge=0)
+    document_sha256: Sha256Hex | None = None
+    """Fingerprint of the document: a re-submission under the same id must match it."""
     summary_chars: int = Field(default=1200, ge=20)
     chunks: int = Field(default=0, ge=0)
     """Number of map tasks (document chunks)."""
     level: int = Field(default=0, ge=0)
     """Current step: 0 = map, 1+ = reduce."""
     level_tasks: int = Field(default=0, ge=0)
-    level_done: list[int] = Field(default_factory=list)
-    """Indices of the current level's tasks whose result is recorded."""
+    level_done: int = Field(default=0, ge=0)
+    """Number of the current level's tasks whose result is recorded."""
+    level_bits: str = ""
+    """Which of them: a bitmap, bit i of byte i // 8 for task i, base64 ("" = none)."""
     tasks_done_total: int = Field(default=0, ge=0)
     summary: str | None = None
     summary_ref: DocumentRef | None = None
     error: str | None = None
+    failed_by: str | None = None
+    """Why a failed job failed (intake, rejected, task, timeout); only a job failed by a
+    task goes on when that task's dead letter is replayed and succeeds."""
+    timeout_s: float | None = Field(default=None, ge=0)
+    """The job's own deadline (seconds from creation); None: the orchestrator's setting."""
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
     trace_id: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_level_done(cls, data: Any) -> Any:
+        """States written before the bitmap listed the recorded indices: convert them."""
+        if isinstance(data, dict) and isinstance(data.get("level_done"), list):
+            indices = {i for i in data["level_done"] if isinstance(i, int) and i >= 0}
+            bits = bytearray((max(indices, default=-1) + 8) // 8)
+            for i in indices:
+                bits[i >> 3] |= 1 << (i & 7)
+            data = {
+                **data,
+                "level_done": len(indices),
+                "level_bits": base64.b64encode(bytes(bits)).decode() if indices else "",
+            }
+        return data
 
     @property
     def progress(self) -> float:
@@ -385,7 +431,7 @@ class JobState(BaseModel):
             return 1.0
         if self.chunks == 0:
             return 0.0
-        done_map = self.chunks if self.level > 0 else len(self.level_done)
+        done_map = self.chunks if self.level > 0 else self.level_done
         return min(0.99, done_map / self.chunks * (0.9 if self.chunks > 1 else 0.99))
 
 

@@ -56,7 +56,7 @@ _LATENCY_BUCKETS: Final = (
 )  # fmt: skip
 
 TASK_OUTCOMES: Final = ("ok", "retried", "dead_lettered", "rejected")
-JOB_FAILURE_REASONS: Final = ("intake", "rejected", "task")
+JOB_FAILURE_REASONS: Final = ("intake", "rejected", "task", "timeout")
 DEAD_LETTER_REASONS: Final = ("undecodable", "max_deliver", "failed", "rejected")
 
 BUILD_INFO: Final = Info("agentbus_build", "agentbus version and service (value is always 1)")
@@ -70,7 +70,7 @@ JOBS_COMPLETED: Final = Counter(
 )
 JOBS_FAILED: Final = Counter(
     "agentbus_jobs_failed_total",
-    "Jobs marked failed, by reason (intake, rejected, task)",
+    "Jobs marked failed, by reason (intake, rejected, task, timeout)",
     ["service", "reason"],
 )
 JOB_SECONDS: Final = Histogram(

@@ -178,6 +178,13 @@ class OrchestratorSettings(_Section):
     summary_chars: int = Field(default=1200, ge=50)
     """Default budget of a job's final summary."""
     concurrency: int = Field(default=32, ge=1, le=4096)
+    job_timeout_s: float = Field(default=3600.0, ge=0)
+    """A job not finished this long after its acceptance fails with the reason (0 = no
+    deadline); a job may ask for its own (`submit(..., timeout_s=...)`)."""
+    no_progress_timeout_s: float = Field(default=900.0, ge=0)
+    """A running job whose state has not moved (no result recorded, no level started) for
+    this long fails with the reason (0 = never). Raise it when jobs queue behind deep
+    backlogs or when one task can take longer (a slow model)."""
 
 
 class ArchiverSettings(_Section):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Final
 
 import nats.errors
 import nats.js.errors
@@ -30,6 +31,10 @@ from agentbus.settings import Settings
 __all__ = ["ProvisionReport", "consumer_configs", "provision", "stream_configs"]
 
 log = logging.getLogger("agentbus.topology")
+
+_DEADLINES_MAX_ACK_PENDING: Final = 1_000_000
+"""Running jobs whose timers are waiting (a nak'ed timer counts as pending until it is
+re-delivered): past this, new jobs' timers wait in the stream until others end."""
 
 
 @dataclass
@@ -75,7 +80,12 @@ def stream_configs(
     max_msg = settings.limits.max_message_bytes + 64 * 1024
     work, limits = RetentionPolicy.WORK_QUEUE, RetentionPolicy.LIMITS
     return [
-        stream(subjects.JOBS_STREAM, [subjects.JOBS_SUBJECT], work, max_msg_size=max_msg),
+        stream(
+            subjects.JOBS_STREAM,
+            [subjects.JOBS_SUBJECT, subjects.JOB_DEADLINES_SUBJECTS],
+            work,
+            max_msg_size=max_msg,
+        ),
         stream(subjects.TASKS_STREAM, [subjects.TASKS_SUBJECTS], work, max_msg_size=max_msg),
         stream(
             subjects.RESULTS_STREAM,
@@ -124,6 +134,16 @@ def consumer_configs(
             subjects.RESULTS_STREAM,
             durable(
                 subjects.ORCHESTRATOR_RESULTS_CONSUMER, subjects.RESULTS_SUBJECTS, bounded=False
+            ),
+        ),
+        (
+            # one timer per running job, re-delivered (nak with delay) until the job ends
+            subjects.JOBS_STREAM,
+            durable(
+                subjects.ORCHESTRATOR_DEADLINES_CONSUMER,
+                subjects.JOB_DEADLINES_SUBJECTS,
+                max_ack_pending=_DEADLINES_MAX_ACK_PENDING,
+                bounded=False,
             ),
         ),
         (
