@@ -165,7 +165,9 @@ def _channels() -> list[_Channel]:
         ),
         _Channel(
             "rpcHistory", subjects.RPC_HISTORY, "Event history queries",
-            "Core request/reply answered by an event-archiver replica.",
+            "Core request/reply answered by an event-archiver replica, one page per "
+            "request: at most `limit` events after the cursor `after`, within the server's "
+            "max_payload; the reply's `next` asks for the following page (absent on the last).",
             ["HistoryQuery"],
             {"kind": "core", "pattern": "request-reply", "subjects": [subjects.RPC_HISTORY],
              "queue_group": subjects.ARCHIVER_QUEUE},

@@ -397,25 +397,39 @@ def _event_line(ev: AgentEvent) -> str:
 @app.command()
 def history(
     job_id: str,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="A JSON array, one event per line, as pages arrive")
+    ] = False,
 ) -> None:
-    """Show every archived event of a job (asks the event-archiver)."""
+    """Show every archived event of a job (asks the event-archiver, page by page)."""
     from agentbus.client import AgentBusClient
 
     settings = _settings()
 
-    async def go() -> list[AgentEvent]:
+    async def as_table() -> list[AgentEvent]:
         async with AgentBusClient(settings.nats) as client:
             return await client.history(job_id)
+
+    async def as_lines() -> None:
+        # streamed: a job's history can be larger than what is worth holding twice
+        write = sys.stdout.write
+        first = True
+        async with AgentBusClient(settings.nats) as client:
+            async for page in client.history_pages(job_id):
+                for ev in page:
+                    write(("[\n" if first else ",\n") + ev.model_dump_json())
+                    first = False
+                sys.stdout.flush()
+        write("[]\n" if first else "\n]\n")
 
     try:
         subjects.check_token(job_id, field="job_id")
     except ValueError as e:
         raise _fail(str(e), EXIT_USAGE) from None
-    events = _run(go())
     if as_json:
-        out.print_json(json.dumps([e.model_dump(mode="json") for e in events]))
+        _run(as_lines())
         return
+    events = _run(as_table())
     table = Table("time", "agent", "event", "task", "data")
     for ev in events:
         table.add_row(

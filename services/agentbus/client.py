@@ -12,6 +12,7 @@ documents above the inline limit go to the object store first and travel by refe
 from __future__ import annotations
 
 import contextlib
+import itertools
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -25,6 +26,8 @@ from agentbus.bus import Bus, BusError
 from agentbus.documents import check_document, fetch_document, read_document, store_document
 from agentbus.errors import JobFailed, MessageDecodeError
 from agentbus.messages import (
+    HISTORY_PAGE_EVENTS,
+    MAX_HISTORY_PAGE_EVENTS,
     AgentEvent,
     HistoryQuery,
     HistoryReply,
@@ -236,21 +239,75 @@ class AgentBusClient:
         state = await self.wait(job_id, timeout_s=timeout_s, raise_on_failure=True)
         return state.summary or ""
 
-    async def history(self, job_id: str, *, timeout_s: float = 5.0) -> list[AgentEvent]:
-        """Every archived event of a job, oldest first (asks the event-archiver)."""
-        query = HistoryQuery(job_id=subjects.check_token(job_id, field="job_id"))
+    async def history(
+        self,
+        job_id: str,
+        *,
+        timeout_s: float = 5.0,
+        page_size: int = HISTORY_PAGE_EVENTS,
+    ) -> list[AgentEvent]:
+        """Every archived event of a job, oldest first (asks the event-archiver on
+        `rpc.history`, page by page; `timeout_s` is the wait for each page)."""
+        return [
+            event
+            async for page in self.history_pages(job_id, timeout_s=timeout_s, page_size=page_size)
+            for event in page
+        ]
+
+    async def history_pages(
+        self,
+        job_id: str,
+        *,
+        timeout_s: float = 5.0,
+        page_size: int = HISTORY_PAGE_EVENTS,
+    ) -> AsyncIterator[list[AgentEvent]]:
+        """A job's archived events in pages of at most `page_size` (fewer when a page
+        would not fit in one NATS message), oldest first, until the last one. Events
+        archived during the walk are included if they sort after the page being read."""
+        job_id = subjects.check_token(job_id, field="job_id")
+        if not 1 <= page_size <= MAX_HISTORY_PAGE_EVENTS:
+            raise ValueError(
+                f"page_size must be between 1 and {MAX_HISTORY_PAGE_EVENTS}, got {page_size}"
+            )
+        after: str | None = None
+        for page in itertools.count(1):
+            query = HistoryQuery(job_id=job_id, limit=page_size, after=after)
+            reply = await self._history_page(query, page=page, timeout_s=timeout_s)
+            if reply.events:
+                yield list(reply.events)
+            if reply.next is None:
+                if len(reply.events) >= page_size:  # an archiver that answers one page only
+                    raise BusError(
+                        f"the event-archiver on {subjects.RPC_HISTORY} answered a full page "
+                        f"of job {job_id} without a cursor: it does not page (older than "
+                        "this client); upgrade it"
+                    )
+                return
+            if reply.next == after:
+                raise BusError(
+                    f"the cursor of {subjects.RPC_HISTORY} did not advance on page {page} "
+                    f"of job {job_id}"
+                )
+            after = reply.next
+
+    async def _history_page(
+        self, query: HistoryQuery, *, page: int, timeout_s: float
+    ) -> HistoryReply:
+        subject = subjects.RPC_HISTORY
         try:
             msg = await self.bus.nc.request(
-                subjects.RPC_HISTORY, encode(query, sender=self.client_id), timeout=timeout_s
+                subject, encode(query, sender=self.client_id), timeout=timeout_s
             )
         except nats.errors.NoRespondersError as e:
-            raise BusError(f"no event-archiver answers on {subjects.RPC_HISTORY}") from e
+            raise BusError(f"no event-archiver answers on {subject}") from e
         except (TimeoutError, nats.errors.TimeoutError) as e:
-            raise BusError(f"no answer on {subjects.RPC_HISTORY} within {timeout_s}s") from e
+            raise BusError(
+                f"no answer on {subject} within {timeout_s}s (page {page} of job {query.job_id})"
+            ) from e
         try:
             reply = decode(msg.data, HistoryReply).payload
         except MessageDecodeError as e:
-            raise BusError(f"bad reply on {subjects.RPC_HISTORY}: {e}") from e
+            raise BusError(f"bad reply on {subject}: {e}") from e
         if reply.error:
-            raise BusError(f"history of job {job_id}: {reply.error}")
-        return reply.events
+            raise BusError(f"history of job {query.job_id} on {subject}: {reply.error}")
+        return reply

@@ -28,8 +28,11 @@ from agentbus.errors import MessageDecodeError
 
 __all__ = [
     "HARD_MAX_MESSAGE_BYTES",
+    "HISTORY_CURSOR_MAX_CHARS",
+    "HISTORY_PAGE_EVENTS",
     "MAX_EVENTS_PER_BATCH",
     "MAX_EVENT_DATA_DEPTH",
+    "MAX_HISTORY_PAGE_EVENTS",
     "MESSAGE_TYPES",
     "SCHEMA_VERSION",
     "AgentEvent",
@@ -68,6 +71,12 @@ MAX_EVENT_DATA_DEPTH: Final = 16
 MAX_EVENTS_PER_BATCH: Final = 10_000
 """Events one `AgentEventBatch` may hold."""
 
+HISTORY_PAGE_EVENTS: Final = 500
+"""Events a `HistoryQuery` asks for per page unless it says otherwise."""
+MAX_HISTORY_PAGE_EVENTS: Final = 10_000
+"""Events the archiver puts in one `HistoryReply` at most, whatever the query's `limit`."""
+HISTORY_CURSOR_MAX_CHARS: Final = 256
+
 Token = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,128}$")]
 TraceHeader = Annotated[str, StringConstraints(max_length=512)]
 Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
@@ -87,6 +96,9 @@ class Payload(BaseModel):
     # no Infinity/NaN: they are not JSON, and would not survive the archive or a round trip
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     MSG_TYPE: ClassVar[str] = ""
+    OMIT_WHEN_NONE: ClassVar[frozenset[str]] = frozenset()
+    """Fields added after a release, left out of the wire form while unset: a reader of
+    the previous release (`extra="forbid"`) still decodes the message."""
 
 
 class DocumentRef(BaseModel):
@@ -211,17 +223,32 @@ class AgentEventBatch(Payload):
     events: list[AgentEvent] = Field(min_length=1, max_length=MAX_EVENTS_PER_BATCH)
 
 
+HistoryCursor = Annotated[str, StringConstraints(min_length=1, max_length=HISTORY_CURSOR_MAX_CHARS)]
+"""Opaque: where a page of history ended; only the archiver reads it."""
+
+
 class HistoryQuery(Payload):
+    """One page of a job's archived events, oldest first, after the cursor `after` (from
+    the start without it). The reply holds at most `limit` events (and at most
+    `MAX_HISTORY_PAGE_EVENTS`), fewer when more would not fit in one message."""
+
     MSG_TYPE: ClassVar[str] = "history.query"
+    OMIT_WHEN_NONE: ClassVar[frozenset[str]] = frozenset({"after"})
     job_id: Token
-    limit: int = Field(default=10_000, ge=1, le=100_000)
+    limit: int = Field(default=HISTORY_PAGE_EVENTS, ge=1, le=100_000)
+    after: HistoryCursor | None = None
 
 
 class HistoryReply(Payload):
+    """A page of events; `next` is the cursor of the following page, None (absent) on the
+    last one. A page without `next` is never full: it holds fewer than `limit` events."""
+
     MSG_TYPE: ClassVar[str] = "history.reply"
+    OMIT_WHEN_NONE: ClassVar[frozenset[str]] = frozenset({"next"})
     job_id: Token
     events: list[AgentEvent] = Field(default_factory=list)
     error: str | None = None
+    next: HistoryCursor | None = None
 
 
 class SummarizeRequest(Payload):
@@ -287,7 +314,8 @@ def encode(payload: Payload, *, sender: str, msg_id: str | None = None) -> bytes
     env: Envelope[Payload] = Envelope(
         sender=sender, msg_type=payload.MSG_TYPE, payload=payload, id=msg_id or new_id()
     )
-    return env.model_dump_json().encode()
+    unset = {f for f in payload.OMIT_WHEN_NONE if getattr(payload, f) is None}
+    return env.model_dump_json(exclude={"payload": unset} if unset else None).encode()
 
 
 def _first_error(e: ValidationError) -> str:

@@ -9,7 +9,7 @@ import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Final
 
 from nats.aio.msg import Msg
 
@@ -17,6 +17,7 @@ from agentbus import metrics, subjects, telemetry
 from agentbus.bus import BatchConsumerLoop, Bus, ConsumerLoop
 from agentbus.errors import MessageDecodeError
 from agentbus.messages import (
+    MAX_HISTORY_PAGE_EVENTS,
     AgentEvent,
     HistoryQuery,
     HistoryReply,
@@ -27,11 +28,21 @@ from agentbus.messages import (
 from agentbus.service import AgentService
 from agentbus.settings import Settings
 from event_archiver.errors import ArchiveError
+from event_archiver.paging import (
+    CursorError,
+    HistoryKey,
+    PageBuilder,
+    decode_cursor,
+    fill_page,
+    reply_budget_bytes,
+)
 from event_archiver.store import EventStore, redact_url
 
 __all__ = ["EventArchiver"]
 
 log = logging.getLogger("event_archiver")
+
+_MAX_QUERY_BYTES: Final = 64 * 1024
 
 
 def _ensure_sqlite_dir(url: str) -> None:
@@ -149,14 +160,39 @@ class EventArchiver(AgentService):
         assert self.bus is not None
         if not msg.reply:
             return
+        sender = self.bus.agent_id
         try:
-            q = decode(msg.data, HistoryQuery, max_bytes=64 * 1024).payload
+            q = decode(msg.data, HistoryQuery, max_bytes=_MAX_QUERY_BYTES).payload
         except MessageDecodeError as e:
-            reply = HistoryReply(job_id="invalid", error=str(e))
+            data = encode(HistoryReply(job_id="invalid", error=str(e)), sender=sender)
         else:
             try:
-                events = await self.store.history(q.job_id, limit=q.limit)
-                reply = HistoryReply(job_id=q.job_id, events=events)
-            except ArchiveError as e:
-                reply = HistoryReply(job_id=q.job_id, error=str(e))
-        await msg.respond(encode(reply, sender=self.bus.agent_id))
+                data = await self._history_reply(q)
+            except (ArchiveError, CursorError, ValueError) as e:
+                data = encode(HistoryReply(job_id=q.job_id, error=str(e)), sender=sender)
+        try:
+            await msg.respond(data)
+        except Exception as e:  # the requester is gone, or the connection dropped
+            log.warning("reply on %s not sent: %s", subjects.RPC_HISTORY, e)
+
+    async def _history_reply(self, q: HistoryQuery) -> bytes:
+        """One page of `q.job_id`'s history, encoded within the server's max_payload (see
+        `event_archiver.paging`)."""
+        assert self.bus is not None
+        page = PageBuilder(
+            q.job_id,
+            sender=self.bus.agent_id,
+            budget_bytes=reply_budget_bytes(self.bus.nc.max_payload),
+        )
+
+        async def fetch(
+            after: HistoryKey | None, limit: int
+        ) -> list[tuple[HistoryKey, AgentEvent]]:
+            return await self.store.history_page(q.job_id, after=after, limit=limit)
+
+        return await fill_page(
+            fetch,
+            page,
+            after=decode_cursor(q.after) if q.after is not None else None,
+            limit=min(q.limit, MAX_HISTORY_PAGE_EVENTS),
+        )

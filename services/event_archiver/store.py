@@ -7,6 +7,10 @@ default) or `postgresql+asyncpg://user:password@host:5432/db` (`postgresql://` a
 Writes are idempotent on the event id (INSERT .. ON CONFLICT DO NOTHING), so a batch that
 is redelivered after a crash between commit and ack changes nothing.
 
+History is read in pages (`history_page`): keyset pagination on the total order
+(ts, stream_seq, event_id) over the index `ix_agent_events_job_order`, see
+`event_archiver.paging`.
+
 The schema is created or migrated when the archiver starts (`create_schema`): the table
 `agentbus_schema` holds the version; each migration is idempotent and PostgreSQL runs
 them under an advisory lock, so replicas starting together migrate once. An archive
@@ -36,6 +40,7 @@ from sqlalchemy import (
     inspect,
     select,
     text,
+    tuple_,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
@@ -44,9 +49,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from agentbus.messages import AgentEvent
 from event_archiver.errors import ArchiveError
+from event_archiver.paging import HistoryKey
 
 __all__ = [
     "EVENTS_TABLE",
+    "HISTORY_ORDER",
     "SCHEMA_TABLE",
     "SCHEMA_VERSION",
     "EventStore",
@@ -55,8 +62,9 @@ __all__ = [
 ]
 
 URL_SETTING: Final = "AGENTBUS_ARCHIVER__DATABASE_URL"
-SCHEMA_VERSION: Final = 2
-"""1: the events table; 2: `archived_at` (when the archiver stored the event)."""
+SCHEMA_VERSION: Final = 3
+"""1: the events table; 2: `archived_at` (when the archiver stored the event); 3: the index
+of paged history, (job_id, ts, stream_seq, event_id), in place of (job_id, ts)."""
 _MIGRATION_LOCK_ID: Final = 0x61676E7462  # "agntb": pg_advisory_xact_lock key
 
 metadata: Final = MetaData()
@@ -75,9 +83,11 @@ EVENTS_TABLE: Final = Table(
     Column("subject", String(300), nullable=False),
     Column("data", Text, nullable=False),
     Column("archived_at", DateTime(timezone=True), nullable=True),
-    Index("ix_agent_events_job_ts", "job_id", "ts"),
+    Index("ix_agent_events_job_order", "job_id", "ts", "stream_seq", "event_id"),
     Index("ix_agent_events_kind", "kind"),
 )
+HISTORY_ORDER: Final = (EVENTS_TABLE.c.ts, EVENTS_TABLE.c.stream_seq, EVENTS_TABLE.c.event_id)
+"""The total order of a job's history (`event_archiver.paging`), the tail of its index."""
 
 SCHEMA_TABLE: Final = Table(
     "agentbus_schema",
@@ -140,8 +150,22 @@ async def _migrate_2_archived_at(conn: AsyncConnection) -> None:
         await conn.execute(text(f"ALTER TABLE {EVENTS_TABLE.name} ADD COLUMN archived_at {kind}"))
 
 
+async def _migrate_3_history_index(conn: AsyncConnection) -> None:
+    # one statement per kind works on both databases; (job_id, ts) is a prefix of the new
+    # index, so the old one only costs writes. PostgreSQL blocks writes to the table while
+    # it builds the index (under the migration lock, at the archiver's start).
+    await conn.execute(
+        text(
+            f"CREATE INDEX IF NOT EXISTS ix_agent_events_job_order ON {EVENTS_TABLE.name} "
+            "(job_id, ts, stream_seq, event_id)"
+        )
+    )
+    await conn.execute(text("DROP INDEX IF EXISTS ix_agent_events_job_ts"))
+
+
 MIGRATIONS: Final[dict[int, Callable[[AsyncConnection], Awaitable[None]]]] = {
     2: _migrate_2_archived_at,
+    3: _migrate_3_history_index,
 }
 
 
@@ -285,20 +309,29 @@ class EventStore:
             ) from e
         return len(values)
 
-    async def history(self, job_id: str, *, limit: int = 10_000) -> list[AgentEvent]:
-        query = (
-            select(EVENTS_TABLE)
-            .where(EVENTS_TABLE.c.job_id == job_id)
-            .order_by(EVENTS_TABLE.c.ts, EVENTS_TABLE.c.stream_seq)
-            .limit(limit)
-        )
+    async def history_page(
+        self, job_id: str, *, after: HistoryKey | None = None, limit: int
+    ) -> list[tuple[HistoryKey, AgentEvent]]:
+        """At most `limit` events of a job after the key `after` (from the first without
+        it), in history order, each with its key (keyset pagination, see the module doc)."""
+        query = select(EVENTS_TABLE).where(EVENTS_TABLE.c.job_id == job_id)
+        if after is not None:
+            query = query.where(tuple_(*HISTORY_ORDER) > tuple(after))
+        query = query.order_by(*HISTORY_ORDER).limit(limit)
         try:
             async with self.engine.connect() as conn:
-                result = await conn.execute(query)
-                rows = result.mappings().all()
+                rows = (await conn.execute(query)).mappings().all()
         except (SQLAlchemyError, OSError) as e:
             raise ArchiveError(f"history query on {EVENTS_TABLE.name} failed: {e}") from e
-        return [_to_event(dict(r)) for r in rows]
+        page: list[tuple[HistoryKey, AgentEvent]] = []
+        for r in rows:
+            event = _to_event(dict(r))
+            page.append((HistoryKey(event.ts, int(r["stream_seq"]), event.event_id), event))
+        return page
+
+    async def history(self, job_id: str, *, limit: int = 10_000) -> list[AgentEvent]:
+        """The first `limit` events of a job, in history order."""
+        return [event for _key, event in await self.history_page(job_id, limit=limit)]
 
     async def count(self) -> int:
         async with self.engine.connect() as conn:

@@ -1,4 +1,5 @@
-"""Fixtures shared by the integration tests that need a secured server."""
+"""Fixtures shared by the integration tests: a secured server, and the archive database
+(SQLite, and PostgreSQL started on a random port where it is installed)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.pgserver import PostgresServer, postgres_unavailable
 from tests.security import SecureNats, start_secure_nats
 
 
@@ -18,3 +20,22 @@ def secure(tmp_path: Path) -> Iterator[SecureNats]:
         yield s
     finally:
         s.stop()
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[PostgresServer]:
+    """One PostgreSQL server per test module (skipped where it cannot run), stopped after."""
+    reason = postgres_unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    with PostgresServer.running() as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The URL of a new, empty archive database: once SQLite, once PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'db' / 'archive.db'}"
+    server: PostgresServer = request.getfixturevalue("postgres")
+    return server.create_database()

@@ -1,13 +1,12 @@
-"""The same archive tests against SQLite and a real PostgreSQL server (started here on a
-random port): schema creation and migration, idempotent inserts, history queries, and
-the event-archiver service end to end."""
+"""The same archive tests against SQLite and a real PostgreSQL server (started on a random
+port; `database_url` in conftest): schema creation and migration, idempotent inserts,
+history queries, and the event-archiver service end to end."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 import socket
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -37,26 +36,8 @@ from event_archiver.store import SCHEMA_VERSION, normalize_url, redact_url
 from orchestrator import Orchestrator
 from summarize_worker import SummarizeSkill
 from tests.conftest import archived_history
-from tests.integration.pgserver import PostgresServer, postgres_unavailable
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[PostgresServer]:
-    reason = postgres_unavailable()
-    if reason is not None:
-        pytest.skip(reason)
-    with PostgresServer.running() as server:
-        yield server
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'db' / 'archive.db'}"
-    server: PostgresServer = request.getfixturevalue("postgres")
-    return server.create_database()
 
 
 def event(i: int, *, job_id: str = "job-1", ts: datetime | None = None) -> AgentEvent:
