@@ -1,4 +1,4 @@
-"""`python -m bench [pipeline|rpc|scaling|archiver|memory] [options]` (see `--help`)."""
+"""`python -m bench [pipeline|rpc|scaling|archiver|memory|docsize] [options]` (see `--help`)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from typing import Any, Final
 from bench.common import wait_for_quiet, write_result
 
 BENCHMARKS: Final = ("pipeline", "rpc", "scaling", "archiver", "memory")
+ON_REQUEST: Final = ("docsize",)
+"""Run only when named (each takes many minutes)."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -32,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
         help="give up waiting for a quiet machine after this long (then run anyway)",
     )
     sub = p.add_subparsers(dest="name")
-    for name in BENCHMARKS:
+    for name in (*BENCHMARKS, *ON_REQUEST):
         module = importlib.import_module(f"bench.{name}")
         sp = sub.add_parser(name, help=(module.__doc__ or name).split("\n")[0])
         module.add_arguments(sp)

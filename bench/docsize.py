@@ -22,7 +22,7 @@ from typing import Any
 
 from agentbus.chunking import chunk_text
 from agentbus.client import AgentBusClient
-from agentbus.messages import JobStatus
+from agentbus.messages import JobStatus, utcnow
 from agentbus.settings import OrchestratorSettings
 from agentbus.stack import Stack
 from bench.common import CpuMeter, Proc, header, load_average, rss_mib
@@ -42,7 +42,7 @@ def floor_s(text: str, *, summary_chars: int, cfg: OrchestratorSettings) -> dict
     chunks = chunk_text(text, max_chars=cfg.chunk_chars)
     state = lifecycle.intake(
         job_id="floor", title="", skill="summarize", document_chars=len(text),
-        summary_chars=summary_chars, chunks=len(chunks), now=_now(), timeout_s=None,
+        summary_chars=summary_chars, chunks=len(chunks), now=utcnow(), timeout_s=None,
         document_sha256=None, trace_id=None,
     )  # fmt: skip
     texts = chunks
@@ -61,14 +61,13 @@ def floor_s(text: str, *, summary_chars: int, cfg: OrchestratorSettings) -> dict
             state, parts, chunk_chars=cfg.chunk_chars, chunk_summary_chars=cfg.chunk_summary_chars
         )
         if isinstance(plan, Completion):
-            return {"summarizer_s": seconds, "tasks": tasks, "levels": levels, "chunks": len(chunks)}
+            return {
+                "summarizer_s": seconds,
+                "tasks": tasks,
+                "levels": levels,
+                "chunks": len(chunks),
+            }
         texts, per_task = plan.groups, plan.max_chars
-
-
-def _now() -> Any:
-    from agentbus.messages import utcnow
-
-    return utcnow()
 
 
 async def _one_size(name: str, text: str, args: Any) -> dict[str, Any]:
@@ -145,7 +144,12 @@ def _by_role(procs: list[Proc], peak: dict[str, float]) -> dict[str, float]:
 
 async def _run(args: Any) -> dict[str, Any]:
     sizes = [float(s) for s in args.sizes_mb.split(",") if s]
-    params = {"sizes_mb": sizes, "runs": args.runs, "workers": args.workers, "word_mb": args.word_mb}
+    params = {
+        "sizes_mb": sizes,
+        "runs": args.runs,
+        "workers": args.workers,
+        "word_mb": args.word_mb,
+    }
     result = header("docsize", params)
     result["sizes"] = {}
     for mb in sizes:
@@ -156,7 +160,7 @@ async def _run(args: Any) -> dict[str, Any]:
         result["sizes"][f"word-{args.word_mb:g}MB"] = await _one_size(
             "word", single_word(int(args.word_mb * _MB)), args
         )
-    first = next(iter(result["sizes"].values()), {})
+    first: dict[str, Any] = next(iter(result["sizes"].values()), {})
     base = first.get("median_orchestrator_cpu_ms_per_chunk")
     for entry in result["sizes"].values():
         cpu = entry.get("median_orchestrator_cpu_ms_per_chunk")
