@@ -167,9 +167,13 @@ def provision_cmd() -> None:
 # --- the local stack -----------------------------------------------------------------
 
 
-def _start_stack(workers: int, nats_url: str | None, data_dir: Path) -> Stack:
+def _start_stack(
+    workers: int, nats_url: str | None, data_dir: Path, *, orchestrators: int = 1
+) -> Stack:
     try:
-        return Stack(data_dir=data_dir, workers=workers, nats_url=nats_url).start()
+        return Stack(
+            data_dir=data_dir, workers=workers, orchestrators=orchestrators, nats_url=nats_url
+        ).start()
     except AgentBusError as e:
         raise _fail(str(e)) from None
 
@@ -177,6 +181,9 @@ def _start_stack(workers: int, nats_url: str | None, data_dir: Path) -> Stack:
 @app.command()
 def up(
     workers: Annotated[int, typer.Option(min=0, max=64, help="Worker processes")] = 2,
+    orchestrators: Annotated[
+        int, typer.Option(min=1, max=16, help="Orchestrator processes (replicas)")
+    ] = 1,
     nats_url: Annotated[
         str | None, typer.Option("--nats-url", help="Use this NATS instead of an embedded one")
     ] = None,
@@ -190,7 +197,7 @@ def up(
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    stack = _start_stack(workers, nats_url, data_dir)
+    stack = _start_stack(workers, nats_url, data_dir, orchestrators=orchestrators)
     out.print(f"NATS      {stack.nats_url}", highlight=False)
     for p in stack.processes:
         out.print(f"{p.agent_id:16} pid {p.pid}  {p.url}/metrics", highlight=False)

@@ -12,6 +12,7 @@ documents above the inline limit go to the object store first and travel by refe
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -24,7 +25,7 @@ import nats.js.errors
 from agentbus import subjects, telemetry
 from agentbus.bus import Bus, BusError
 from agentbus.documents import check_document, fetch_document, read_document, store_document
-from agentbus.errors import JobFailed, MessageDecodeError
+from agentbus.errors import JobExistsError, JobFailed, MessageDecodeError
 from agentbus.messages import (
     HISTORY_PAGE_EVENTS,
     MAX_HISTORY_PAGE_EVENTS,
@@ -94,31 +95,49 @@ class AgentBusClient:
         title: str = "",
         summary_chars: int | None = None,
         name: str = "document",
+        timeout_s: float | None = None,
+        skill: str = subjects.SUMMARIZE_SKILL,
     ) -> str:
         """Submit one document; returns its job id once JetStream has accepted it.
 
-        Raises `DocumentRejected` (empty, not UTF-8 text, above the size cap)."""
+        A job id names one document: submitting the same document under an existing id
+        returns that job (nothing new runs); a different one raises `JobExistsError`.
+        `timeout_s` is the job's deadline (default: the orchestrator's
+        `AGENTBUS_ORCHESTRATOR__JOB_TIMEOUT_S`). Raises `DocumentRejected` (empty, not
+        UTF-8 text, above the size cap)."""
         data = text.encode() if isinstance(text, str) else text
         check_document(data, max_bytes=self.limits.max_document_bytes, name=name)
+        sha256 = hashlib.sha256(data).hexdigest()
+        if job_id is not None:
+            subjects.check_token(job_id, field="job_id")
+            existing = await self.status(job_id)
+            if existing is not None:
+                if existing.document_sha256 not in (None, sha256):
+                    raise JobExistsError(
+                        f"job {job_id} exists with a different document "
+                        f"(sha256 {existing.document_sha256[:12]}..., this one "
+                        f"{sha256[:12]}...): submit it under a new job id"
+                    )
+                return job_id  # the same document: that job, idempotently
         job_id = subjects.check_token(job_id or new_id(), field="job_id")
+        job = JobSubmit(
+            job_id=job_id, skill=subjects.check_token(skill, field="skill"), title=title,
+            summary_chars=summary_chars, document_sha256=sha256, timeout_s=timeout_s,
+        )  # fmt: skip
         # the job's trace starts here; its context travels in the job message's headers
         attributes = {"agentbus.job_id": job_id, "messaging.destination": subjects.JOBS_SUBJECT}
         with telemetry.span("submit job", kind="producer", attributes=attributes):
-            await self._submit(job_id, data, title=title, summary_chars=summary_chars)
+            await self._submit(job, data)
         return job_id
 
-    async def _submit(
-        self, job_id: str, data: bytes, *, title: str, summary_chars: int | None
-    ) -> None:
+    async def _submit(self, job: JobSubmit, data: bytes) -> None:
         if len(data) > self.limits.inline_limit_bytes:
-            ref = await store_document(self.bus.js, name=f"{job_id}.txt", data=data)
-            job = JobSubmit(job_id=job_id, document=ref, title=title, summary_chars=summary_chars)
+            ref = await store_document(self.bus.js, name=f"{job.job_id}.txt", data=data)
+            job = job.model_copy(update={"document": ref})
         else:
-            job = JobSubmit(
-                job_id=job_id, text=data.decode(), title=title, summary_chars=summary_chars
-            )
+            job = job.model_copy(update={"text": data.decode()})
         await self.bus.publish(
-            subjects.JOBS_SUBJECT, job, msg_id=job_id, stream=subjects.JOBS_STREAM
+            subjects.JOBS_SUBJECT, job, msg_id=job.job_id, stream=subjects.JOBS_STREAM
         )
 
     async def submit_file(

@@ -7,6 +7,7 @@ __all__ = [
     "AgentBusError",
     "ConfigError",
     "DocumentRejected",
+    "JobExistsError",
     "JobFailed",
     "MessageDecodeError",
     "NatsServerError",
@@ -28,6 +29,10 @@ class MessageDecodeError(AgentBusError):
 
 class DocumentRejected(AgentBusError):
     """A document refused at intake (empty, not UTF-8 text, above the size cap)."""
+
+
+class JobExistsError(AgentBusError):
+    """A job id submitted again with a different document (a job id names one document)."""
 
 
 class JobFailed(AgentBusError):

@@ -129,6 +129,9 @@ class JobDeadline(Payload):
 
     MSG_TYPE: ClassVar[str] = "job.deadline"
     job_id: Token
+    first_check_s: float = Field(default=1.0, ge=0, le=30 * 86400)
+    """When the first check is due (the nearest of the job's deadline and no-progress
+    timeout at intake)."""
 
 
 class TaskAssign(Payload):

@@ -32,12 +32,16 @@ __all__ = [
     "JOBS_SUBMITTED",
     "JOB_FAILURE_REASONS",
     "JOB_SECONDS",
+    "JOB_STATE_CONFLICTS",
+    "JOB_STATE_WRITES",
     "MESSAGES_PUBLISHED",
     "MESSAGES_REJECTED",
     "NATS_CONNECTED",
     "NATS_PERMISSION_VIOLATIONS",
     "NATS_RECONNECTS",
     "REDELIVERIES",
+    "RESULTS_RECORDED",
+    "RESULT_OUTCOMES",
     "SUMMARIZER_TOKENS",
     "TASKS_PROCESSED",
     "TASK_OUTCOMES",
@@ -78,6 +82,23 @@ JOB_SECONDS: Final = Histogram(
     "From acceptance to final summary",
     ["service"],
     buckets=_LATENCY_BUCKETS,
+)
+
+RESULT_OUTCOMES: Final = ("recorded", "duplicate", "ahead", "invalid", "failed")
+RESULTS_RECORDED: Final = Counter(
+    "agentbus_results_collected_total",
+    "Task results the orchestrator handled, by what the job state made of them",
+    ["service", "outcome"],
+)
+JOB_STATE_WRITES: Final = Counter(
+    "agentbus_job_state_writes_total",
+    "Compare-and-set writes of job state that landed (results of one job share one)",
+    ["service"],
+)
+JOB_STATE_CONFLICTS: Final = Counter(
+    "agentbus_job_state_conflicts_total",
+    "Job state writes that found the state changed under them (then retried)",
+    ["service"],
 )
 
 # --- tasks (workers) -----------------------------------------------------------------
@@ -196,6 +217,10 @@ def init_orchestrator(service: str) -> None:
     JOBS_SUBMITTED.labels(service)
     JOBS_COMPLETED.labels(service)
     JOB_SECONDS.labels(service)
+    JOB_STATE_WRITES.labels(service)
+    JOB_STATE_CONFLICTS.labels(service)
+    for outcome in RESULT_OUTCOMES:
+        RESULTS_RECORDED.labels(service, outcome)
     for reason in JOB_FAILURE_REASONS:
         JOBS_FAILED.labels(service, reason)
 

@@ -126,12 +126,14 @@ class Stack:
         *,
         data_dir: Path,
         workers: int = 2,
+        orchestrators: int = 1,
         nats_url: str | None = None,
         env: Mapping[str, str] | None = None,
         ready_timeout_s: float = 30.0,
     ) -> None:
         self.data_dir = data_dir.resolve()
         self.workers = workers
+        self.orchestrators = orchestrators
         self.external_url = nats_url
         self.extra_env = dict(env or {})
         self.ready_timeout_s = ready_timeout_s
@@ -178,7 +180,8 @@ class Stack:
         try:
             asyncio.run(self._provision())
             self.processes = [self._process("archiver", "archiver-1")]
-            self.processes.append(self._process("orchestrator", "orchestrator-1"))
+            for i in range(1, self.orchestrators + 1):
+                self.processes.append(self._process("orchestrator", f"orchestrator-{i}"))
             for _ in range(self.workers):
                 self.processes.append(self._new_worker())
             for p in self.processes:

@@ -154,6 +154,8 @@ class Collector:
         written, current = await self.store.transition(job_id, change)
         self.writes += written is not None
         self.results += len(results)
+        for outcome in outcomes:
+            metrics.RESULTS_RECORDED.labels(self.service, outcome.value).inc()
         if written is not None:
             if completed_by:
                 await self._on_completed(written, levels=written.level + 1)

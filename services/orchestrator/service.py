@@ -264,9 +264,15 @@ class Orchestrator(AgentService):
         # the events go out alongside the tasks and the timer (the emitter batches them
         # with other jobs' events); the job is acked once all of them are stored
         events = self._emit_intake(state)
+        verdict = lifecycle.check_deadline(
+            state,
+            now=state.created_at,
+            job_timeout_s=self.cfg.job_timeout_s,
+            no_progress_timeout_s=self.cfg.no_progress_timeout_s,
+        )
         await bus.publish(
             subjects.job_deadline(job.job_id),
-            JobDeadline(job_id=job.job_id),
+            JobDeadline(job_id=job.job_id, first_check_s=verdict.recheck_s or 0.0),
             msg_id=f"{job.job_id}:deadline",
             stream=subjects.JOBS_STREAM,
         )
@@ -367,15 +373,15 @@ class Orchestrator(AgentService):
         bus = self.bus
         assert bus is not None
         try:
-            job_id = decode(msg.data, JobDeadline).payload.job_id
+            timer = decode(msg.data, JobDeadline).payload
         except MessageDecodeError as e:
             await bus.reject(msg, reason=f"undecodable timer: {e}", stream=subjects.JOBS_STREAM)
             return
-        cfg = self.cfg
-        if delivery_count(msg) == 1:
-            # delivered as soon as it is published: nothing can be due yet
-            first = min(t for t in (cfg.job_timeout_s, cfg.no_progress_timeout_s, 3600.0) if t)
-            await msg.nak(delay=max(first, lifecycle.MIN_RECHECK_S))
+        job_id, cfg = timer.job_id, self.cfg
+        if delivery_count(msg) == 1 and timer.first_check_s > 0:
+            # delivered as soon as it is published: nothing can be due before its first
+            # check (0: the job has no deadline at all, and its timer ends now)
+            await msg.nak(delay=max(timer.first_check_s, lifecycle.MIN_RECHECK_S))
             return
         loaded = await self.store.load(job_id)
         if loaded is None:

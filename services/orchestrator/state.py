@@ -21,7 +21,7 @@ from typing import Final
 
 import nats.js.errors
 
-from agentbus import subjects
+from agentbus import metrics, subjects
 from agentbus.bus import Bus
 from agentbus.messages import JobState, decode_job_state
 from orchestrator.errors import OrchestratorError
@@ -53,12 +53,13 @@ def backoff_s(attempt: int) -> float:
 class JobStore:
     def __init__(self, bus: Bus, *, budget_s: float = _BUDGET_S) -> None:
         self.bus = bus
+        self._writes = metrics.JOB_STATE_WRITES.labels(bus.service)
+        self._conflicts = metrics.JOB_STATE_CONFLICTS.labels(bus.service)
         self.budget_s = budget_s
         # The last state (and revision) this replica read or wrote of each running job.
         # It only ever saves the read before a compare-and-set write: a stale entry (another
         # replica moved the job on) fails the write, which then reads the job afresh.
         self._known: OrderedDict[str, Loaded] = OrderedDict()
-        self.conflicts = 0
 
     async def load(self, job_id: str) -> Loaded | None:
         kv = await self.bus.kv(subjects.JOBS_BUCKET)
@@ -128,7 +129,7 @@ class JobStore:
                     subjects.JOBS_BUCKET, job_id, new.model_dump_json().encode(), last=revision
                 )
             except nats.js.errors.KeyWrongLastSequenceError:
-                self.conflicts += 1
+                self._conflicts.inc()
                 loaded = None
                 if time.monotonic() - started > self.budget_s:
                     raise StateConflict(
@@ -139,5 +140,6 @@ class JobStore:
                     await asyncio.sleep(backoff_s(attempt))
                 attempt += 1
                 continue
+            self._writes.inc()
             self.remember(job_id, (new, written))
             return new, new

@@ -238,3 +238,9 @@ def test_any_order_and_duplication_gives_the_same_final_state(
     assert shuffled.status is JobStatus.COMPLETED
     assert shuffled.level == reference.level
     assert shuffled.tasks_done_total == reference.tasks_done_total
+
+
+def test_every_outcome_has_its_metric_label() -> None:
+    from agentbus import metrics
+
+    assert tuple(o.value for o in Outcome) == metrics.RESULT_OUTCOMES

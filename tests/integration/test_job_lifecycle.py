@@ -1,0 +1,180 @@
+"""Job lifecycle against a real nats-server: job ids name one document, deadlines and
+the no-progress timeout fail stuck jobs with the reason, and the results of one large job
+racing over three orchestrator replicas are each recorded exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from agentbus import metrics, subjects
+from agentbus.bus import DLQ_HEADER_REASON, Bus
+from agentbus.client import AgentBusClient
+from agentbus.errors import JobExistsError
+from agentbus.messages import EventKind, JobStatus, JobSubmit
+from agentbus.settings import Settings
+from agentbus.worker import TaskWorker
+from orchestrator import Orchestrator
+from orchestrator.lifecycle import recorded_indices
+from summarize_worker import SummarizeSkill
+from tests.conftest import Running, dlq_messages, stream_agent_events
+from tests.documents import make_document, prose_document
+
+pytestmark = pytest.mark.integration
+
+
+def _with(settings: Settings, **sections: dict[str, object]) -> Settings:
+    return settings.model_copy(
+        update={
+            name: getattr(settings, name).model_copy(update=values)
+            for name, values in sections.items()
+        }
+    )
+
+
+async def test_job_id_names_one_document(bus: Bus, settings: Settings, running: Running) -> None:
+    await running.start(Orchestrator, settings, "orch-1")
+    await running.start(lambda st: TaskWorker(st, SummarizeSkill(st)), settings, "worker-1")
+    first = "The first document talks about harbours. Ships call there every day."
+    other = "A second, different document about mountains. Snow falls in winter."
+    async with AgentBusClient(settings.nats) as client:
+        job_id = await client.submit(first, job_id="named-job")
+        done = await client.wait(job_id, timeout_s=30)
+        assert done.status is JobStatus.COMPLETED and done.document_sha256
+        # the same document again: the same job, nothing new runs
+        assert await client.submit(first, job_id="named-job") == "named-job"
+        with pytest.raises(JobExistsError, match="named-job exists with a different document"):
+            await client.submit(other, job_id="named-job")
+        again = await client.status("named-job")
+        assert again is not None and again.summary == done.summary
+        assert again.tasks_done_total == done.tasks_done_total == 1
+
+        # two racing submissions (the client's check passed for both): the orchestrator
+        # refuses the second document with the reason, and the first job is untouched
+        racing = JobSubmit(job_id="named-job", text=other, document_sha256="0" * 64)
+        await bus.publish(
+            subjects.JOBS_SUBJECT, racing, msg_id="named-job-racing", stream=subjects.JOBS_STREAM
+        )
+        for _ in range(100):
+            dead = [h for s, h, _d in await dlq_messages(bus) if s == subjects.dlq_subject("JOBS")]
+            if dead:
+                break
+            await asyncio.sleep(0.05)
+        assert len(dead) == 1 and "exists with a different document" in dead[0][DLQ_HEADER_REASON]
+        after = await client.status("named-job")
+        assert after is not None and after.summary == done.summary
+
+
+async def test_deadline_fails_a_job_nobody_works_on(
+    bus: Bus, settings: Settings, running: Running
+) -> None:
+    before = metrics.JOBS_FAILED.labels("orchestrator", "timeout")._value.get()
+    await running.start(Orchestrator, settings, "orch-1")
+    async with AgentBusClient(settings.nats) as client:
+        # a skill no worker serves: its task waits on TASKS forever
+        job_id = await client.submit(
+            "Nobody summarizes this. It waits.", skill="nobody", timeout_s=2.0
+        )
+        state = await client.wait(job_id, timeout_s=30)
+    assert state.status is JobStatus.FAILED and state.failed_by == "timeout"
+    assert state.error is not None and "deadline passed: not finished within 2s" in state.error
+    events = [e for e in await stream_agent_events(bus) if e.job_id == job_id]
+    failed = [e for e in events if e.kind is EventKind.JOB_FAILED]
+    assert len(failed) == 1 and "deadline" in str(failed[0].data["reason"])
+    after = metrics.JOBS_FAILED.labels("orchestrator", "timeout")._value.get()
+    assert after == before + 1
+
+
+async def test_no_progress_timeout_fails_a_stuck_job(
+    bus: Bus, settings: Settings, running: Running
+) -> None:
+    s = _with(settings, orchestrator={"no_progress_timeout_s": 2.0, "job_timeout_s": 0})
+    await running.start(Orchestrator, s, "orch-1")
+    async with AgentBusClient(s.nats) as client:
+        job_id = await client.submit("Stuck. Nobody serves this skill.", skill="nobody")
+        state = await client.wait(job_id, timeout_s=30)
+    assert state.status is JobStatus.FAILED and state.failed_by == "timeout"
+    assert state.error is not None and "no progress for" in state.error
+    assert "0/1 task(s) done" in state.error
+
+
+async def test_finished_jobs_end_their_timers(
+    bus: Bus, settings: Settings, running: Running
+) -> None:
+    s = _with(settings, orchestrator={"no_progress_timeout_s": 1.0})
+    await running.start(Orchestrator, s, "orch-1")
+    await running.start(lambda st: TaskWorker(st, SummarizeSkill(st)), s, "worker-1")
+    async with AgentBusClient(s.nats) as client:
+        ids = [await client.submit(f"Document {i}. It is short.") for i in range(5)]
+        states = [await client.wait(j, timeout_s=30) for j in ids]
+    assert {st.status for st in states} == {JobStatus.COMPLETED}
+    # every timer is acked once its job has ended: nothing left on the deadline consumer
+    for _ in range(100):
+        info = await bus.js.consumer_info(
+            subjects.JOBS_STREAM, subjects.ORCHESTRATOR_DEADLINES_CONSUMER
+        )
+        if info.num_pending == 0 and info.num_ack_pending == 0:
+            break
+        await asyncio.sleep(0.1)
+    assert (info.num_pending, info.num_ack_pending) == (0, 0)
+    for j in ids:  # and none of them was failed by it
+        st = await AgentBusClient(s.nats).connect()
+        try:
+            final = await st.status(j)
+        finally:
+            await st.close()
+        assert final is not None and final.status is JobStatus.COMPLETED
+
+
+@pytest.mark.timeout(240)
+async def test_three_orchestrators_record_every_result_of_one_job_once(
+    bus: Bus, settings: Settings, running: Running
+) -> None:
+    """~900 results of one job land on three replicas at once: their writes to the one
+    job state conflict, are batched and retried, and every task is recorded exactly once
+    (the old per-result compare-and-set gave up after 50 conflicts and left the job
+    running)."""
+    s = _with(
+        settings,
+        orchestrator={"chunk_chars": 1000, "chunk_summary_chars": 100, "summary_chars": 400},
+        worker={"concurrency": 32},
+        summarizer={"backend": "simulated", "simulated_latency_ms": 0.0},
+    )
+    orchestrators = [await running.start(Orchestrator, s, f"orch-{i}") for i in (1, 2, 3)]
+    for i in (1, 2):
+        await running.start(lambda st: TaskWorker(st, SummarizeSkill(st)), s, f"worker-{i}")
+    text = prose_document(3, 900_000)
+    async with AgentBusClient(s.nats) as client:
+        job_id = await client.submit(text, title="contended")
+        state = await client.wait(job_id, timeout_s=180)
+    assert state.status is JobStatus.COMPLETED, state.error
+    assert state.chunks >= 800
+    assert len(state.model_dump_json()) < 4096
+    events = {e.event_id: e for e in await stream_agent_events(bus)}.values()
+    reduce_tasks = sum(
+        int(e.data["tasks"])
+        for e in events
+        if e.job_id == job_id and e.kind is EventKind.JOB_REDUCING
+    )
+    assert state.tasks_done_total == state.chunks + reduce_tasks
+    recorded = [o.collector.results for o in orchestrators]  # type: ignore[attr-defined]
+    assert all(n > 0 for n in recorded), recorded  # every replica took results
+    writes = sum(o.collector.writes for o in orchestrators)  # type: ignore[attr-defined]
+    assert writes < sum(recorded), (writes, recorded)  # batched: fewer writes than results
+    assert list(recorded_indices(state)) == [0]  # the last level: one task, recorded
+
+
+async def test_many_small_jobs_still_complete_with_batching(
+    bus: Bus, settings: Settings, running: Running
+) -> None:
+    import random
+
+    await running.start(Orchestrator, settings, "orch-1")
+    await running.start(lambda st: TaskWorker(st, SummarizeSkill(st)), settings, "worker-1")
+    rng = random.Random(3)
+    async with AgentBusClient(settings.nats) as client:
+        ids = [await client.submit(make_document(rng, 5 + i)) for i in range(40)]
+        states = await asyncio.gather(*(client.wait(j, timeout_s=60) for j in ids))
+    assert [st.status for st in states] == [JobStatus.COMPLETED] * 40
+    assert all(st.tasks_done_total >= 1 and st.summary for st in states)
