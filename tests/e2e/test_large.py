@@ -35,13 +35,22 @@ async def _history(client: AgentBusClient, job_id: str, *, events: int) -> list[
     return history
 
 
-def _tasks_recorded_once(state: JobState, events: list[AgentEvent]) -> None:
+async def _tasks_recorded_once(url: str, state: JobState) -> list[AgentEvent]:
     """Every map and reduce task of the job counted exactly once in its state, and done
-    (task.completed) exactly once in its events."""
+    (task.completed) exactly once in its events; returns the job's events. A worker's
+    task.completed goes out beside its result, so the last ones can land just after the
+    job completes: the stream is read until they are all there (or 20 s passed)."""
+    events: list[AgentEvent] = []
+    for _ in range(100):
+        events = await _job_events(url, state.job_id)
+        done = Counter(e.task_id for e in events if e.kind is EventKind.TASK_COMPLETED)
+        if len(done) >= state.tasks_done_total:
+            break
+        await asyncio.sleep(0.2)
     reduce_tasks = sum(int(e.data["tasks"]) for e in events if e.kind is EventKind.JOB_REDUCING)
     assert state.tasks_done_total == state.chunks + reduce_tasks, state
-    done = Counter(e.task_id for e in events if e.kind is EventKind.TASK_COMPLETED)
     assert len(done) == state.tasks_done_total and set(done.values()) == {1}
+    return events
 
 
 async def _job_events(url: str, job_id: str) -> list[AgentEvent]:
@@ -71,7 +80,7 @@ def test_5mb_prose_and_2mb_word_complete_at_defaults(tmp_path: Path) -> None:
         assert states[0].chunks >= 800 and states[1].chunks >= 330
         assert states[0].document_chars == len(prose)
         for st in states:
-            _tasks_recorded_once(st, await _job_events(url, st.job_id))
+            await _tasks_recorded_once(url, st)
 
     with agentbus_up(tmp_path, "--workers", "3") as stack:
         asyncio.run(run(stack.url))
@@ -88,8 +97,7 @@ def test_three_orchestrators_share_a_13mb_job_and_its_history_reads_back(
             state = await client.wait(job_id, timeout_s=500)
             assert state.status is JobStatus.COMPLETED, state.error
             assert state.chunks >= 2000
-            emitted = await _job_events(url, job_id)
-            _tasks_recorded_once(state, emitted)
+            emitted = await _tasks_recorded_once(url, state)
             history = await _history(client, job_id, events=len(emitted))
         assert len(emitted) >= 5000
         assert len(history) == len(emitted)
