@@ -270,13 +270,15 @@ class Orchestrator(AgentService):
             job_timeout_s=self.cfg.job_timeout_s,
             no_progress_timeout_s=self.cfg.no_progress_timeout_s,
         )
-        await bus.publish(
+        timer = bus.publish(
             subjects.job_deadline(job.job_id),
             JobDeadline(job_id=job.job_id, first_check_s=verdict.recheck_s or 0.0),
             msg_id=f"{job.job_id}:deadline",
             stream=subjects.JOBS_STREAM,
         )
-        await self.collector.publish_level(job.job_id, job.skill, 0, chunks, per_task)
+        await asyncio.gather(
+            timer, self.collector.publish_level(job.job_id, job.skill, 0, chunks, per_task)
+        )
         for stored in events:
             await stored
         # no need to wait for the server's confirmation: a job redelivered because this

@@ -8,10 +8,7 @@ import asyncio
 import json
 import os
 import random
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -21,44 +18,15 @@ from agentbus.settings import NatsSettings
 from event_archiver import EventStore
 from tests.conftest import stream_agent_events
 from tests.documents import make_document
+from tests.e2e.upstack import AGENTBUS, agentbus_up
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
-AGENTBUS = [sys.executable, "-m", "agentbus"]
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie (exited, not yet reaped by a parent that is gone) is not running
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False
-
 
 def test_up_submit_twenty_documents_and_archive_every_event(tmp_path: Path) -> None:
-    data_dir = tmp_path / "stack"
-    up = subprocess.Popen(
-        [*AGENTBUS, "up", "--workers", "3", "--data-dir", str(data_dir)],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        state_file = data_dir / "stack.json"
-        deadline = time.monotonic() + 60
-        while not state_file.exists():
-            assert up.poll() is None, up.stdout.read() if up.stdout else ""
-            assert time.monotonic() < deadline, "stack not up within 60s"
-            time.sleep(0.1)
-        state = json.loads(state_file.read_text())
-        url = state["nats_url"]
-        pids = [s["pid"] for s in state["services"]]
-        assert len(pids) == 5  # archiver, orchestrator, 3 workers
+    with agentbus_up(tmp_path, "--workers", "3") as stack:
+        url, data_dir = stack.url, stack.data_dir
+        assert len(stack.pids) == 5  # archiver, orchestrator, 3 workers
 
         rng = random.Random(7)
         lengths = [
@@ -143,14 +111,4 @@ def test_up_submit_twenty_documents_and_archive_every_event(tmp_path: Path) -> N
         assert len(emitted) == len(set(emitted)), "an event was emitted twice"
         assert sorted(archived) == sorted(emitted)
         assert len(emitted) > 20 * 4  # accepted, chunked, task events, completed per job
-    finally:
-        up.send_signal(signal.SIGINT)
-        try:
-            out, _ = up.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            up.kill()
-            out, _ = up.communicate()
-    assert up.returncode == 0, out
-    assert "stopped" in out
-    for pid in pids:
-        assert not _pid_alive(pid), f"process {pid} left running"
+    assert "stopped" in stack.output
