@@ -87,9 +87,11 @@ def _chart_with_secrets(tmp_path: Path, secrets: dict[str, dict[str, str]]) -> P
     """A copy of the chart whose `lookup` of a Secret finds `secrets` (name -> data), as
     it would in a cluster: the upgrade and existing-Secret paths, offline."""
     chart = prepare_chart(tmp_path)
-    helpers = chart / "templates" / "_helpers.tpl"
+    hits = [p for p in sorted((chart / "templates").glob("*.tpl")) if LOOKUP in p.read_text()]
+    assert len(hits) == 1, f"the Secret lookup moved: update this test ({hits})"
+    (helpers,) = hits
     text = helpers.read_text()
-    assert text.count(LOOKUP) == 1, "the Secret lookup moved: update this test"
+    assert text.count(LOOKUP) == 1, f"{helpers.name}: one Secret lookup expected"
     found = {name: {"data": data} for name, data in secrets.items()}
     helpers.write_text(text.replace(LOOKUP, f"get (fromJson `{json.dumps(found)}`) .name"))
     return chart

@@ -1,0 +1,85 @@
+{{/* Names, labels, selectors and the image of the agentbus objects. */}}
+
+{{/* Names ------------------------------------------------------------------------ */}}
+
+{{- define "agentbus.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "agentbus.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "agentbus.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The component label and object name suffix of each service key. */}}
+{{- define "agentbus.component" -}}
+{{- $root := .root }}
+{{- if eq .service "worker" }}
+{{- printf "%s-worker" $root.Values.worker.skill }}
+{{- else if eq .service "archiver" }}
+{{- "event-archiver" }}
+{{- else }}
+{{- .service }}
+{{- end }}
+{{- end }}
+
+{{- define "agentbus.componentName" -}}
+{{- printf "%s-%s" (include "agentbus.fullname" .root) (include "agentbus.component" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "agentbus.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "agentbus.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* Labels ----------------------------------------------------------------------- */}}
+
+{{- define "agentbus.labels" -}}
+helm.sh/chart: {{ include "agentbus.chart" . }}
+app.kubernetes.io/name: {{ include "agentbus.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: agentbus
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Selector labels of one service: dict "root" $ "service" "worker" */}}
+{{- define "agentbus.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "agentbus.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ include "agentbus.component" . }}
+{{- end }}
+
+{{- define "agentbus.componentLabels" -}}
+{{ include "agentbus.labels" .root }}
+app.kubernetes.io/component: {{ include "agentbus.component" . }}
+{{- end }}
+
+{{/* Image -------------------------------------------------------------------------- */}}
+
+{{- define "agentbus.image" -}}
+{{- $img := .Values.image }}
+{{- if $img.digest }}
+{{- printf "%s@%s" $img.repository $img.digest }}
+{{- else }}
+{{- printf "%s:%s" $img.repository (default .Chart.AppVersion $img.tag | toString) }}
+{{- end }}
+{{- end }}

@@ -1,0 +1,173 @@
+{{/* NATS wiring: the subchart's names, the client URL and port, the monitoring endpoint,
+     the credentials of each service, and the chart's NATS users (files/ from
+     agentbus.permissions): user selection, passwords and the auth.conf of their Secret. */}}
+
+{{/* NATS --------------------------------------------------------------------------- */}}
+
+{{/* The NATS subchart's full name (its own naming rule, for the alias `nats`). */}}
+{{- define "agentbus.natsFullname" -}}
+{{- $n := .Values.nats }}
+{{- if $n.fullnameOverride }}
+{{- $n.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default "nats" $n.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "agentbus.natsPort" -}}
+{{- $port := 4222 }}
+{{- with .Values.nats.config }}{{ with .nats }}{{ with .port }}{{ $port = . }}{{ end }}{{ end }}{{ end }}
+{{- $port | int }}
+{{- end }}
+
+{{- define "agentbus.natsUrl" -}}
+{{- if .Values.nats.enabled }}
+{{- $scheme := ternary "tls" "nats" (ne .Values.natsTls.existingSecret "") }}
+{{- $svc := include "agentbus.natsFullname" . }}
+{{- with .Values.nats.service }}{{ with .name }}{{ $svc = . }}{{ end }}{{ end }}
+{{- printf "%s://%s:%s" $scheme $svc (include "agentbus.natsPort" .) }}
+{{- else if .Values.externalNats.url }}
+{{- .Values.externalNats.url }}
+{{- else }}
+{{- fail "externalNats.url is required when nats.enabled is false" }}
+{{- end }}
+{{- end }}
+
+{{/* host:port of the NATS monitoring endpoint through the headless service (KEDA). */}}
+{{- define "agentbus.natsMonitoringEndpoint" -}}
+{{- if .Values.nats.enabled }}
+{{- $headless := printf "%s-headless" (include "agentbus.natsFullname" .) }}
+{{- with .Values.nats.headlessService }}{{ with .name }}{{ $headless = . }}{{ end }}{{ end }}
+{{- $port := 8222 }}
+{{- with .Values.nats.config }}{{ with .monitor }}{{ with .port }}{{ $port = . }}{{ end }}{{ end }}{{ end }}
+{{- printf "%s.%s.svc.cluster.local:%d" $headless .Release.Namespace ($port | int) }}
+{{- else if .Values.externalNats.monitoringEndpoint }}
+{{- .Values.externalNats.monitoringEndpoint }}
+{{- else }}
+{{- fail "externalNats.monitoringEndpoint is required for worker.keda with nats.enabled false" }}
+{{- end }}
+{{- end }}
+
+{{/* NATS credentials of one service: natsAuth.services.<service> over natsAuth. */}}
+{{- define "agentbus.natsAuth" -}}
+{{- $auth := omit .root.Values.natsAuth "services" | deepCopy }}
+{{- $own := get (.root.Values.natsAuth.services | default dict) .service | default dict }}
+{{- /* a key set for the service wins, even when empty (to turn a default off) */}}
+{{- range $key, $val := $own }}
+{{- $_ := set $auth $key $val }}
+{{- end }}
+{{- toJson $auth }}
+{{- end }}
+
+{{/* NATS users (natsAuth.enabled) --------------------------------------------------- */}}
+
+{{/* files/nats-permissions.json (generated from agentbus.permissions), as JSON text. */}}
+{{- define "agentbus.natsPermissions" -}}
+{{- $raw := .Files.Get "files/nats-permissions.json" }}
+{{- if not $raw }}
+{{- fail "files/nats-permissions.json is missing from the chart: run `python -m agentbus.permissions --write`" }}
+{{- end }}
+{{- $raw }}
+{{- end }}
+
+{{/* The Secret with auth.conf and the passwords; the NATS chart names it the same way in
+     nats.podTemplate.patch ({{ include "nats.fullname" . }}-auth). */}}
+{{- define "agentbus.natsAuthSecretName" -}}
+{{- printf "%s-auth" (include "agentbus.natsFullname" .) }}
+{{- end }}
+
+{{/* The chart's NATS user of one pod (dict "root" $ "service" "worker"), or nothing when
+     natsAuth.enabled is false or the service has credentials of its own (existingSecret). */}}
+{{- define "agentbus.natsUser" -}}
+{{- $auth := include "agentbus.natsAuth" . | fromJson }}
+{{- if and .root.Values.natsAuth.enabled (not $auth.existingSecret) }}
+{{- $roles := dict "orchestrator" "orchestrator" "worker" "worker" "archiver" "archiver" "provision" "provisioner" "test" "client" }}
+{{- $user := get $roles .service }}
+{{- if not $user }}
+{{- fail (printf "no NATS user for the agentbus service %q" .service) }}
+{{- end }}
+{{- $user }}
+{{- end }}
+{{- end }}
+
+{{/* The entry of one user in files/nats-permissions.json: dict "root" $ "user" "worker". */}}
+{{- define "agentbus.natsUserEntry" -}}
+{{- $found := dict }}
+{{- range $u := (include "agentbus.natsPermissions" .root | fromJson).users }}
+{{- if eq $u.user $.user }}{{ $found = $u }}{{ end }}
+{{- end }}
+{{- if not $found }}
+{{- fail (printf "files/nats-permissions.json has no NATS user %q: run `python -m agentbus.permissions --write`" .user) }}
+{{- end }}
+{{- toJson $found }}
+{{- end }}
+
+{{/* The data of an existing Secret (base64 values) or {}: dict "namespace" ns "name" n.
+     Offline (helm template, lint) lookup finds nothing. */}}
+{{- define "agentbus.secretData" -}}
+{{- $secret := lookup "v1" "Secret" .namespace .name | default dict }}
+{{- toJson (get $secret "data" | default dict) }}
+{{- end }}
+
+{{/* user -> password of every user: from natsAuth.passwordsSecret, else those of the
+     release's Secret (kept across upgrades), else new random ones. Called once per render. */}}
+{{- define "agentbus.natsPasswords" -}}
+{{- $users := (include "agentbus.natsPermissions" . | fromJson).users }}
+{{- $existing := .Values.natsAuth.passwordsSecret }}
+{{- $name := default (include "agentbus.natsAuthSecretName" .) $existing }}
+{{- $data := include "agentbus.secretData" (dict "namespace" .Release.Namespace "name" $name) | fromJson }}
+{{- if and $existing (not $data) }}
+{{- fail (printf "natsAuth.passwordsSecret: no Secret %q in namespace %s (create it before installing; `helm template` cannot read Secrets)" $existing .Release.Namespace) }}
+{{- end }}
+{{- $out := dict }}
+{{- range $u := $users }}
+{{- $old := get $data $u.user | default "" | b64dec | trim }}
+{{- if and $existing (not $old) }}
+{{- fail (printf "natsAuth.passwordsSecret %s has no (non-empty) key %q: it needs one key per NATS user" $existing $u.user) }}
+{{- end }}
+{{- $_ := set $out $u.user (ternary $old (randAlphaNum 32) (ne $old "")) }}
+{{- end }}
+{{- toJson $out }}
+{{- end }}
+
+{{/* A quoted nats-server configuration string: dict "value" v "what" "the password of x". */}}
+{{- define "agentbus.confString" -}}
+{{- if not (regexMatch `^[^"\\[:cntrl:]]*$` .value) }}
+{{- fail (printf "%s holds a quote, backslash or control character" .what) }}
+{{- end }}
+{{- printf "\"%s\"" .value }}
+{{- end }}
+
+{{/* A nats-server `authorization { users = [...] }` block from the permissions JSON and the
+     passwords: dict "permissions" (json) "passwords" (dict). The same text as
+     agentbus.permissions.render_nats_conf, which the chart tests compare it with. */}}
+{{- define "agentbus.natsAuthConf" -}}
+{{- $lines := list "authorization {" "  users = [" }}
+{{- range $u := .permissions.users }}
+{{- $pw := get $.passwords $u.user }}
+{{- $lines = append $lines "    {" }}
+{{- $lines = append $lines (printf "      user: %s" (include "agentbus.confString" (dict "value" $u.user "what" "a user name"))) }}
+{{- $lines = append $lines (printf "      password: %s" (include "agentbus.confString" (dict "value" $pw "what" (printf "the password of %s" $u.user)))) }}
+{{- $lines = append $lines "      permissions: {" }}
+{{- range $dir := list "publish" "subscribe" }}
+{{- $items := list }}
+{{- range $subject := (get $u.permissions $dir).allow }}
+{{- $items = append $items (printf "          %s" (include "agentbus.confString" (dict "value" $subject "what" "a subject"))) }}
+{{- end }}
+{{- $lines = append $lines (printf "        %s: { allow: [" $dir) }}
+{{- $lines = append $lines (join "\n" $items) }}
+{{- $lines = append $lines "        ] }" }}
+{{- end }}
+{{- if $u.permissions.allow_responses }}
+{{- $lines = append $lines "        allow_responses: true" }}
+{{- end }}
+{{- $lines = concat $lines (list "      }" "    }") }}
+{{- end }}
+{{- $lines = concat $lines (list "  ]" "}") }}
+{{- printf "%s\n" (join "\n" $lines) }}
+{{- end }}
