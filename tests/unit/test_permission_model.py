@@ -4,6 +4,7 @@ to write anything a nats-server config could misread."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +15,8 @@ from agentbus.permissions import (
     PasswordEnv,
     PermissionsError,
     build_permissions,
+    main,
+    render_auth_conf,
     render_json,
     render_nats_conf,
 )
@@ -136,3 +139,51 @@ def test_jwt_claims_mirror_the_config() -> None:
     assert claims["pub"]["allow"] == list(p.publish)
     assert claims["sub"]["allow"] == list(p.subscribe)
     assert claims["resp"]["max"] == 1
+
+
+def test_auth_conf_file_is_the_users_block_with_password_variables() -> None:
+    text = render_auth_conf(skills=["summarize", "translate"])
+    comment, _, block = text.partition("authorization {")
+    assert all(line.startswith("#") for line in comment.splitlines())
+    perms = build_permissions(skills=["summarize", "translate"])
+    creds: dict[str, permissions.Credential] = {
+        u: PasswordEnv(permissions.password_env_var(u)) for u in perms
+    }
+    assert "authorization {" + block == render_nats_conf(creds, permissions=perms)
+    users = json.loads(render_json(skills=["summarize", "translate"]))["users"]
+    assert [u["password_variable"] for u in users] == [
+        f"AGENTBUS_NATS_PASSWORD_{u.upper()}" for u in permissions.ROLES
+    ]
+    for u in users:  # each user's password is exactly its JSON entry's variable
+        assert text.count(f"password: ${u['password_variable']}\n") == 1
+    assert text.count("password: $") == len(users)
+    assert "rpc.translate" in text
+
+
+def test_cli_writes_and_checks_both_chart_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    json_path = tmp_path / "files" / "perms.json"
+    conf_path = json_path.with_name("nats-auth.conf")  # beside --path by default
+    args = ["--path", str(json_path)]
+    assert main([*args, "--check"]) == 1
+    assert capsys.readouterr().err.count("cannot read") == 2
+    assert main([*args, "--write"]) == 0
+    assert json_path.read_text() == render_json()
+    assert conf_path.read_text() == render_auth_conf()
+    assert main([*args, "--check"]) == 0
+    assert capsys.readouterr().out.count("is up to date") == 2
+
+    conf_path.write_text(conf_path.read_text().replace("jobs.submit", "jobs.>"))
+    assert main([*args, "--check"]) == 1
+    err = capsys.readouterr().err
+    assert f"{conf_path} is out of date" in err and str(json_path) not in err
+    assert main([*args, "--check", "--skill", "summarize", "--skill", "translate"]) == 1
+    assert "--write --skill summarize --skill translate`" in capsys.readouterr().err
+
+    other = tmp_path / "elsewhere.conf"
+    assert main([*args, "--conf-path", str(other), "--write"]) == 0
+    assert other.read_text() == render_auth_conf()
+    capsys.readouterr()
+    assert main(["--format", "conf"]) == 0
+    assert capsys.readouterr().out == render_auth_conf()
