@@ -1,9 +1,11 @@
 """The chart's NATS users come from the one source of truth, agentbus.permissions.
 
-The chart renders the nats-server `authorization` include from
-files/nats-permissions.json (written by `python -m agentbus.permissions --write`); these
-tests render the chart and compare that include, user by user, with what
-`permissions.render_nats_conf` makes of the same passwords, check that every pod connects
+`python -m agentbus.permissions --write` writes files/nats-permissions.json and
+files/nats-auth.conf (the nats-server `authorization` block, each password a variable);
+the chart's auth.conf is those variables defined with the rendered passwords, then that
+file. These tests render the chart, check that text exactly, and compare it, with the
+variables resolved, user by user with what `permissions.render_nats_conf` makes of the
+same passwords (as literals); they check that every pod connects
 as the user of its role (env from the same JSON, its password as a mounted Secret item),
 that every Secret key a pod or the NATS chart mounts exists, that passwords survive an
 upgrade, and that the NATS chart's values load the include. The conformance test runs
@@ -15,6 +17,7 @@ from __future__ import annotations
 import base64
 import json
 import posixpath
+import re
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -44,6 +47,11 @@ RenderFn = Callable[[str], Rendered]
 AUTH_SECRET = f"{RELEASE}-nats-auth"
 PASSWORD_FILE = "AGENTBUS_NATS__PASSWORD_FILE"
 PERMISSIONS_JSON = CHART_DIR / "files" / "nats-permissions.json"
+AUTH_FILE = CHART_DIR / "files" / "nats-auth.conf"
+# The first line of the chart's auth.conf, before the password variables.
+VARIABLES_COMMENT = (
+    "# The password of each NATS user below, as the nats-server variable its entry uses.\n"
+)
 # The NATS user each of our workloads runs as (the chart's role mapping).
 ROLE_OF_WORKLOAD = {
     ("Deployment", f"{RELEASE}-orchestrator"): permissions.ORCHESTRATOR,
@@ -75,6 +83,57 @@ def _expected_conf(passwords: dict[str, str]) -> str:
         u["user"]: permissions.Password(passwords[u["user"]]) for u in doc["users"]
     }
     return permissions.render_nats_conf(creds, permissions=perms)
+
+
+def _expected_auth_conf(passwords: dict[str, str]) -> str:
+    """The chart's auth.conf for `passwords`: each user's password variable defined (JSON
+    order), a blank line, then files/nats-auth.conf as permissions.py writes it."""
+    doc = _json()
+    definitions = "".join(
+        f'{permissions.password_env_var(u["user"])}: "{passwords[u["user"]]}"\n'
+        for u in doc["users"]
+    )
+    auth_file = permissions.render_auth_conf(skills=doc["skills"])
+    return f"{VARIABLES_COMMENT}{definitions}\n{auth_file}"
+
+
+def _resolved(conf: str) -> str:
+    """An auth.conf as nats-server reads it: each `$VARIABLE` replaced by the quoted value
+    its definition gives, definitions and comments dropped."""
+    head, sep, body = conf.partition("\n\n")
+    assert sep, "no blank line after the password variables"
+    definitions = head.splitlines()
+    assert definitions[0] + "\n" == VARIABLES_COMMENT
+    values: dict[str, str] = {}
+    for line in definitions[1:]:
+        name, _, quoted = line.partition(": ")
+        assert name not in values and quoted.startswith('"') and quoted.endswith('"'), line
+        values[name] = quoted
+    used: set[str] = set()
+
+    def substitute(line: str) -> str:
+        key, _, value = line.partition(": $")
+        if not value:
+            return line
+        assert value in values, f"${value} is not defined before its use"
+        used.add(value)
+        return f"{key}: {values[value]}"
+
+    out = [substitute(line) for line in body.splitlines() if not line.startswith("#")]
+    assert used == set(values), "a defined variable nothing uses (nats-server refuses it)"
+    return "\n".join(out) + "\n"
+
+
+def _assert_auth_conf(conf: str, passwords: dict[str, str]) -> None:
+    """The rendered auth.conf is exactly the variables of `passwords` then the file, and,
+    resolved, has user by user the block permissions.py renders for those passwords."""
+    expected = _expected_conf(passwords)
+    resolved = _resolved(conf)
+    users = [u["user"] for u in _json()["users"]]
+    for user in users:  # user by user first, for a readable failure
+        assert _user_block(resolved, user) == _user_block(expected, user), user
+    assert resolved == expected
+    assert conf == _expected_auth_conf(passwords)
 
 
 def _user_block(conf: str, user: str) -> str:
@@ -114,11 +173,28 @@ def _mount_of(container: dict[str, Any], path: str) -> dict[str, Any]:
 # --- one source of truth -----------------------------------------------------------------
 
 
-def test_permissions_file_is_what_permissions_py_writes() -> None:
-    assert PERMISSIONS_JSON.read_text() == permissions.render_json(skills=_json()["skills"]), (
+def test_permissions_files_are_what_permissions_py_writes() -> None:
+    skills = _json()["skills"]
+    assert PERMISSIONS_JSON.read_text() == permissions.render_json(skills=skills), (
+        "run `python -m agentbus.permissions --write`"
+    )
+    assert AUTH_FILE.read_text() == permissions.render_auth_conf(skills=skills), (
         "run `python -m agentbus.permissions --write`"
     )
     assert [u["user"] for u in _json()["users"]] == list(permissions.ROLES)
+    for u in _json()["users"]:
+        assert u["password_variable"] == permissions.password_env_var(u["user"])
+        assert f"      password: ${u['password_variable']}\n" in AUTH_FILE.read_text()
+
+
+def test_the_chart_renders_no_permissions_itself() -> None:
+    """auth.conf comes from files/: no template spells a permission, user block or subject."""
+    for path in sorted((CHART_DIR / "templates").rglob("*")):
+        if path.is_file():
+            code = re.sub(r"\{\{-?\s*/\*.*?\*/\s*-?\}\}", "", path.read_text(), flags=re.S)
+            code = "\n".join(x for x in code.splitlines() if not x.lstrip().startswith("#"))
+            for needle in ("allow_responses", "subscribe", "users = [", "$JS."):
+                assert needle not in code, f"{path.name} renders {needle!r} itself"
 
 
 @pytest.mark.parametrize("scenario", AUTH_SCENARIOS)
@@ -129,11 +205,7 @@ def test_auth_include_is_what_permissions_py_renders(rendered: RenderFn, scenari
     passwords = {u: data[u] for u in users}
     assert all(len(p) >= 32 for p in passwords.values())
     assert len(set(passwords.values())) == len(users)  # one password per user
-    expected = _expected_conf(passwords)
-    conf = data["auth.conf"]
-    for user in users:  # user by user first, for a readable failure
-        assert _user_block(conf, user) == _user_block(expected, user), user
-    assert conf == expected
+    _assert_auth_conf(data["auth.conf"], passwords)
 
 
 def test_every_user_of_the_include_has_exactly_the_json_permissions(rendered: RenderFn) -> None:
@@ -275,7 +347,7 @@ def test_passwords_are_kept_across_upgrades(rendered: RenderFn, tmp_path: Path) 
     for user, password in old.items():
         assert again[user] == password, user
     assert again[permissions.ADMIN] != first[permissions.ADMIN]  # new user: new password
-    assert again["auth.conf"] == _expected_conf(again)
+    _assert_auth_conf(again["auth.conf"], again)
 
 
 def test_passwords_from_an_existing_secret(tmp_path: Path) -> None:
@@ -285,7 +357,7 @@ def test_passwords_from_an_existing_secret(tmp_path: Path) -> None:
     r = render(chart, {"natsAuth": {"passwordsSecret": "my-nats-passwords"}})
     data = secret_data(r, AUTH_SECRET)
     assert {u: data[u] for u in mine} == mine
-    assert data["auth.conf"] == _expected_conf(mine)
+    _assert_auth_conf(data["auth.conf"], mine)
 
 
 @pytest.mark.parametrize(
@@ -334,7 +406,7 @@ def test_external_nats_with_the_charts_users(chart_dir: Path) -> None:
         {"nats": {"enabled": False}, "externalNats": {"url": "nats://nats.messaging:4222"}},
     )
     data = secret_data(r, AUTH_SECRET)  # auth.conf for the external server to include
-    assert data["auth.conf"] == _expected_conf(data)
+    _assert_auth_conf(data["auth.conf"], data)
     users = {env_of(c)["AGENTBUS_NATS__USER"]["value"] for _o, c in r.our_containers()}
     assert users == {"orchestrator", "worker", "archiver", "provisioner", "client"}
 
@@ -389,3 +461,37 @@ def test_broken_auth_wiring_fails_clearly(
     with pytest.raises(helm.HelmError) as e:
         render(chart_dir, values)
     assert needle in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("edit", "needle"),
+    [
+        (lambda conf: None, "files/nats-auth.conf is missing from the chart"),
+        (
+            lambda conf: conf.replace("PASSWORD_WORKER", "PASSWORD_WORKERS"),
+            'no user with the password $AGENTBUS_NATS_PASSWORD_WORKER of "worker"',
+        ),
+        (
+            lambda conf: conf.replace("      password: $AGENTBUS_NATS_PASSWORD_ADMIN\n", ""),
+            "do not have the same users",
+        ),
+    ],
+)
+def test_a_stale_auth_file_fails_clearly(
+    tmp_path: Path, edit: Callable[[str], str | None], needle: str
+) -> None:
+    """The Secret's variables and the file's users must match (nats-server refuses a
+    variable nothing uses, and cannot resolve one never defined)."""
+    import helm_python as helm
+
+    chart = prepare_chart(tmp_path)
+    auth_file = chart / "files" / AUTH_FILE.name
+    edited = edit(auth_file.read_text())
+    if edited is None:
+        auth_file.unlink()
+    else:
+        auth_file.write_text(edited)
+    with pytest.raises(helm.HelmError) as e:
+        render(chart, {})
+    assert needle in str(e.value)
+    assert "run `python -m agentbus.permissions --write`" in str(e.value)

@@ -35,6 +35,7 @@ from typing import Any
 
 import pytest
 
+from agentbus import permissions
 from agentbus.embedded import EmbeddedNatsServer
 from agentbus.stack import free_port
 from tests.chart.render import (
@@ -243,20 +244,70 @@ def start_chart_nats(r: Rendered, root: Path) -> ChartNats:
     return ChartNats(server=server, monitor_port=monitor_port, users=users)
 
 
-def anonymous_connect(url: str) -> str:
-    """What the server answers a client without credentials: PONG or an -ERR line."""
+def connect_as(url: str, user: str | None = None, password: str = "", then: str = "") -> str:
+    """What the server answers a client (without credentials when `user` is None) that
+    connects, sends `then` (protocol lines) and pings: PONG or the first -ERR line."""
     host, port = url.removeprefix("nats://").rsplit(":", 1)
+    connect: dict[str, Any] = {"verbose": False, "pedantic": False}
+    if user is not None:
+        connect |= {"user": user, "pass": password}
     with socket.create_connection((host, int(port)), timeout=5) as sock:
         reader = sock.makefile("rb")
         assert reader.readline().startswith(b"INFO ")
-        sock.sendall(b'CONNECT {"verbose":false,"pedantic":false}\r\nPING\r\n')
+        sock.sendall(f"CONNECT {json.dumps(connect)}\r\n{then}PING\r\n".encode())
         return reader.readline().decode().strip()
+
+
+def anonymous_connect(url: str) -> str:
+    """What the server answers a client without credentials: PONG or an -ERR line."""
+    return connect_as(url)
 
 
 VARIANTS = {
     "default": None,  # natsAuth on (the default): every pod on its own user
     "auth-off": {"natsAuth": {"enabled": False}},
 }
+
+
+def test_rendered_auth_conf_on_a_real_nats_server(
+    rendered: Callable[[str], Rendered], tmp_path: Path
+) -> None:
+    """The Secret's auth.conf (the password variables, then files/nats-auth.conf) included
+    as the NATS chart includes it: nats-server resolves each `password: $VARIABLE` from the
+    definitions above it, every user (admin too) logs in with its Secret key, a wrong
+    password is refused, permissions hold, and a changed password is taken on a reload
+    (what the NATS chart's config reloader does when the Secret changes)."""
+    r = rendered("default")
+    root = tmp_path / "nats-pod"
+    chart_nats = start_chart_nats(r, root)
+    try:
+        url, users = chart_nats.server.url, chart_nats.users
+        assert set(users) == set(permissions.ROLES)
+        for user, password in users.items():
+            assert connect_as(url, user, password) == "PONG", user
+            wrong = connect_as(url, user, password[::-1])
+            assert "authorization violation" in wrong.lower(), (user, wrong)
+        client = ("client", users["client"])
+        denied = connect_as(url, *client, "PUB tasks.summarize.assign 0\r\n\r\n")
+        assert "permissions violation for publish" in denied.lower(), denied
+        assert connect_as(url, *client, "PUB jobs.submit 0\r\n\r\n") == "PONG"
+
+        wiring = nats_auth_wiring(r)
+        auth_conf = root / wiring.mount_path.lstrip("/") / wiring.items["auth.conf"]
+        old, new = users["worker"], "n3w-worker-password-" + "k" * 12
+        text = auth_conf.read_text()
+        assert text.count(f'"{old}"') == 1  # only in its variable's definition
+        auth_conf.write_text(text.replace(f'"{old}"', f'"{new}"'))
+        assert chart_nats.server.pid is not None
+        os.kill(chart_nats.server.pid, signal.SIGHUP)  # our own server: reload its config
+        deadline = time.monotonic() + 10
+        while connect_as(url, "worker", new) != "PONG":
+            assert time.monotonic() < deadline, chart_nats.server.log[-2000:]
+            time.sleep(0.1)
+        assert "authorization violation" in connect_as(url, "worker", old).lower()
+        assert connect_as(url, "client", users["client"]) == "PONG"
+    finally:
+        chart_nats.server.stop()
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))

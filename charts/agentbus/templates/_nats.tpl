@@ -135,7 +135,9 @@
 {{- toJson $out }}
 {{- end }}
 
-{{/* A quoted nats-server configuration string: dict "value" v "what" "the password of x". */}}
+{{/* A quoted nats-server configuration string: dict "value" v "what" "the password of x".
+     Quotes, backslashes and control characters are refused (as agentbus.permissions does),
+     naming `what`, never the value. */}}
 {{- define "agentbus.confString" -}}
 {{- if not (regexMatch `^[^"\\[:cntrl:]]*$` .value) }}
 {{- fail (printf "%s holds a quote, backslash or control character" .what) }}
@@ -143,31 +145,33 @@
 {{- printf "\"%s\"" .value }}
 {{- end }}
 
-{{/* A nats-server `authorization { users = [...] }` block from the permissions JSON and the
-     passwords: dict "permissions" (json) "passwords" (dict). The same text as
-     agentbus.permissions.render_nats_conf, which the chart tests compare it with. */}}
+{{/* The Secret's auth.conf: each user's password defined as the nats-server variable that
+     files/nats-auth.conf uses for it (its entry's password_variable), then that file, the
+     `authorization { users = [...] }` block that agentbus.permissions renders. nats-server
+     resolves a variable from earlier in the same file, and refuses one that nothing uses:
+     the variables and the file's users must match (both come from one `--write`).
+     dict "root" $ "passwords" (dict user -> password). */}}
 {{- define "agentbus.natsAuthConf" -}}
-{{- $lines := list "authorization {" "  users = [" }}
-{{- range $u := .permissions.users }}
-{{- $pw := get $.passwords $u.user }}
-{{- $lines = append $lines "    {" }}
-{{- $lines = append $lines (printf "      user: %s" (include "agentbus.confString" (dict "value" $u.user "what" "a user name"))) }}
-{{- $lines = append $lines (printf "      password: %s" (include "agentbus.confString" (dict "value" $pw "what" (printf "the password of %s" $u.user)))) }}
-{{- $lines = append $lines "      permissions: {" }}
-{{- range $dir := list "publish" "subscribe" }}
-{{- $items := list }}
-{{- range $subject := (get $u.permissions $dir).allow }}
-{{- $items = append $items (printf "          %s" (include "agentbus.confString" (dict "value" $subject "what" "a subject"))) }}
+{{- $write := "run `python -m agentbus.permissions --write`" }}
+{{- $users := (include "agentbus.natsPermissions" .root | fromJson).users }}
+{{- $conf := .root.Files.Get "files/nats-auth.conf" }}
+{{- if not $conf }}
+{{- fail (printf "files/nats-auth.conf is missing from the chart: %s" $write) }}
 {{- end }}
-{{- $lines = append $lines (printf "        %s: { allow: [" $dir) }}
-{{- $lines = append $lines (join "\n" $items) }}
-{{- $lines = append $lines "        ] }" }}
+{{- if ne (len (regexFindAll `(?m)^\s*password: \$` $conf -1)) (len $users) }}
+{{- fail (printf "files/nats-auth.conf and files/nats-permissions.json do not have the same users: %s" $write) }}
 {{- end }}
-{{- if $u.permissions.allow_responses }}
-{{- $lines = append $lines "        allow_responses: true" }}
+{{- $lines := list "# The password of each NATS user below, as the nats-server variable its entry uses." }}
+{{- range $u := $users }}
+{{- $var := toString $u.password_variable }}
+{{- if not (regexMatch `^[A-Z_][A-Z0-9_]*$` $var) }}
+{{- fail (printf "files/nats-permissions.json: user %q has no password_variable: %s" $u.user $write) }}
 {{- end }}
-{{- $lines = concat $lines (list "      }" "    }") }}
+{{- if not (contains (printf "\n      password: $%s\n" $var) $conf) }}
+{{- fail (printf "files/nats-auth.conf has no user with the password $%s of %q: %s" $var $u.user $write) }}
 {{- end }}
-{{- $lines = concat $lines (list "  ]" "}") }}
-{{- printf "%s\n" (join "\n" $lines) }}
+{{- $pw := include "agentbus.confString" (dict "value" (get $.passwords $u.user) "what" (printf "the password of %s" $u.user)) }}
+{{- $lines = append $lines (printf "%s: %s" $var $pw) }}
+{{- end }}
+{{- printf "%s\n\n%s" (join "\n" $lines) $conf }}
 {{- end }}
