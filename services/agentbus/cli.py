@@ -211,7 +211,9 @@ def up(
     sys.stdout.flush()
 
     def report(message: str) -> None:
-        err.print(f"{time.strftime('%H:%M:%S')} {message}", highlight=False, markup=False)
+        err.print(
+            f"{time.strftime('%H:%M:%S')} {message}", highlight=False, markup=False, soft_wrap=True
+        )
 
     try:
         # a drained child stays stopped, a crashed one is restarted with backoff
