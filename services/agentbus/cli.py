@@ -31,6 +31,7 @@ from agentbus.messages import AgentEvent, JobState
 from agentbus.service import AgentService, run_service
 from agentbus.settings import Settings, load_settings
 from agentbus.stack import STATE_FILE, Stack
+from agentbus.supervise import StackSupervisor
 
 __all__ = ["app", "main"]
 
@@ -189,7 +190,10 @@ def up(
     ] = None,
     data_dir: Annotated[Path, typer.Option(help="Store, archive and logs")] = DEFAULT_DATA_DIR,
 ) -> None:
-    """Start the whole stack locally until Ctrl-C: nats-server, orchestrator, workers, archiver."""
+    """Start the whole stack locally until Ctrl-C: nats-server, orchestrator, workers, archiver.
+
+    A child that exits 0 (drained) stays stopped; one that crashes is restarted with backoff.
+    """
     stop = {"now": False}
 
     def on_signal(_sig: int, _frame: object) -> None:
@@ -205,17 +209,20 @@ def up(
         f"logs in {stack.data_dir / 'logs'}; submit with `agentbus submit FILE`; Ctrl-C stops"
     )
     sys.stdout.flush()
+
+    def report(message: str) -> None:
+        err.print(
+            f"{time.strftime('%H:%M:%S')} {message}", highlight=False, markup=False, soft_wrap=True
+        )
+
     try:
-        while not stop["now"]:
-            for p in stack.processes:
-                if not p.alive():
-                    err.print(f"{p.agent_id} exited with {p.proc.returncode if p.proc else '?'}")
-                    stop["now"] = True
-            time.sleep(0.2)
+        # a drained child stays stopped, a crashed one is restarted with backoff
+        StackSupervisor(stack, report=report).run(should_stop=lambda: stop["now"])
     finally:
         out.print("stopping ...")
+        running = {p.agent_id for p in stack.processes if p.alive()}
         codes = stack.stop()
-        bad = {k: v for k, v in codes.items() if v not in (0, None)}
+        bad = {k: v for k, v in codes.items() if k in running and v not in (0, None)}
         out.print("stopped" + (f" (non-zero exits: {bad})" if bad else ""))
 
 

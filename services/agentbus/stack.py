@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import enum
 import json
 import os
 import signal
@@ -31,7 +32,7 @@ from agentbus.errors import AgentBusError
 from agentbus.settings import NatsSettings, load_settings
 from agentbus.topology import provision
 
-__all__ = ["STATE_FILE", "ServiceProcess", "Stack", "StackError", "free_port"]
+__all__ = ["STATE_FILE", "ProcessState", "ServiceProcess", "Stack", "StackError", "free_port"]
 
 STATE_FILE: Final = "stack.json"
 _PR_SET_PDEATHSIG: Final = 1
@@ -39,6 +40,16 @@ _PR_SET_PDEATHSIG: Final = 1
 
 class StackError(AgentBusError):
     """A process of the local stack failed to start or become ready."""
+
+
+class ProcessState(enum.StrEnum):
+    """A child's state as `stack.json` shows it (`agentbus up` supervises the changes)."""
+
+    STARTING = "starting"  # started, not ready yet
+    RUNNING = "running"  # has been ready since it started
+    RESTARTING = "restarting"  # crashed, waiting out its backoff delay
+    STOPPED = "stopped"  # exited 0 (drained): stays stopped
+    FAILED = "failed"  # crashed too often: given up on
 
 
 def free_port() -> int:
@@ -63,6 +74,10 @@ class ServiceProcess:
     env: dict[str, str]
     proc: subprocess.Popen[bytes] | None = None
     extra_args: list[str] = field(default_factory=list)
+    state: ProcessState = ProcessState.STARTING
+    started_at_s: float = 0.0  # time.monotonic() of the last start
+    restarts: int = 0
+    exit_code: int | None = None  # of the last exit, if it has exited
 
     @property
     def pid(self) -> int | None:
@@ -85,6 +100,8 @@ class ServiceProcess:
             preexec_fn=_die_with_parent,
         )
         log.close()
+        self.started_at_s = time.monotonic()
+        self.state = ProcessState.STARTING
 
     def ready(self) -> bool:
         try:
@@ -95,6 +112,10 @@ class ServiceProcess:
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def returncode(self) -> int | None:
+        """The exit code (negative: killed by that signal), None while running."""
+        return self.proc.poll() if self.proc is not None else None
 
     def signal(self, sig: int) -> None:
         if self.alive():
@@ -187,7 +208,7 @@ class Stack:
             for p in self.processes:
                 p.start()
             self.wait_ready(self.processes)
-            self._write_state()
+            self.write_state()
         except BaseException:
             self.stop()
             raise
@@ -202,7 +223,7 @@ class Stack:
         p.start()
         self.processes.append(p)
         self.wait_ready([p])
-        self._write_state()
+        self.write_state()
         return p
 
     async def _provision(self) -> None:
@@ -222,6 +243,7 @@ class Stack:
                     tail = p.log_path.read_text(errors="replace")[-2000:]
                     raise StackError(f"{p.agent_id} exited at start-up:\n{tail}")
                 if p.ready():
+                    p.state = ProcessState.RUNNING
                     pending.remove(p)
             if pending and time.monotonic() > deadline:
                 names = ", ".join(p.agent_id for p in pending)
@@ -229,16 +251,29 @@ class Stack:
             if pending:
                 time.sleep(0.1)
 
-    def _write_state(self) -> None:
+    def write_state(self) -> None:
+        """Write `stack.json` (atomically: readers poll it). Every service keeps its entry;
+        `pid` is its latest process, `state` a `ProcessState`."""
         state = {
             "nats_url": self.nats_url,
             "pid": os.getpid(),
             "services": [
-                {"agent_id": p.agent_id, "role": p.role, "pid": p.pid, "http": p.url}
+                {
+                    "agent_id": p.agent_id,
+                    "role": p.role,
+                    "pid": p.pid,
+                    "http": p.url,
+                    "state": str(p.state),
+                    "restarts": p.restarts,
+                    "exit_code": p.exit_code,
+                }
                 for p in self.processes
             ],
         }
-        (self.data_dir / STATE_FILE).write_text(json.dumps(state, indent=2))
+        path = self.data_dir / STATE_FILE
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        tmp.replace(path)
 
     def by_role(self, role: str) -> list[ServiceProcess]:
         return [p for p in self.processes if p.role == role]
