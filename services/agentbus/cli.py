@@ -15,7 +15,6 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Coroutine
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Annotated, Any, Final, TypeVar
 
@@ -24,7 +23,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from agentbus import cli_ops, subjects
+from agentbus import cli_ops, plugins, subjects
 from agentbus.cli_dlq import dlq_app
 from agentbus.errors import AgentBusError, ConfigError, DocumentRejected
 from agentbus.messages import AgentEvent, JobState
@@ -89,11 +88,13 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
 # --- services ------------------------------------------------------------------------
 
 
-def _load_entry(group: str, name: str) -> Callable[..., Any]:
-    found = entry_points(group=group, name=name)
-    if not found:
-        raise _fail(f"no {group} entry point named {name!r} (is agentbus installed?)", EXIT_USAGE)
-    loaded: Callable[..., Any] = next(iter(found)).load()
+def _load_service(name: str) -> Callable[[Settings], AgentService]:
+    try:
+        loaded: Callable[[Settings], AgentService] = plugins.entry_point(
+            plugins.SERVICES_GROUP, name
+        ).load()
+    except ConfigError as e:
+        raise _fail(str(e), EXIT_USAGE) from None
     return loaded
 
 
@@ -112,13 +113,13 @@ def _serve(factory: Callable[[Settings], AgentService]) -> None:
 @app.command()
 def orchestrator() -> None:
     """Run the orchestrator service (job intake, fan-out, reduce)."""
-    _serve(_load_entry("agentbus.services", "orchestrator"))
+    _serve(_load_service("orchestrator"))
 
 
 @app.command()
 def archiver() -> None:
     """Run the event-archiver service (events -> SQL, history queries)."""
-    _serve(_load_entry("agentbus.services", "archiver"))
+    _serve(_load_service("archiver"))
 
 
 @app.command()
@@ -127,16 +128,16 @@ def worker(
         str | None, typer.Option(help="Skill to serve (AGENTBUS_WORKER__SKILL)")
     ] = None,
 ) -> None:
-    """Run a worker of one skill (default: summarize)."""
+    """Run a worker of one skill (default: summarize; any installed `agentbus.skills`)."""
+    from agentbus.skills import make_skill
     from agentbus.worker import TaskWorker
 
     if skill:
         os.environ["AGENTBUS_WORKER__SKILL"] = skill
 
     def factory(settings: Settings) -> AgentService:
-        make_skill = _load_entry("agentbus.skills", settings.worker.skill)
         try:
-            return TaskWorker(settings, make_skill(settings))
+            return TaskWorker(settings, make_skill(settings.worker.skill, settings))
         except AgentBusError as e:
             raise _fail(str(e), EXIT_USAGE) from None
 
@@ -144,17 +145,23 @@ def worker(
 
 
 @app.command(name="provision")
-def provision_cmd() -> None:
+def provision_cmd(
+    skills: Annotated[
+        list[str] | None,
+        typer.Option("--skill", help="Skill whose consumer to create (default: every installed)"),
+    ] = None,
+) -> None:
     """Create or update streams, consumers, KV buckets and the object store (idempotent)."""
     from agentbus.bus import connect_nats
     from agentbus.topology import provision
 
     settings = _settings()
+    chosen = skills or plugins.installed_skills()
 
     async def go() -> None:
         nc = await connect_nats(settings.nats, name="agentbus-provision", service="provision")
         try:
-            report = await provision(nc.jetstream(), settings)
+            report = await provision(nc.jetstream(), settings, skills=chosen)
         finally:
             await nc.close()
         for what, items in (("created", report.created), ("updated", report.updated)):

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from agentbus import subjects
+from agentbus import plugins, subjects
 from agentbus.errors import AgentBusError
 
 __all__ = [
@@ -493,7 +493,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "$AGENTBUS_NATS_PASSWORD_<USER>, e.g. the server's environment)",
     )
     args = parser.parse_args(argv)
-    skills = args.skills or [subjects.SUMMARIZE_SKILL]
+    # a skill is declared once, by its entry point: every installed one unless named
+    skills = args.skills or plugins.installed_skills() or [subjects.SUMMARIZE_SKILL]
     path: Path = args.path
     conf_path: Path = args.conf_path or path.with_name(CHART_AUTH_FILE.name)
     files = {path: render_json(skills=skills), conf_path: render_auth_conf(skills=skills)}

@@ -24,7 +24,7 @@ from nats.js.api import (
     StreamConfig,
 )
 
-from agentbus import subjects
+from agentbus import plugins, subjects
 from agentbus.errors import TopologyError
 from agentbus.settings import Settings
 
@@ -48,9 +48,7 @@ def _storage(settings: Settings) -> StorageType:
     return StorageType.FILE if settings.topology.storage == "file" else StorageType.MEMORY
 
 
-def stream_configs(
-    settings: Settings, *, skills: Sequence[str] = (subjects.SUMMARIZE_SKILL,)
-) -> list[StreamConfig]:
+def stream_configs(settings: Settings) -> list[StreamConfig]:
     t = settings.topology
     storage = _storage(settings)
 
@@ -107,9 +105,11 @@ def stream_configs(
 
 
 def consumer_configs(
-    settings: Settings, *, skills: Sequence[str] = (subjects.SUMMARIZE_SKILL,)
+    settings: Settings, *, skills: Sequence[str] | None = None
 ) -> list[tuple[str, ConsumerConfig]]:
+    """Every durable consumer; the workers' of `skills` (default: every installed skill)."""
     t = settings.topology
+    skills = plugins.installed_skills() if skills is None else skills
 
     def durable(
         name: str, filter_subject: str, *, max_ack_pending: int = 10_000, bounded: bool = True
@@ -196,7 +196,7 @@ async def provision(
     js: JetStreamContext,
     settings: Settings,
     *,
-    skills: Sequence[str] = (subjects.SUMMARIZE_SKILL,),
+    skills: Sequence[str] | None = None,
 ) -> ProvisionReport:
     """Create or update everything; raises `TopologyError` naming the object that failed."""
     report = ProvisionReport()

@@ -53,8 +53,14 @@ class SkillError(AgentBusError):
 
 
 class Skill(Protocol):
-    name: str
-    backend: str
+    """What a worker runs: declared once by an `agentbus.skills` entry point whose name is
+    the skill's `name` (a class attribute is fine: both are read-only here)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def backend(self) -> str: ...
 
     async def run(self, task: TaskAssign) -> SkillOutput: ...
 

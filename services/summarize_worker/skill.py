@@ -6,6 +6,7 @@ from typing import ClassVar
 
 from agentbus.messages import TaskAssign
 from agentbus.settings import Settings
+from agentbus.skills import SkillFactory
 from agentbus.subjects import SUMMARIZE_SKILL
 from agentbus.worker import SkillError, SkillOutput
 from summarize_worker.backends import Summarizer, make_summarizer
@@ -36,3 +37,6 @@ class SummarizeSkill:
 
     async def aclose(self) -> None:
         await self.summarizer.aclose()
+
+
+_checked: SkillFactory = SummarizeSkill  # mypy: the skill satisfies the protocol
