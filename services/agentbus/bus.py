@@ -669,7 +669,17 @@ class ConsumerLoop:
         return not self._resumed.is_set()
 
     def pause(self) -> None:
+        """Open no new pull request; `wait_paused` returns once none is open any more."""
         self._resumed.clear()
+
+    async def wait_paused(self, *, timeout_s: float) -> bool:
+        """After `pause`, wait until no pull request is open: from then on no message
+        reaches this loop until `resume` (messages of the last request, which arrived
+        before, have started). False if that did not happen within `timeout_s`."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._idle.wait()
+        return self.paused and self._idle.is_set()
 
     def resume(self) -> None:
         self._resumed.set()
@@ -730,6 +740,8 @@ class ConsumerLoop:
                 await self._pause_unless_stopping(0.1)
                 return
             assert self._puller is not None
+            if self.paused or self._stopping.is_set():
+                return  # (paused while binding: `wait_paused` may have returned already)
             self._idle.clear()
             try:
                 await self._puller.pull(batch, expires_s=self.fetch_timeout_s, deliver=deliver)

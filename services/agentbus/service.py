@@ -5,6 +5,9 @@ A service subclasses `AgentService` and returns its consumer loops from `setup`.
 runner binds them, serves `/readyz` once NATS is connected and every loop is bound, and
 on SIGTERM/SIGINT (or a `drain` command) stops pulling, waits for in-flight work up to
 the grace period, drains the connection and exits 0.
+
+`pause` is acknowledged once it has taken effect: no pull request is open any more, so
+no task starts on this replica after the reply (until `resume`).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from agentbus.errors import MessageDecodeError, TopologyError
 from agentbus.health import HealthServer
 from agentbus.logs import configure_logging
 from agentbus.messages import Command, CommandReply, EventKind, decode, encode
+from agentbus.pull import ANSWER_MARGIN_S
 from agentbus.settings import Settings
 
 __all__ = ["AgentService", "agentbus_version", "run_service"]
@@ -86,6 +90,20 @@ class AgentService:
         for loop in self.loops:
             loop.pause()
 
+    @property
+    def pause_timeout_s(self) -> float:
+        """Long enough for any open pull request to end (`wait_paused`)."""
+        return max((loop.fetch_timeout_s for loop in self.loops), default=0.0) + (
+            ANSWER_MARGIN_S + 1.0
+        )
+
+    async def wait_paused(self, *, timeout_s: float | None = None) -> bool:
+        """After `pause`: True once no new work can start here (no pull request is open),
+        False if that did not happen within `timeout_s` (default `pause_timeout_s`)."""
+        timeout = self.pause_timeout_s if timeout_s is None else timeout_s
+        paused = await asyncio.gather(*(loop.wait_paused(timeout_s=timeout) for loop in self.loops))
+        return all(paused)
+
     def resume(self) -> None:
         for loop in self.loops:
             loop.resume()
@@ -118,8 +136,12 @@ async def _serve_commands(bus: Bus, service: AgentService, drain: Callable[[], N
                 detail=str(e),
             )  # fmt: skip
         else:
+            ok, detail = True, f"in_flight={service.in_flight()}"
             if cmd == "pause":
                 service.pause()
+                # acknowledged once it took effect: no task starts here after the reply
+                if not await service.wait_paused():
+                    ok, detail = False, "a pull request is still open; try again"
             elif cmd == "resume":
                 service.resume()
             elif cmd == "drain":
@@ -127,9 +149,9 @@ async def _serve_commands(bus: Bus, service: AgentService, drain: Callable[[], N
             reply = CommandReply(
                 agent_id=bus.agent_id,
                 service=service.name,
-                ok=True,
+                ok=ok,
                 state="draining" if cmd == "drain" else service.state,
-                detail=f"in_flight={service.in_flight()}",
+                detail=detail,
             )
         if msg.reply:
             await msg.respond(encode(reply, sender=bus.agent_id))

@@ -53,8 +53,12 @@ class SkillError(AgentBusError):
 
 
 class Skill(Protocol):
-    name: str
-    backend: str
+    # read-only: a class variable (`name: ClassVar[str] = "summarize"`) satisfies them
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def backend(self) -> str: ...
 
     async def run(self, task: TaskAssign) -> SkillOutput: ...
 
@@ -115,6 +119,23 @@ class TaskWorker(AgentService):
         super().resume()
         if self.endpoint is not None:
             self.endpoint.resume()
+
+    async def wait_paused(self, *, timeout_s: float | None = None) -> bool:
+        """Also until this replica has left the `rpc.{skill}` queue group."""
+        timeout = self.pause_timeout_s if timeout_s is None else timeout_s
+        endpoint = self.endpoint
+        if endpoint is None:
+            return await super().wait_paused(timeout_s=timeout)
+
+        async def rpc_left() -> bool:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(endpoint.settled(), timeout)
+            return not endpoint.serving
+
+        tasks_paused, rpc_paused = await asyncio.gather(
+            super().wait_paused(timeout_s=timeout), rpc_left()
+        )
+        return tasks_paused and rpc_paused
 
     async def stop(self, *, grace_s: float) -> bool:
         if self.endpoint is None:
