@@ -268,6 +268,10 @@ async def connect_nats(
         first_try_s = cfg.connect_timeout_s * 2 + cfg.reconnect_wait_s
         try:
             await asyncio.wait_for(nc.connect(**options), first_try_s)
+        except asyncio.CancelledError:  # a service stopped before NATS was reachable
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(nc.close(), 1.0)
+            raise
         except (
             _FirstConnectFailed, nats.errors.NoServersError, OSError, TimeoutError,
             nats.errors.Error,
