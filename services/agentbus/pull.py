@@ -39,6 +39,7 @@ log = logging.getLogger("agentbus.pull")
 _STATUS: Final = "Status"
 _DESCRIPTION: Final = "Description"
 _HEARTBEAT: Final = "100"
+_NO_RESPONDERS: Final = "503"
 _REQUEST_ENDED: Final = frozenset({"404", "408"})
 """No (more) messages / request expired: the consumer answered, the request is over."""
 ANSWER_MARGIN_S: Final = 1.0
@@ -174,7 +175,7 @@ class Puller:
         elif status in _REQUEST_ENDED:
             request.end()
         elif status != _HEARTBEAT:
-            description = (msg.headers or {}).get(_DESCRIPTION, "")
-            request.end(
-                PullError(f"consumer {self.durable} on {self.stream}: {status} {description}")
-            )
+            what = " ".join((msg.headers or {}).get(_DESCRIPTION, "").split("\n")[0].split())
+            if status == _NO_RESPONDERS:
+                what = "no responders (no such consumer, or JetStream unavailable)"
+            request.end(PullError(f"consumer {self.durable} on {self.stream}: {status} {what}"))

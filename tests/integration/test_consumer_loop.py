@@ -13,6 +13,7 @@ from nats.aio.msg import Msg
 
 from agentbus import subjects
 from agentbus.bus import Bus, ConsumerLoop
+from agentbus.pull import Puller, PullError
 from agentbus.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -132,3 +133,17 @@ async def test_stop_ends_the_loop_within_one_pull(
     await asyncio.wait_for(task, 10)
     assert time.monotonic() - started < 5  # one open request's expiry, on a loaded CPU
     await loop.close()
+
+
+async def test_a_pull_on_a_missing_consumer_fails_naming_it(bus: Bus) -> None:
+    puller = Puller(bus.nc, stream=subjects.TASKS_STREAM, durable="nobody-workers")
+    await puller.start()
+    try:
+        with pytest.raises(PullError) as info:
+            await puller.pull(3, expires_s=0.5, deliver=lambda _m: None)
+        assert str(info.value) == (
+            "consumer nobody-workers on TASKS: 503 no responders "
+            "(no such consumer, or JetStream unavailable)"
+        )
+    finally:
+        await puller.close()
