@@ -215,6 +215,43 @@ async def _start_when_possible(service: AgentService, bus: Bus, stop: asyncio.Ev
         delay_s = min(delay_s * 2, _START_RETRY_MAX_S)
 
 
+async def _serve_until_stopped(
+    service: AgentService,
+    bus: Bus,
+    stop: asyncio.Event,
+    *,
+    grace_s: float,
+    on_ready: Callable[[AgentService], Awaitable[None]] | None,
+) -> float:
+    """Start (when the topology is there), serve until `stop`, then stop the service;
+    returns the deadline of the grace period, which covers everything from the stop to
+    the exit: in-flight work first, then (a bounded share) the goodbye event and closing
+    the connection."""
+    await _serve_commands(bus, service, stop.set)
+    started = await _start_when_possible(service, bus, stop)
+    if started:
+        with contextlib.suppress(BusError):
+            await _unless_stopped(
+                bus.emit(EventKind.AGENT_STARTED, data={"service": service.name}), stop
+            )
+        log.info("%s ready (agent %s)", service.name, bus.agent_id)
+        if on_ready is not None:
+            await on_ready(service)
+        await stop.wait()
+    deadline = time.monotonic() + grace_s
+    close_s = min(grace_s * _CLOSE_SHARE, _CLOSE_MAX_S)
+    log.info("stopping: finishing in-flight work (grace %.0fs)", grace_s)
+    if not await service.stop(grace_s=grace_s - close_s):
+        log.warning("grace period over with work in flight; it will be redelivered")
+    if started and bus.connected:
+        with contextlib.suppress(BusError, TimeoutError):
+            await asyncio.wait_for(
+                bus.emit(EventKind.AGENT_STOPPED, data={"service": service.name}),
+                max((deadline - time.monotonic()) / 2, 1.0),
+            )
+    return deadline
+
+
 async def run_service(
     factory: Callable[[Settings], AgentService],
     settings: Settings,
@@ -250,34 +287,14 @@ async def run_service(
     )
     connected = await _unless_stopped(connecting, stop)  # SIGTERM before NATS answered
     bus = connected.result() if connected is not None else None
-    deadline = 0.0
+    deadline = time.monotonic() + grace_s  # (moved on once stopping begins)
     try:
         if bus is None:
             log.info("stopping before NATS was reachable")
-            return 0
-        await _serve_commands(bus, service, stop.set)
-        started = await _start_when_possible(service, bus, stop)
-        if started:
-            await _unless_stopped(
-                bus.emit(EventKind.AGENT_STARTED, data={"service": service.name}), stop
+        else:
+            deadline = await _serve_until_stopped(
+                service, bus, stop, grace_s=grace_s, on_ready=on_ready
             )
-            log.info("%s ready (agent %s)", service.name, settings.agent_id)
-            if on_ready is not None:
-                await on_ready(service)
-            await stop.wait()
-        # the grace period covers everything from here to the exit: in-flight work first,
-        # then (a bounded share) the goodbye event and closing the connection
-        deadline = time.monotonic() + grace_s
-        close_s = min(grace_s * _CLOSE_SHARE, _CLOSE_MAX_S)
-        log.info("stopping: finishing in-flight work (grace %.0fs)", grace_s)
-        if not await service.stop(grace_s=grace_s - close_s):
-            log.warning("grace period over with work in flight; it will be redelivered")
-        if started and bus.connected:
-            with contextlib.suppress(BusError, TimeoutError):
-                await asyncio.wait_for(
-                    bus.emit(EventKind.AGENT_STOPPED, data={"service": service.name}),
-                    max((deadline - time.monotonic()) / 2, 1.0),
-                )
     finally:
         if bus is not None:
             await bus.close(timeout_s=max((deadline - time.monotonic()) / 2, 1.0))
