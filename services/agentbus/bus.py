@@ -34,6 +34,7 @@ from agentbus.emitter import DEFAULT_MAX_EVENTS_PER_MESSAGE, EventEmitter
 from agentbus.errors import AgentBusError
 from agentbus.messages import AgentEvent, EventKind, Payload, encode, new_id
 from agentbus.publisher import JetStreamPublisher
+from agentbus.pull import Puller
 from agentbus.settings import NatsSettings
 
 __all__ = [
@@ -267,6 +268,10 @@ async def connect_nats(
         first_try_s = cfg.connect_timeout_s * 2 + cfg.reconnect_wait_s
         try:
             await asyncio.wait_for(nc.connect(**options), first_try_s)
+        except asyncio.CancelledError:  # a service stopped before NATS was reachable
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(nc.close(), 1.0)
+            raise
         except (
             _FirstConnectFailed, nats.errors.NoServersError, OSError, TimeoutError,
             nats.errors.Error,
@@ -615,9 +620,10 @@ Handler = Callable[[Msg], Awaitable[None]]
 class ConsumerLoop:
     """Pull from a durable consumer with at most `concurrency` messages in flight.
 
-    Each fetch asks for exactly the number of free slots, so a replica never holds
-    messages it cannot start (they stay available to other replicas). The handler owns
-    ack/nak/term; an exception escaping it naks the message with `retry_delay_s`.
+    Each pull request asks for exactly the number of free slots and is followed until the
+    server ends it (`agentbus.pull.Puller`), so a replica never holds messages it cannot
+    start (they stay available to other replicas). The handler owns ack/nak/term; an
+    exception escaping it naks the message with `retry_delay_s`.
     """
 
     def __init__(
@@ -646,7 +652,9 @@ class ConsumerLoop:
         self._resumed.set()
         self._inflight: set[asyncio.Task[None]] = set()
         self._freed = asyncio.Event()  # a slot freed up (cheaper than asyncio.wait on all)
-        self._sub: JetStreamContext.PullSubscription | None = None
+        self._puller: Puller | None = None
+        self._idle = asyncio.Event()  # no pull request open (nothing more can arrive)
+        self._idle.set()
         self._failures = 0
         labels = (bus.service, durable)
         self._g_inflight = metrics.WORKER_IN_FLIGHT.labels(*labels)
@@ -665,7 +673,17 @@ class ConsumerLoop:
         return not self._resumed.is_set()
 
     def pause(self) -> None:
+        """Open no new pull request; `wait_paused` returns once none is open any more."""
         self._resumed.clear()
+
+    async def wait_paused(self, *, timeout_s: float) -> bool:
+        """After `pause`, wait until no pull request is open: from then on no message
+        reaches this loop until `resume` (messages of the last request, which arrived
+        before, have started). False if that did not happen within `timeout_s`."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._idle.wait()
+        return self.paused and self._idle.is_set()
 
     def resume(self) -> None:
         self._resumed.set()
@@ -675,18 +693,16 @@ class ConsumerLoop:
         self._resumed.set()
         self._freed.set()
 
-    async def _bind(self) -> JetStreamContext.PullSubscription:
-        if self._sub is not None:
-            with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
-            self._sub = None
+    async def _bind(self) -> Puller:
+        if self._puller is not None:
+            await self._puller.close()
+            self._puller = None
         if self.ensure is not None:
             await self.ensure()
-        sub = await self.bus.js.pull_subscribe_bind(
-            durable=self.durable, stream=self.stream, pending_msgs_limit=-1
-        )
-        self._sub = sub  # `bound` once the consumer answers a fetch (it may not exist)
-        return sub
+        puller = Puller(self.bus.nc, stream=self.stream, durable=self.durable)
+        await puller.start()
+        self._puller = puller  # `bound` once the consumer answers a pull (it may not exist)
+        return puller
 
     def _spawn(self, msg: Msg) -> None:
         if delivery_count(msg) > 1:
@@ -717,21 +733,27 @@ class ConsumerLoop:
             with contextlib.suppress(Exception):
                 await msg.nak(delay=min(delay, _HANDLER_RETRY_MAX_S))
 
-    async def _fetch(self, batch: int) -> list[Msg]:
-        """Fetch up to `batch` messages; [] on timeout; binds and rebinds as needed."""
+    async def _pull(self, batch: int, deliver: Callable[[Msg], None]) -> None:
+        """One pull request for up to `batch` messages, each handed to `deliver` as it
+        arrives, followed until the server ends it (`agentbus.pull`: never more messages
+        than asked for); binds and rebinds as needed."""
         try:
-            if self._sub is None or not self.bound:
+            if self._puller is None or not self.bound:
                 await self._bind()
             if not self.bus.nc.is_connected:
-                await asyncio.sleep(0.1)
-                return []
-            assert self._sub is not None
-            msgs = list(await self._sub.fetch(batch, timeout=self.fetch_timeout_s))
-        except TimeoutError:
-            msgs = []  # the consumer is there, with nothing to deliver
-        except (nats.errors.Error, OSError) as e:
+                await self._pause_unless_stopping(0.1)
+                return
+            assert self._puller is not None
+            if self.paused or self._stopping.is_set():
+                return  # (paused while binding: `wait_paused` may have returned already)
+            self._idle.clear()
+            try:
+                await self._puller.pull(batch, expires_s=self.fetch_timeout_s, deliver=deliver)
+            finally:
+                self._idle.set()
+        except (AgentBusError, nats.errors.Error, OSError, TimeoutError) as e:
             if self._stopping.is_set() or self.bus.nc.is_closed:
-                return []
+                return
             self.bound = False
             delay = _REBIND_BACKOFF_S[min(self._failures, len(_REBIND_BACKOFF_S) - 1)]
             self._failures += 1
@@ -739,14 +761,24 @@ class ConsumerLoop:
                 "consumer %s on %s unavailable (%s); rebinding in %.1fs",
                 self.durable, self.stream, e or type(e).__name__, delay,
             )  # fmt: skip
-            await asyncio.sleep(delay)
-            return []
+            await self._pause_unless_stopping(delay)
+            return
         self.bound = True
         self._failures = 0
+
+    async def _pause_unless_stopping(self, delay_s: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), delay_s)
+
+    async def _fetch(self, batch: int) -> list[Msg]:
+        """Up to `batch` messages ([] when none came within `fetch_timeout_s`)."""
+        msgs: list[Msg] = []
+        await self._pull(batch, msgs.append)
         return msgs
 
     async def run(self) -> None:
-        """Fetch and dispatch until `stop()`; in-flight handlers are left to `wait_idle`."""
+        """Pull and dispatch until `stop()`; in-flight handlers are left to `wait_idle`.
+        Each message starts as it arrives; a request asks for the free slots only."""
         while not self._stopping.is_set():
             await self._resumed.wait()
             if self._stopping.is_set():
@@ -756,8 +788,7 @@ class ConsumerLoop:
                 self._freed.clear()
                 await self._freed.wait()
                 continue
-            for msg in await self._fetch(free):
-                self._spawn(msg)
+            await self._pull(free, self._spawn)
         self.bound = False
 
     async def wait_idle(self, *, timeout_s: float) -> bool:
@@ -771,10 +802,9 @@ class ConsumerLoop:
         return True
 
     async def close(self) -> None:
-        if self._sub is not None:
-            with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
-            self._sub = None
+        if self._puller is not None:
+            await self._puller.close()
+            self._puller = None
 
 
 BatchHandler = Callable[[list[Msg]], Coroutine[Any, Any, None]]

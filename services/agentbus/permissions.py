@@ -47,6 +47,7 @@ from typing import Any, Final
 
 from agentbus import plugins, subjects
 from agentbus.errors import AgentBusError
+from agentbus.settings import NATS_PASSWORD_ENV_PREFIX
 
 __all__ = [
     "ADMIN",
@@ -168,7 +169,7 @@ def inbox_prefix(user: str) -> str:
 
 def password_env_var(user: str) -> str:
     """The nats-server environment variable holding `user`'s password (`--format conf`)."""
-    return "AGENTBUS_NATS_PASSWORD_" + user.upper().replace("-", "_")
+    return NATS_PASSWORD_ENV_PREFIX + user.upper().replace("-", "_")
 
 
 def user_env(user: str) -> dict[str, str]:

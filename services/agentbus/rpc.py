@@ -235,6 +235,12 @@ class SkillEndpoint:
     def resume(self) -> None:
         self._schedule(True)
 
+    async def settled(self) -> None:
+        """Return once the last `pause` or `resume` has taken effect on the server."""
+        if self._toggle is not None:
+            with contextlib.suppress(Exception):
+                await self._toggle
+
     @property
     def serving(self) -> bool:
         return self._serving

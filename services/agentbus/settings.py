@@ -1,14 +1,18 @@
 """Settings of every agentbus service, read from the environment.
 
 Prefix `AGENTBUS_`, nested delimiter `__`: `AGENTBUS_NATS__URL`, `AGENTBUS_WORKER__CONCURRENCY`.
-Invalid settings raise `ConfigError` with one line naming the variable.
+Invalid settings raise `ConfigError` with one line naming the variable; so does an
+`AGENTBUS_*` variable that names no setting (a misspelt section or key would otherwise be
+ignored), except the few that other programs read (`EXTERNAL_ENV_VARS`).
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import socket
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Final, Literal
 
@@ -27,6 +31,10 @@ from agentbus.errors import ConfigError
 
 __all__ = [
     "ENV_PREFIX",
+    "EXTERNAL_ENV_PREFIXES",
+    "EXTERNAL_ENV_VARS",
+    "NATS_PASSWORD_ENV_PREFIX",
+    "NATS_SERVER_BIN_ENV",
     "ArchiverSettings",
     "HttpSettings",
     "LimitsSettings",
@@ -39,10 +47,33 @@ __all__ = [
     "default_agent_id",
     "env_var_names",
     "load_settings",
+    "unknown_env_vars",
 ]
 
 ENV_PREFIX: Final = "AGENTBUS_"
 ENV_NESTED_DELIMITER: Final = "__"
+
+# Variables with the `AGENTBUS_` prefix that are not settings of a service: they are read
+# by other programs, so `load_settings` lets them pass. The one list of them; a new one
+# goes here (and is read through these constants where the code is ours).
+NATS_SERVER_BIN_ENV: Final = "AGENTBUS_NATS_SERVER_BIN"
+"""The nats-server binary of `agentbus up` and the tests (`agentbus.embedded`)."""
+NATS_PASSWORD_ENV_PREFIX: Final = "AGENTBUS_NATS_PASSWORD_"
+"""`AGENTBUS_NATS_PASSWORD_<USER>`: a password in nats-server's environment, referenced by
+the server configuration that `python -m agentbus.permissions --format conf` prints."""
+EXTERNAL_ENV_VARS: Final = frozenset(
+    {
+        NATS_SERVER_BIN_ENV,
+        # the kind tier of the tests (tests/e2e/kind) and CI
+        "AGENTBUS_KIND_CLUSTER",
+        "AGENTBUS_KIND_KEEP",
+        # the container tier, skaffold and the .ci scripts that build the base image
+        "AGENTBUS_BASE_IMAGE",
+        "AGENTBUS_CACHE_DIR",
+        "AGENTBUS_DEBIAN_MIRROR",
+    }
+)
+EXTERNAL_ENV_PREFIXES: Final = (NATS_PASSWORD_ENV_PREFIX,)
 
 PositiveFloat = Annotated[float, Field(gt=0)]
 
@@ -234,6 +265,9 @@ def load_settings(**overrides: object) -> Settings:
 
     Raises `ConfigError` whose message names the offending variable, in one line.
     """
+    unknown = unknown_env_vars(os.environ)
+    if unknown:
+        raise ConfigError("invalid settings: " + "; ".join(unknown))
     try:
         settings = Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as e:
@@ -267,3 +301,33 @@ def env_var_names() -> set[str]:
 
     walk(Settings, ())
     return names
+
+
+def _accepted_env_names() -> set[str]:
+    """Every name pydantic-settings reads: leaf settings and whole sections (as JSON)."""
+    return env_var_names() | {_env_name((name,)) for name in Settings.model_fields}
+
+
+def unknown_env_vars(environ: Mapping[str, str]) -> list[str]:
+    """One description per `AGENTBUS_*` variable of `environ` that names no setting and is
+    not read elsewhere (`EXTERNAL_ENV_VARS`), with the closest valid name when one is near:
+    pydantic-settings would silently ignore it (`AGENTBUS_WORKR__CONCURRENCY`)."""
+    accepted = _accepted_env_names()
+    problems: list[str] = []
+    for name in sorted(environ):
+        upper = name.upper()  # the settings are read case-insensitively
+        if (
+            not upper.startswith(ENV_PREFIX)
+            or upper in accepted
+            or upper in EXTERNAL_ENV_VARS
+            or upper.startswith(EXTERNAL_ENV_PREFIXES)
+        ):
+            continue
+        # compared without the prefix they all share, which would make any two look alike
+        close = difflib.get_close_matches(
+            upper.removeprefix(ENV_PREFIX), [a.removeprefix(ENV_PREFIX) for a in accepted],
+            n=1, cutoff=0.6,
+        )  # fmt: skip
+        hint = f" (did you mean {ENV_PREFIX}{close[0]}?)" if close else ""
+        problems.append(f"{name}: no such setting{hint}")
+    return problems

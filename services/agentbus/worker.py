@@ -122,6 +122,23 @@ class TaskWorker(AgentService):
         if self.endpoint is not None:
             self.endpoint.resume()
 
+    async def wait_paused(self, *, timeout_s: float | None = None) -> bool:
+        """Also until this replica has left the `rpc.{skill}` queue group."""
+        timeout = self.pause_timeout_s if timeout_s is None else timeout_s
+        endpoint = self.endpoint
+        if endpoint is None:
+            return await super().wait_paused(timeout_s=timeout)
+
+        async def rpc_left() -> bool:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(endpoint.settled(), timeout)
+            return not endpoint.serving
+
+        tasks_paused, rpc_paused = await asyncio.gather(
+            super().wait_paused(timeout_s=timeout), rpc_left()
+        )
+        return tasks_paused and rpc_paused
+
     async def stop(self, *, grace_s: float) -> bool:
         if self.endpoint is None:
             return await super().stop(grace_s=grace_s)

@@ -68,3 +68,16 @@ def test_bad_settings_stop_a_service_with_one_line(tmp_path: Path, role: str) ->
         "error: invalid settings: AGENTBUS_HTTP__PORT: Input should be a valid integer, "
         "unable to parse string as an integer"
     ]
+
+
+@pytest.mark.parametrize("role", ["orchestrator", "worker", "archiver"])
+def test_a_misspelt_setting_stops_a_service_with_one_line(tmp_path: Path, role: str) -> None:
+    """A variable naming no setting is refused, not ignored (the service would otherwise
+    start with the default): one line naming it and the closest real one."""
+    done = _run([role], tmp_path, AGENTBUS_WORKR__CONCURRENCY="2")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "error: invalid settings: AGENTBUS_WORKR__CONCURRENCY: no such setting "
+        "(did you mean AGENTBUS_WORKER__CONCURRENCY?)"
+    ]
+    assert done.stdout == ""

@@ -613,6 +613,7 @@ async def test_in_progress_keeps_long_summaries_from_being_redelivered(
     ]
     outcome.extra["long-tasks"] = len(slow_done)
     outcome.extra["max-consumer-redelivered"] = max(r for r, _ in samples)
+    outcome.extra["max-ack-pending"] = max(p for _, p in samples)
     report(capsys, outcome)
     outcome.check()
     assert outcome.completed == JOBS
@@ -621,6 +622,9 @@ async def test_in_progress_keeps_long_summaries_from_being_redelivered(
     assert len(slow_done) == 16
     assert all(e.data["duration_ms"] >= slow_ms for e in slow_done)
     assert any(pending > 0 for _, pending in samples)
+    # a replica holds no task it has no slot for: one delivered beyond its free slots
+    # waits unacked, without in_progress, and is redelivered once ack_wait passes
+    assert max(p for _, p in samples) <= 2 * 12, "tasks were delivered beyond the free slots"
     assert max(r for r, _ in samples) == 0, "a task was redelivered while in progress"
     assert outcome.redelivered == 0
     started = Counter((e.job_id, e.task_id) for e in events if e.kind is EventKind.TASK_STARTED)

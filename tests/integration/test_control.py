@@ -15,7 +15,7 @@ from agentbus import subjects
 from agentbus.bus import Bus
 from agentbus.cli_ops import send_command
 from agentbus.client import AgentBusClient
-from agentbus.messages import JobStatus
+from agentbus.messages import JobStatus, TaskAssign
 from agentbus.rpc import RpcError
 from agentbus.settings import Settings
 from agentbus.stack import ServiceProcess, free_port
@@ -68,9 +68,7 @@ async def test_ctl_ping_pause_resume_drain_a_worker_process(
         assert code == 0, err
         assert '"state": "paused"' in out and '"ok": true' in out
 
-        # a pull request already waiting when the pause came may still deliver (it ends
-        # within AGENTBUS_WORKER__FETCH_TIMEOUT_S); after that nothing new is pulled
-        await asyncio.sleep(1.0)
+        # right after the acknowledgement (no pull request of the worker is open any more)
         async with AgentBusClient(settings.nats) as client:
             # paused: the worker pulls no new task and has left the rpc queue group
             job_id = await client.submit("Paused workers take no new work. " * 5)
@@ -153,3 +151,55 @@ async def test_stop_waits_for_in_flight_requests(settings: Settings, running: An
 async def test_send_command_in_process(settings: Settings, tmp_path: Path) -> None:
     with pytest.raises(Exception, match="no agent 'ghost' answers"):
         await send_command(settings, "ghost", "ping", timeout_s=1)
+
+
+@pytest.mark.timeout(90)
+async def test_no_task_starts_on_a_worker_after_its_pause_is_acknowledged(
+    bus: Bus, settings: Settings, running: Any
+) -> None:
+    """Both workers idle with a pull request waiting; A is paused and, right after the
+    acknowledgement, tasks are published: B takes them all, A none (before, A's waiting
+    pull still took some). With B paused too nothing starts and nothing is lost; after
+    A resumes, A does the rest. Every task runs exactly once."""
+    s = settings.model_copy(update={"worker": settings.worker.model_copy(
+        update={"fetch_timeout_s": 1.0, "rpc": False}
+    )})  # fmt: skip
+    skill_a, skill_b = ScriptedSkill(), ScriptedSkill()
+    a = await running.start(lambda st: TaskWorker(st, skill_a), s, "paused-a")
+    b = await running.start(lambda st: TaskWorker(st, skill_b), s, "paused-b")
+    subject = subjects.task_assign(subjects.SUMMARIZE_SKILL)
+
+    async def publish(first: int, n: int) -> None:
+        for i in range(first, first + n):
+            task = TaskAssign(
+                job_id="pausejob", task_id=f"0-{i}", level=0, index=i, count=20,
+                text=f"Task number {i} of the paused worker test.", max_chars=200,
+            )  # fmt: skip
+            await bus.publish(subject, task, msg_id=f"pausejob:0-{i}", stream=subjects.TASKS_STREAM)
+
+    def ran(skill: ScriptedSkill) -> list[str]:
+        return [t.task_id for t in skill.seen]
+
+    await asyncio.sleep(0.5)  # both have a pull request waiting
+    a.pause()
+    assert await a.wait_paused()
+    await publish(0, 12)
+    await wait_for(lambda: len(skill_b.seen) == 12)
+    await asyncio.sleep(1.5)  # longer than a pull request of A could have waited
+    assert ran(skill_a) == []
+
+    b.pause()
+    assert await b.wait_paused()
+    await publish(12, 8)
+    await asyncio.sleep(2.0)
+    assert len(skill_a.seen) + len(skill_b.seen) == 12
+    info = await bus.js.consumer_info(subjects.TASKS_STREAM, subjects.WORKERS_CONSUMER)
+    assert (info.num_pending, info.num_ack_pending) == (8, 0)  # waiting in the stream
+
+    a.resume()
+    await wait_for(lambda: len(skill_a.seen) == 8)
+    assert sorted(ran(skill_a) + ran(skill_b)) == sorted(f"0-{i}" for i in range(20))
+    assert sorted(ran(skill_a)) == sorted(f"0-{i}" for i in range(12, 20))
+    await wait_for(lambda: a.in_flight() == 0 and b.in_flight() == 0)
+    info = await bus.js.consumer_info(subjects.TASKS_STREAM, subjects.WORKERS_CONSUMER)
+    assert (info.num_pending, info.num_ack_pending, info.num_redelivered) == (0, 0, 0)

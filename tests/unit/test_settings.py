@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+from typing import Final
+
 import pytest
 
+from agentbus import permissions
 from agentbus.errors import ConfigError
-from agentbus.settings import env_var_names, load_settings
+from agentbus.settings import (
+    EXTERNAL_ENV_VARS,
+    env_var_names,
+    load_settings,
+    unknown_env_vars,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -69,3 +79,79 @@ def test_env_var_names_lists_leaf_settings() -> None:
     assert "AGENTBUS_NATS__URL" in names
     assert "AGENTBUS_WORKER__CONCURRENCY" in names
     assert "AGENTBUS_NATS" not in names
+
+
+@pytest.mark.parametrize(
+    ("var", "suggested"),
+    [
+        ("AGENTBUS_WORKR__CONCURRENCY", "AGENTBUS_WORKER__CONCURRENCY"),
+        ("AGENTBUS_NATS_URL", "AGENTBUS_NATS__URL"),
+        ("AGENTBUS_LOGLEVEL", "AGENTBUS_LOG_LEVEL"),
+        ("AGENTBUS_SUMARIZER__BACKEND", "AGENTBUS_SUMMARIZER__BACKEND"),
+        ("agentbus_workr__concurrency", "AGENTBUS_WORKER__CONCURRENCY"),  # read any case
+    ],
+)
+def test_a_variable_naming_no_setting_is_refused_with_the_closest_name(
+    monkeypatch: pytest.MonkeyPatch, var: str, suggested: str
+) -> None:
+    monkeypatch.setenv(var, "2")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert str(info.value) == (
+        f"invalid settings: {var}: no such setting (did you mean {suggested}?)"
+    )
+
+
+def test_every_unknown_variable_is_named_on_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AGENTBUS_WORKR__CONCURRENCY", "2")
+    monkeypatch.setenv("AGENTBUS_XYZZY", "1")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    message = str(info.value)
+    assert "\n" not in message
+    assert "AGENTBUS_WORKR__CONCURRENCY: no such setting (did you mean" in message
+    assert "AGENTBUS_XYZZY: no such setting;" in message or message.endswith(
+        "AGENTBUS_XYZZY: no such setting"
+    )
+
+
+def test_variables_of_other_programs_and_whole_sections_are_accepted() -> None:
+    environ = dict.fromkeys(EXTERNAL_ENV_VARS, "x")
+    environ[permissions.password_env_var("worker")] = "secret"
+    environ["AGENTBUS_WORKER"] = '{"concurrency": 2}'  # a section as JSON
+    environ["AGENTBUS_NATS__URL"] = "nats://a:1"
+    environ["PATH"] = "/bin"
+    assert unknown_env_vars(environ) == []
+
+
+REPO: Final = Path(__file__).resolve().parents[2]
+DELIBERATE_TYPOS: Final = frozenset(
+    {
+        "AGENTBUS_WORKER__CONCURENCY",
+        "AGENTBUS_WORKER__CONCURRANCY",
+        "AGENTBUS_WORKR__CONCURRENCY",
+        "AGENTBUS_NATS_URL",
+        "AGENTBUS_LOGLEVEL",
+        "AGENTBUS_SUMARIZER__BACKEND",
+        "AGENTBUS_XYZZY",
+    }
+)
+
+
+def test_every_agentbus_variable_the_repository_names_is_accepted() -> None:
+    """A variable that code, chart, image, CI or tests read is a setting or on the
+    allow-list of other programs' variables (`EXTERNAL_ENV_VARS`): the check never
+    refuses what the project itself sets."""
+    places = ["services", "tests", "charts", "bench", ".ci", ".github"]
+    files = [p for place in places for p in (REPO / place).rglob("*") if p.is_file()]
+    files += [REPO / "Dockerfile", REPO / "skaffold.yaml", REPO / "Makefile"]
+    named: set[str] = set()
+    for path in files:
+        if path.suffix in {".pyc", ".png", ".tgz"}:
+            continue
+        text = path.read_text(errors="replace")
+        named |= set(re.findall(r"AGENTBUS_[A-Za-z0-9_]*", text))
+    # (a name ending in `_` is a prefix in prose or code: `AGENTBUS_NATS_PASSWORD_<USER>`)
+    named = {n for n in named if not n.endswith("_")} - DELIBERATE_TYPOS
+    assert "AGENTBUS_NATS__URL" in named and "AGENTBUS_KIND_CLUSTER" in named
+    assert unknown_env_vars(dict.fromkeys(named, "x")) == []
