@@ -19,12 +19,12 @@ from typing import Any, Final
 
 from nats.js import JetStreamContext
 
-from agentbus import subjects
-from agentbus.embedded import EmbeddedNatsServer
-from agentbus.messages import AgentEvent, EventKind, encode
-from agentbus.settings import NatsSettings, load_settings
-from agentbus.stack import ServiceProcess, free_port
-from agentbus.topology import consumer_configs, provision
+from agentbus.bus.topology import consumer_configs, provision
+from agentbus.contract import subjects
+from agentbus.contract.messages import AgentEvent, EventKind, encode
+from agentbus.contract.settings import NatsSettings, load_settings
+from agentbus.dev.embedded import EmbeddedNatsServer
+from agentbus.dev.stack import ServiceProcess, free_port
 from bench.common import CpuMeter, Proc, header, load_average, spawn_python, stop_proc
 from bench.stacks import connect, scratch_dir
 

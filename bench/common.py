@@ -58,7 +58,7 @@ def _cpu_model() -> str:
 
 def _nats_server_version() -> str:
     try:
-        from agentbus.embedded import find_nats_server
+        from agentbus.dev.embedded import find_nats_server
 
         out = subprocess.run(
             [find_nats_server(), "--version"], capture_output=True, text=True, timeout=10

@@ -20,16 +20,16 @@ import os
 import time
 from typing import Any
 
-from agentbus.chunking import chunk_text
-from agentbus.client import AgentBusClient
-from agentbus.messages import JobStatus, utcnow
-from agentbus.settings import OrchestratorSettings
-from agentbus.stack import Stack
+from agentbus.client.api import AgentBusClient
+from agentbus.contract.chunking import chunk_text
+from agentbus.contract.messages import JobStatus, utcnow
+from agentbus.contract.settings import OrchestratorSettings
+from agentbus.dev.stack import Stack
+from agentbus_orchestrator import lifecycle
+from agentbus_orchestrator.lifecycle import Completion
+from agentbus_summarize_worker.backends.extractive import summarize_extractive
 from bench.common import CpuMeter, Proc, header, load_average, rss_mib
 from bench.stacks import agentbus_procs, scratch_dir
-from orchestrator import lifecycle
-from orchestrator.lifecycle import Completion
-from summarize_worker.backends.extractive import summarize_extractive
 from tests.documents import prose_document, single_word
 
 __all__ = ["run"]

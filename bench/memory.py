@@ -14,9 +14,9 @@ import contextlib
 import os
 from typing import Any
 
-from agentbus import subjects
-from agentbus.client import AgentBusClient
-from agentbus.stack import Stack
+from agentbus.client.api import AgentBusClient
+from agentbus.contract import subjects
+from agentbus.dev.stack import Stack
 from bench.common import header, load_average, rss_mib, summary_ms, wait_until, words_document
 from bench.load import drive
 from bench.stacks import agentbus_env, agentbus_procs, archiver_drained, scratch_dir

@@ -32,9 +32,9 @@ from typing import Any, Final
 from nats.aio.client import Client as NatsClient
 from nats.js.kv import KeyValue
 
-from agentbus import subjects
-from agentbus.client import AgentBusClient
-from agentbus.stack import Stack
+from agentbus.client.api import AgentBusClient
+from agentbus.contract import subjects
+from agentbus.dev.stack import Stack
 from bench import raw
 from bench.common import (
     RESULTS_DIR,

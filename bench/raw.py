@@ -44,8 +44,8 @@ from nats.js.api import (
     StreamConfig,
 )
 
-from agentbus.chunking import chunk_text
-from summarize_worker.backends.simulated import lead_summary
+from agentbus.contract.chunking import chunk_text
+from agentbus_summarize_worker.backends.simulated import lead_summary
 
 __all__ = [
     "JOBS_STREAM",

@@ -19,8 +19,8 @@ from typing import Any, Final
 
 from nats.aio.client import Client as NatsClient
 
-from agentbus.client import AgentBusClient
-from agentbus.stack import Stack
+from agentbus.client.api import AgentBusClient
+from agentbus.dev.stack import Stack
 from bench import raw
 from bench.common import (
     CpuMeter,

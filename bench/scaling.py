@@ -14,9 +14,9 @@ import os
 from pathlib import Path
 from typing import Any, Final
 
-from agentbus import subjects
-from agentbus.client import AgentBusClient
-from agentbus.stack import Stack
+from agentbus.client.api import AgentBusClient
+from agentbus.contract import subjects
+from agentbus.dev.stack import Stack
 from bench.common import (
     RESULTS_DIR,
     CpuMeter,

@@ -18,9 +18,9 @@ from typing import Any
 import nats
 from nats.aio.client import Client as NatsClient
 
-from agentbus import subjects
-from agentbus.embedded import EmbeddedNatsServer
-from agentbus.stack import Stack
+from agentbus.contract import subjects
+from agentbus.dev.embedded import EmbeddedNatsServer
+from agentbus.dev.stack import Stack
 from bench.common import Proc, spawn_python, stop_proc
 
 __all__ = [

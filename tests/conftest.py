@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from agentbus.bus import Bus
-from agentbus.client import AgentBusClient
-from agentbus.embedded import EmbeddedNatsServer
-from agentbus.messages import AgentEvent, EventKind, decode_events
-from agentbus.service import AgentService
-from agentbus.settings import Settings, load_settings
-from agentbus.topology import provision
+from agentbus.bus.core import Bus
+from agentbus.bus.topology import provision
+from agentbus.client.api import AgentBusClient
+from agentbus.contract.messages import AgentEvent, EventKind, decode_events
+from agentbus.contract.settings import Settings, load_settings
+from agentbus.dev.embedded import EmbeddedNatsServer
+from agentbus.runtime.service import AgentService
 
 
 @pytest.fixture
@@ -101,7 +101,7 @@ def memory_spans() -> Iterator[InMemorySpanExporter]:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
-    from agentbus import telemetry
+    from agentbus.observability import telemetry
 
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
@@ -125,7 +125,7 @@ async def running() -> AsyncIterator[Running]:
 
 async def stream_events(bus: Bus) -> list[tuple[str, bytes]]:
     """Every message now in AGENT_EVENTS as (subject, data), oldest first."""
-    from agentbus import subjects
+    from agentbus.contract import subjects
 
     info = await bus.js.stream_info(subjects.AGENT_EVENTS_STREAM)
     out: list[tuple[str, bytes]] = []
@@ -163,7 +163,7 @@ async def archived_history(
 
 async def dlq_messages(bus: Bus) -> list[tuple[str, dict[str, str], bytes]]:
     """Every dead letter as (subject, headers, data)."""
-    from agentbus import subjects
+    from agentbus.contract import subjects
 
     info = await bus.js.stream_info(subjects.DLQ_STREAM)
     out: list[tuple[str, dict[str, str], bytes]] = []

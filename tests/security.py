@@ -14,9 +14,9 @@ from pathlib import Path
 
 from nats.aio.client import Client as NatsClient
 
-from agentbus import permissions
-from agentbus.embedded import EmbeddedNatsServer
-from agentbus.settings import NatsSettings, Settings
+from agentbus.contract import permissions
+from agentbus.contract.settings import NatsSettings, Settings
+from agentbus.dev.embedded import EmbeddedNatsServer
 
 __all__ = [
     "NKeyPair",

@@ -1,22 +1,31 @@
 """agentbus: a Kubernetes-deployable multi-agent summarization pipeline on NATS JetStream.
 
-The shared core: settings, message models, subjects and topology, the bus, telemetry,
-the health server, the client library, the embedded nats-server and the CLI.
+The shared core, in layers that import only downward:
+
+    contract       subjects, headers, messages, permissions, asyncapi, errors, settings
+    observability  metrics, tracing, logs, health
+    bus            connect, Bus, consumer loops, publisher, emitter, dead letters, topology
+    runtime        service lifecycle, task worker and skills, rpc endpoint    client
+    cli            the `agentbus` command
+    dev            embedded nats-server, local stack (dev-only: no service imports it)
 """
 
-from agentbus.bus import BatchConsumerLoop, Bus, BusError, ConsumerLoop
-from agentbus.client import AgentBusClient
-from agentbus.embedded import EmbeddedNatsServer
-from agentbus.errors import (
+from agentbus.bus.consume import BatchConsumerLoop, ConsumerLoop
+from agentbus.bus.core import Bus
+from agentbus.bus.topology import provision
+from agentbus.client.api import AgentBusClient
+from agentbus.contract.errors import (
     AgentBusError,
+    BusError,
     ConfigError,
     DocumentRejected,
     JobFailed,
     MessageDecodeError,
     NatsServerError,
+    SkillError,
     TopologyError,
 )
-from agentbus.messages import (
+from agentbus.contract.messages import (
     AgentEvent,
     EventKind,
     JobState,
@@ -25,10 +34,9 @@ from agentbus.messages import (
     TaskAssign,
     TaskResult,
 )
-from agentbus.service import AgentService, run_service
-from agentbus.settings import Settings, load_settings
-from agentbus.topology import provision
-from agentbus.worker import Skill, SkillError, SkillOutput, TaskWorker
+from agentbus.contract.settings import Settings, load_settings
+from agentbus.runtime.service import AgentService, run_service
+from agentbus.runtime.worker import Skill, SkillOutput, TaskWorker
 
 __all__ = [
     "AgentBusClient",
@@ -41,7 +49,6 @@ __all__ = [
     "ConfigError",
     "ConsumerLoop",
     "DocumentRejected",
-    "EmbeddedNatsServer",
     "EventKind",
     "JobFailed",
     "JobState",

@@ -1,5 +1,5 @@
 """`python -m agentbus` is the `agentbus` command."""
 
-from agentbus.cli import main
+from agentbus.cli.main import main
 
 main()

@@ -1,6 +1,6 @@
-"""The chart's NATS users come from the one source of truth, agentbus.permissions.
+"""The chart's NATS users come from the one source of truth, agentbus.contract.permissions.
 
-`python -m agentbus.permissions --write` writes files/nats-permissions.json and
+`agentbus permissions --write` writes files/nats-permissions.json and
 files/nats-auth.conf (the nats-server `authorization` block, each password a variable);
 the chart's auth.conf is those variables defined with the rendered passwords, then that
 file. These tests render the chart, check that text exactly, and compare it, with the
@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from agentbus import permissions
+from agentbus.contract import permissions
 from tests.chart.render import (
     CHART_DIR,
     NATS_CONFIG_DIR,
@@ -176,10 +176,10 @@ def _mount_of(container: dict[str, Any], path: str) -> dict[str, Any]:
 def test_permissions_files_are_what_permissions_py_writes() -> None:
     skills = _json()["skills"]
     assert PERMISSIONS_JSON.read_text() == permissions.render_json(skills=skills), (
-        "run `python -m agentbus.permissions --write`"
+        "run `agentbus permissions --write`"
     )
     assert AUTH_FILE.read_text() == permissions.render_auth_conf(skills=skills), (
-        "run `python -m agentbus.permissions --write`"
+        "run `agentbus permissions --write`"
     )
     assert [u["user"] for u in _json()["users"]] == list(permissions.ROLES)
     for u in _json()["users"]:
@@ -494,4 +494,4 @@ def test_a_stale_auth_file_fails_clearly(
     with pytest.raises(helm.HelmError) as e:
         render(chart, {})
     assert needle in str(e.value)
-    assert "run `python -m agentbus.permissions --write`" in str(e.value)
+    assert "run `agentbus permissions --write`" in str(e.value)

@@ -16,9 +16,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from agentbus import subjects
-from agentbus.health import HEALTH_PATHS
-from agentbus.settings import env_var_names, load_settings
+from agentbus.contract import subjects
+from agentbus.contract.settings import env_var_names, load_settings
+from agentbus.observability.health import HEALTH_PATHS
 from tests.chart.render import (
     CHART_DIR,
     KUBE_VERSIONS,
@@ -327,7 +327,7 @@ def test_selectors_match_pod_labels(rendered: RenderFn, scenario: str) -> None:
 
 def _env_problems(r: Rendered, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Env vars of our containers that are not settings, duplicated, or invalid values."""
-    from agentbus.errors import ConfigError
+    from agentbus.contract.errors import ConfigError
 
     known = env_var_names()
     problems: list[str] = []
@@ -446,7 +446,7 @@ def test_nats_credentials_per_service(rendered: RenderFn) -> None:
 def test_commands_are_real_cli_commands(rendered: RenderFn, scenario: str) -> None:
     import typer.main
 
-    from agentbus.cli import app
+    from agentbus.cli.main import app
 
     group: Any = typer.main.get_command(app)
     expected = {"Deployment": {"orchestrator", "worker", "archiver"}, "Job": {"provision"}}

@@ -35,9 +35,9 @@ from typing import Any
 
 import pytest
 
-from agentbus import permissions
-from agentbus.embedded import EmbeddedNatsServer
-from agentbus.stack import free_port
+from agentbus.contract import permissions
+from agentbus.dev.embedded import EmbeddedNatsServer
+from agentbus.dev.stack import free_port
 from tests.chart.render import (
     NATS_CONFIG_DIR,
     Rendered,

@@ -37,18 +37,18 @@ import nats.errors
 import nats.js.errors
 import pytest
 
-from agentbus import subjects
-from agentbus.bus import (
+from agentbus.bus.core import Bus
+from agentbus.bus.deadletters import DeadLetter, list_dead_letters, replay_dead_letter
+from agentbus.client.api import AgentBusClient
+from agentbus.contract import subjects
+from agentbus.contract.errors import DeadLetterError
+from agentbus.contract.headers import (
     DLQ_HEADER_DELIVERIES,
     DLQ_HEADER_MSG_ID,
     DLQ_HEADER_SUBJECT,
     MSG_ID_HEADER,
-    Bus,
 )
-from agentbus.client import AgentBusClient
-from agentbus.dlq import DeadLetter, DeadLetterError, list_dead_letters, replay_dead_letter
-from agentbus.embedded import EmbeddedNatsServer
-from agentbus.messages import (
+from agentbus.contract.messages import (
     AgentEvent,
     EventKind,
     JobState,
@@ -57,12 +57,13 @@ from agentbus.messages import (
     decode,
     decode_job_state,
 )
-from agentbus.settings import NatsSettings, Settings
-from agentbus.stack import ServiceProcess, Stack, free_port
-from agentbus.worker import TaskWorker
-from event_archiver import EventStore
-from orchestrator import Orchestrator
-from summarize_worker import SummarizeSkill
+from agentbus.contract.settings import NatsSettings, Settings
+from agentbus.dev.embedded import EmbeddedNatsServer
+from agentbus.dev.stack import ServiceProcess, Stack, free_port
+from agentbus.runtime.worker import TaskWorker
+from agentbus_event_archiver import EventStore
+from agentbus_orchestrator import Orchestrator
+from agentbus_summarize_worker import SummarizeSkill
 from tests.conftest import Running, dlq_messages, make_settings, stream_agent_events
 
 T = TypeVar("T")
@@ -645,7 +646,7 @@ async def test_without_in_progress_a_long_summary_is_redelivered(
         summarizer={"backend": "simulated", "simulated_latency_ms": 10.0},
     )
     async with Probe(nats_server.url) as probe:
-        from agentbus.topology import provision
+        from agentbus.bus.topology import provision
 
         await provision(probe.b.js, s)
         await running.start(Orchestrator, s, "orch-ctl")
@@ -790,8 +791,8 @@ async def test_replayed_job_dead_letter_is_taken_in_again(
     """A job whose document was missing at intake fails and is dead-lettered on `dlq.jobs`
     with the reason; once the document is there, replaying the dead letter takes the job in
     again and it completes."""
-    from agentbus.documents import store_document
-    from agentbus.messages import JobSubmit
+    from agentbus.bus.documents import store_document
+    from agentbus.contract.messages import JobSubmit
 
     s = settings.model_copy(
         update={"summarizer": settings.summarizer.model_copy(update={"backend": "simulated"})}
@@ -843,7 +844,7 @@ async def test_max_deliveries_advisory_dead_letters_what_no_worker_did(
         summarizer={"backend": "simulated", "simulated_latency_ms": 1.0},
     )
     async with Probe(nats_server.url) as probe:
-        from agentbus.topology import provision
+        from agentbus.bus.topology import provision
 
         await provision(probe.b.js, provisioned)
         await running.start(Orchestrator, provisioned, "orch-adv")
@@ -1184,8 +1185,8 @@ def test_summary_line_format() -> None:
 
 async def test_simulated_fault_markers(tmp_path: Path) -> None:
     """The markers the scenarios rely on do what they say (pure backend, no bus)."""
-    from summarize_worker.backends.simulated import Faults, SimulatedSummarizer
-    from summarize_worker.errors import SummarizerError
+    from agentbus_summarize_worker.backends.simulated import Faults, SimulatedSummarizer
+    from agentbus_summarize_worker.errors import SummarizerError
 
     sim = SimulatedSummarizer(latency_ms=0)
     flag = tmp_path / "down"

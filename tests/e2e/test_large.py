@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from agentbus.bus import Bus
-from agentbus.client import AgentBusClient
-from agentbus.messages import AgentEvent, EventKind, JobState, JobStatus
-from agentbus.settings import NatsSettings
+from agentbus.bus.core import Bus
+from agentbus.client.api import AgentBusClient
+from agentbus.contract.messages import AgentEvent, EventKind, JobState, JobStatus
+from agentbus.contract.settings import NatsSettings
 from tests.conftest import stream_agent_events
 from tests.documents import prose_document, single_word
 from tests.e2e.upstack import agentbus_up

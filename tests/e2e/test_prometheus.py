@@ -31,13 +31,13 @@ from nats.js.api import ConsumerInfo, StreamInfo
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from agentbus import subjects
-from agentbus.bus import Bus
-from agentbus.client import AgentBusClient
-from agentbus.embedded import EmbeddedNatsServer
-from agentbus.messages import JobStatus
-from agentbus.settings import NatsSettings
-from agentbus.stack import Stack, free_port
+from agentbus.bus.core import Bus
+from agentbus.client.api import AgentBusClient
+from agentbus.contract import subjects
+from agentbus.contract.messages import JobStatus
+from agentbus.contract.settings import NatsSettings
+from agentbus.dev.embedded import EmbeddedNatsServer
+from agentbus.dev.stack import Stack, free_port
 from tests.local_http import LocalHttpServer
 
 DASHBOARD: Final = Path(__file__).parents[2] / "charts/agentbus/dashboards/agentbus.json"

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from agentbus.bus import Bus
-from agentbus.settings import NatsSettings
-from event_archiver import EventStore
+from agentbus.bus.core import Bus
+from agentbus.contract.settings import NatsSettings
+from agentbus_event_archiver import EventStore
 from tests.conftest import stream_agent_events
 from tests.documents import make_document
 from tests.e2e.upstack import AGENTBUS, agentbus_up

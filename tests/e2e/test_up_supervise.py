@@ -24,8 +24,8 @@ from urllib.parse import urlparse
 import psutil  # type: ignore[import-untyped]
 import pytest
 
-from agentbus.client import AgentBusClient
-from agentbus.messages import EventKind, JobStatus
+from agentbus.client.api import AgentBusClient
+from agentbus.contract.messages import EventKind, JobStatus
 from tests.documents import make_document
 from tests.e2e.upstack import AGENTBUS, agentbus_up, pid_alive
 

@@ -11,10 +11,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar
 
-from agentbus import subjects
-from agentbus.messages import TaskAssign
-from agentbus.settings import Settings
-from agentbus.worker import SkillError, SkillOutput
+from agentbus.contract import subjects
+from agentbus.contract.errors import SkillError
+from agentbus.contract.messages import TaskAssign
+from agentbus.contract.settings import Settings
+from agentbus.runtime.worker import SkillOutput
 
 
 class ScriptedSkill:

@@ -26,15 +26,15 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from agentbus.bus import Bus
-from agentbus.client import AgentBusClient
-from agentbus.messages import AgentEvent, EventKind, JobStatus
-from agentbus.settings import Settings
-from agentbus.worker import TaskWorker
-from event_archiver import ArchiveError, EventArchiver, EventStore
-from event_archiver.store import SCHEMA_VERSION, normalize_url, redact_url
-from orchestrator import Orchestrator
-from summarize_worker import SummarizeSkill
+from agentbus.bus.core import Bus
+from agentbus.client.api import AgentBusClient
+from agentbus.contract.messages import AgentEvent, EventKind, JobStatus
+from agentbus.contract.settings import Settings
+from agentbus.runtime.worker import TaskWorker
+from agentbus_event_archiver import ArchiveError, EventArchiver, EventStore
+from agentbus_event_archiver.store import SCHEMA_VERSION, normalize_url, redact_url
+from agentbus_orchestrator import Orchestrator
+from agentbus_summarize_worker import SummarizeSkill
 from tests.conftest import archived_history
 
 pytestmark = pytest.mark.integration

@@ -11,10 +11,12 @@ from collections.abc import Awaitable, Callable
 import pytest
 from nats.aio.msg import Msg
 
-from agentbus import subjects
-from agentbus.bus import Bus, ConsumerLoop
-from agentbus.pull import Puller, PullError
-from agentbus.settings import Settings
+from agentbus.bus.consume import ConsumerLoop
+from agentbus.bus.core import Bus
+from agentbus.bus.pull import Puller
+from agentbus.contract import subjects
+from agentbus.contract.errors import PullError
+from agentbus.contract.settings import Settings
 
 pytestmark = pytest.mark.integration
 

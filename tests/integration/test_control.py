@@ -11,16 +11,16 @@ from typing import Any
 
 import pytest
 
-from agentbus import subjects
-from agentbus.bus import Bus
-from agentbus.cli_ops import send_command
-from agentbus.client import AgentBusClient
-from agentbus.messages import JobStatus, TaskAssign
-from agentbus.rpc import RpcError
-from agentbus.settings import Settings
-from agentbus.stack import ServiceProcess, free_port
-from agentbus.worker import TaskWorker
-from orchestrator import Orchestrator
+from agentbus.bus.core import Bus
+from agentbus.cli.ops import send_command
+from agentbus.client.api import AgentBusClient
+from agentbus.contract import subjects
+from agentbus.contract.errors import RpcError
+from agentbus.contract.messages import JobStatus, TaskAssign
+from agentbus.contract.settings import Settings
+from agentbus.dev.stack import ServiceProcess, free_port
+from agentbus.runtime.worker import TaskWorker
+from agentbus_orchestrator import Orchestrator
 from tests.integration.rpc_helpers import ScriptedSkill, cli, wait_for
 
 pytestmark = pytest.mark.integration

@@ -14,17 +14,19 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY, generate_latest
 
-from agentbus import permissions, subjects
-from agentbus.bus import Bus, BusError, connect_nats
-from agentbus.client import AgentBusClient
-from agentbus.embedded import EmbeddedNatsServer
-from agentbus.messages import JobStatus
-from agentbus.settings import NatsSettings, load_settings
-from agentbus.topology import provision
-from agentbus.worker import TaskWorker
-from event_archiver import EventArchiver
-from orchestrator import Orchestrator
-from summarize_worker import SummarizeSkill
+from agentbus.bus.connect import connect_nats
+from agentbus.bus.core import Bus
+from agentbus.bus.topology import provision
+from agentbus.client.api import AgentBusClient
+from agentbus.contract import permissions, subjects
+from agentbus.contract.errors import BusError
+from agentbus.contract.messages import JobStatus
+from agentbus.contract.settings import NatsSettings, load_settings
+from agentbus.dev.embedded import EmbeddedNatsServer
+from agentbus.runtime.worker import TaskWorker
+from agentbus_event_archiver import EventArchiver
+from agentbus_orchestrator import Orchestrator
+from agentbus_summarize_worker import SummarizeSkill
 from tests.conftest import dlq_messages, make_settings, stream_events
 from tests.security import (
     NKeyPair,
@@ -84,7 +86,7 @@ async def test_wrong_password_fails_fast_naming_the_settings(secure: SecureNats)
 
 
 def test_credential_settings_are_checked_at_load() -> None:
-    from agentbus.errors import ConfigError
+    from agentbus.contract.errors import ConfigError
 
     with pytest.raises(ConfigError, match="needs AGENTBUS_NATS__USER") as e:
         load_settings(nats={"password": "s3cret-value"})

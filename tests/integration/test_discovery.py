@@ -10,15 +10,17 @@ from typing import Any
 
 import pytest
 
-from agentbus.bus import Bus
-from agentbus.client import AgentBusClient
-from agentbus.discovery import WORKER_SERVICE, list_workers, micro_version, srv_subject
-from agentbus.messages import JobStatus
-from agentbus.service import agentbus_version
-from agentbus.settings import Settings
-from agentbus.worker import TaskWorker
-from orchestrator import Orchestrator
-from summarize_worker import SummarizeSkill
+from agentbus.bus.core import Bus
+from agentbus.bus.discovery import list_workers
+from agentbus.client.api import AgentBusClient
+from agentbus.contract.messages import JobStatus
+from agentbus.contract.settings import Settings
+from agentbus.contract.subjects import WORKER_SERVICE, srv_subject
+from agentbus.contract.version import agentbus_version
+from agentbus.contract.workers import micro_version
+from agentbus.runtime.worker import TaskWorker
+from agentbus_orchestrator import Orchestrator
+from agentbus_summarize_worker import SummarizeSkill
 from tests.integration.rpc_helpers import ScriptedSkill, cli, wait_for
 
 pytestmark = pytest.mark.integration

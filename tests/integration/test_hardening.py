@@ -22,12 +22,12 @@ from pathlib import Path
 
 import pytest
 
-from agentbus import permissions
-from agentbus.bus import Bus
-from agentbus.client import AgentBusClient
-from agentbus.messages import EventKind, JobStatus
-from agentbus.stack import free_port
-from agentbus.topology import provision
+from agentbus.bus.core import Bus
+from agentbus.bus.topology import provision
+from agentbus.client.api import AgentBusClient
+from agentbus.contract import permissions
+from agentbus.contract.messages import EventKind, JobStatus
+from agentbus.dev.stack import free_port
 from tests.conftest import archived_history, make_settings
 from tests.security import SecureNats
 

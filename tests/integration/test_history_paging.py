@@ -21,11 +21,11 @@ import pytest
 from nats.aio.msg import Msg
 from sqlalchemy import text
 
-from agentbus import subjects
-from agentbus.bus import Bus
-from agentbus.client import AgentBusClient
-from agentbus.embedded import EmbeddedNatsServer
-from agentbus.messages import (
+from agentbus.bus.core import Bus
+from agentbus.bus.topology import provision
+from agentbus.client.api import AgentBusClient
+from agentbus.contract import subjects
+from agentbus.contract.messages import (
     AgentEvent,
     AgentEventBatch,
     EventKind,
@@ -34,11 +34,11 @@ from agentbus.messages import (
     decode,
     encode,
 )
-from agentbus.settings import Settings
-from agentbus.topology import provision
-from event_archiver import EventArchiver, EventStore
-from event_archiver.paging import HistoryKey
-from event_archiver.store import SCHEMA_VERSION
+from agentbus.contract.settings import Settings
+from agentbus.dev.embedded import EmbeddedNatsServer
+from agentbus_event_archiver import EventArchiver, EventStore
+from agentbus_event_archiver.paging import HistoryKey
+from agentbus_event_archiver.store import SCHEMA_VERSION
 from tests.conftest import Running, make_settings
 
 pytestmark = pytest.mark.integration

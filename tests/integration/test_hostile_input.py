@@ -15,11 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from agentbus import subjects
-from agentbus.bus import DLQ_HEADER_REASON, DLQ_HEADER_SUBJECT, Bus
-from agentbus.client import AgentBusClient
-from agentbus.embedded import EmbeddedNatsServer
-from agentbus.messages import (
+from agentbus.bus.core import Bus
+from agentbus.bus.topology import provision
+from agentbus.client.api import AgentBusClient
+from agentbus.contract import subjects
+from agentbus.contract.headers import DLQ_HEADER_REASON, DLQ_HEADER_SUBJECT
+from agentbus.contract.messages import (
     AgentEvent,
     Command,
     CommandReply,
@@ -34,13 +35,13 @@ from agentbus.messages import (
     decode,
     encode,
 )
-from agentbus.service import _serve_commands
-from agentbus.settings import Settings
-from agentbus.topology import provision
-from agentbus.worker import TaskWorker
-from event_archiver import EventArchiver
-from orchestrator import Orchestrator
-from summarize_worker import SummarizeSkill
+from agentbus.contract.settings import Settings
+from agentbus.dev.embedded import EmbeddedNatsServer
+from agentbus.runtime.service import _serve_commands
+from agentbus.runtime.worker import TaskWorker
+from agentbus_event_archiver import EventArchiver
+from agentbus_orchestrator import Orchestrator
+from agentbus_summarize_worker import SummarizeSkill
 from tests.conftest import archived_history, dlq_messages, make_settings
 
 pytestmark = pytest.mark.integration
@@ -287,7 +288,7 @@ async def test_a_message_that_fills_max_payload_is_dead_lettered_not_fatal(
     """Dead letters carry extra headers: a message that filled the server's max_payload
     would not fit again (the server drops the connection over it). It is filed with its
     head and its original size instead, and the service carries on."""
-    from agentbus.bus import DLQ_HEADER_TRUNCATED
+    from agentbus.contract.headers import DLQ_HEADER_TRUNCATED
 
     max_payload = 128 * 1024
     conf = tmp_path / "small.conf"

@@ -8,16 +8,18 @@ import asyncio
 
 import pytest
 
-from agentbus import metrics, subjects
-from agentbus.bus import DLQ_HEADER_REASON, Bus
-from agentbus.client import AgentBusClient
-from agentbus.errors import JobExistsError
-from agentbus.messages import EventKind, JobStatus, JobSubmit
-from agentbus.settings import Settings
-from agentbus.worker import TaskWorker
-from orchestrator import Orchestrator
-from orchestrator.lifecycle import recorded_indices
-from summarize_worker import SummarizeSkill
+from agentbus.bus.core import Bus
+from agentbus.client.api import AgentBusClient
+from agentbus.contract import subjects
+from agentbus.contract.errors import JobExistsError
+from agentbus.contract.headers import DLQ_HEADER_REASON
+from agentbus.contract.messages import EventKind, JobStatus, JobSubmit
+from agentbus.contract.settings import Settings
+from agentbus.observability import metrics
+from agentbus.runtime.worker import TaskWorker
+from agentbus_orchestrator import Orchestrator
+from agentbus_orchestrator.lifecycle import recorded_indices
+from agentbus_summarize_worker import SummarizeSkill
 from tests.conftest import Running, dlq_messages, stream_agent_events
 from tests.documents import make_document, prose_document
 

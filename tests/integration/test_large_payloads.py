@@ -8,14 +8,14 @@ from typing import Any
 
 import pytest
 
-from agentbus import subjects
-from agentbus.bus import Bus
-from agentbus.client import AgentBusClient
-from agentbus.messages import JobStatus, JobSubmit, decode, decode_job_state
-from agentbus.settings import Settings
-from agentbus.worker import TaskWorker
-from orchestrator import Orchestrator
-from summarize_worker import SummarizeSkill
+from agentbus.bus.core import Bus
+from agentbus.client.api import AgentBusClient
+from agentbus.contract import subjects
+from agentbus.contract.messages import JobStatus, JobSubmit, decode, decode_job_state
+from agentbus.contract.settings import Settings
+from agentbus.runtime.worker import TaskWorker
+from agentbus_orchestrator import Orchestrator
+from agentbus_summarize_worker import SummarizeSkill
 
 pytestmark = pytest.mark.integration
 

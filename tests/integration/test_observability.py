@@ -21,19 +21,21 @@ from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 
-from agentbus import metrics, subjects, telemetry
-from agentbus.bus import Bus
-from agentbus.client import AgentBusClient
-from agentbus.embedded import EmbeddedNatsServer
-from agentbus.health import HealthServer
-from agentbus.logs import configure_logging, log_context
-from agentbus.messages import JobStatus, TaskAssign
-from agentbus.settings import Settings
-from agentbus.topology import provision
-from agentbus.worker import SkillError, SkillOutput, TaskWorker
-from event_archiver import EventArchiver
-from orchestrator import Orchestrator
-from summarize_worker import SummarizeSkill
+from agentbus.bus.core import Bus
+from agentbus.bus.topology import provision
+from agentbus.client.api import AgentBusClient
+from agentbus.contract import subjects
+from agentbus.contract.errors import SkillError
+from agentbus.contract.messages import JobStatus, TaskAssign
+from agentbus.contract.settings import Settings
+from agentbus.dev.embedded import EmbeddedNatsServer
+from agentbus.observability import metrics, telemetry
+from agentbus.observability.health import HealthServer
+from agentbus.observability.logs import configure_logging, log_context
+from agentbus.runtime.worker import SkillOutput, TaskWorker
+from agentbus_event_archiver import EventArchiver
+from agentbus_orchestrator import Orchestrator
+from agentbus_summarize_worker import SummarizeSkill
 from tests.conftest import Running
 
 pytestmark = pytest.mark.integration

@@ -15,16 +15,16 @@ import pytest
 from aiohttp import web
 from prometheus_client import REGISTRY
 
-from agentbus.bus import Bus
-from agentbus.client import AgentBusClient
-from agentbus.errors import ConfigError
-from agentbus.messages import EventKind, JobStatus
-from agentbus.settings import Settings, SummarizerSettings
-from agentbus.worker import TaskWorker
-from orchestrator import Orchestrator
-from summarize_worker import SummarizerError, SummarizeSkill
-from summarize_worker.backends import OpenAISummarizer, make_summarizer
-from summarize_worker.backends.openai import parse_retry_after
+from agentbus.bus.core import Bus
+from agentbus.client.api import AgentBusClient
+from agentbus.contract.errors import ConfigError
+from agentbus.contract.messages import EventKind, JobStatus
+from agentbus.contract.settings import Settings, SummarizerSettings
+from agentbus.runtime.worker import TaskWorker
+from agentbus_orchestrator import Orchestrator
+from agentbus_summarize_worker import SummarizerError, SummarizeSkill
+from agentbus_summarize_worker.backends import OpenAISummarizer, make_summarizer
+from agentbus_summarize_worker.backends.openai import parse_retry_after
 from tests.conftest import stream_agent_events
 from tests.local_http import LocalHttpServer
 

@@ -19,17 +19,17 @@ import nats.js.errors
 import pytest
 from nats.aio.client import Client as NatsClient
 
-from agentbus import permissions, subjects
-from agentbus.bus import Bus
-from agentbus.client import AgentBusClient
-from agentbus.messages import Command, CommandReply, JobStatus, decode, encode
-from agentbus.service import _serve_commands
-from agentbus.settings import LimitsSettings, Settings
-from agentbus.topology import provision
-from agentbus.worker import TaskWorker
-from event_archiver import EventArchiver
-from orchestrator import Orchestrator
-from summarize_worker import SummarizeSkill
+from agentbus.bus.core import Bus
+from agentbus.bus.topology import provision
+from agentbus.client.api import AgentBusClient
+from agentbus.contract import permissions, subjects
+from agentbus.contract.messages import Command, CommandReply, JobStatus, decode, encode
+from agentbus.contract.settings import LimitsSettings, Settings
+from agentbus.runtime.service import _serve_commands
+from agentbus.runtime.worker import TaskWorker
+from agentbus_event_archiver import EventArchiver
+from agentbus_orchestrator import Orchestrator
+from agentbus_summarize_worker import SummarizeSkill
 from tests.conftest import archived_history, make_settings
 from tests.security import SecureNats, ViolationRecorder, settings_as
 
@@ -338,7 +338,8 @@ async def test_every_user_is_confined_to_its_private_inbox(
 
 
 async def test_wrong_password_is_refused_without_echoing_it(secure: SecureNats) -> None:
-    from agentbus.bus import BusError, connect_nats
+    from agentbus.bus.connect import connect_nats
+    from agentbus.contract.errors import BusError
 
     cfg = secure.nats_settings("worker", password="not-the-password-1234")
     with pytest.raises(BusError) as e:
@@ -353,7 +354,7 @@ async def test_wrong_password_is_refused_without_echoing_it(secure: SecureNats) 
 def test_chart_permissions_file_is_up_to_date() -> None:
     path = REPO / permissions.CHART_FILE
     assert path.read_text() == permissions.render_json(), (
-        f"{permissions.CHART_FILE} is out of date: run `python -m agentbus.permissions --write`"
+        f"{permissions.CHART_FILE} is out of date: run `agentbus permissions --write`"
     )
     doc = json.loads(path.read_text())
     assert [u["user"] for u in doc["users"]] == list(permissions.ROLES)
@@ -361,7 +362,7 @@ def test_chart_permissions_file_is_up_to_date() -> None:
 
 def test_permissions_cli_check_and_write(tmp_path: Path) -> None:
     target = tmp_path / "perms.json"
-    cmd = [sys.executable, "-m", "agentbus.permissions", "--path", str(target)]
+    cmd = [sys.executable, "-m", "agentbus", "permissions", "--path", str(target)]
     stale = subprocess.run([*cmd, "--check"], capture_output=True, text=True, check=False)
     assert stale.returncode == 1 and "cannot read" in stale.stderr
     wrote = subprocess.run([*cmd, "--write"], capture_output=True, text=True, check=False)
@@ -380,9 +381,10 @@ async def test_conf_format_takes_passwords_from_the_server_environment(
     import contextlib
     import io
 
-    from agentbus.bus import BusError, connect_nats
-    from agentbus.embedded import EmbeddedNatsServer
-    from agentbus.settings import NatsSettings
+    from agentbus.bus.connect import connect_nats
+    from agentbus.contract.errors import BusError
+    from agentbus.contract.settings import NatsSettings
+    from agentbus.dev.embedded import EmbeddedNatsServer
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out):

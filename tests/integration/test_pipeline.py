@@ -7,16 +7,16 @@ import random
 import pytest
 from nats.aio.msg import Msg
 
-from agentbus import subjects
-from agentbus.bus import Bus
-from agentbus.client import AgentBusClient
-from agentbus.messages import EventKind, JobStatus
-from agentbus.settings import Settings
-from agentbus.topology import provision
-from agentbus.worker import TaskWorker
-from event_archiver import EventArchiver
-from orchestrator import Orchestrator
-from summarize_worker import SummarizeSkill
+from agentbus.bus.core import Bus
+from agentbus.bus.topology import provision
+from agentbus.client.api import AgentBusClient
+from agentbus.contract import subjects
+from agentbus.contract.messages import EventKind, JobStatus
+from agentbus.contract.settings import Settings
+from agentbus.runtime.worker import TaskWorker
+from agentbus_event_archiver import EventArchiver
+from agentbus_orchestrator import Orchestrator
+from agentbus_summarize_worker import SummarizeSkill
 from tests.conftest import stream_agent_events
 from tests.documents import make_document
 

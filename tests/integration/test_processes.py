@@ -9,16 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from agentbus import subjects
-from agentbus.bus import DLQ_HEADER_REASON, Bus
-from agentbus.client import AgentBusClient
-from agentbus.embedded import EmbeddedNatsServer
-from agentbus.messages import EventKind, JobStatus
-from agentbus.settings import Settings
-from agentbus.stack import Stack
-from agentbus.worker import TaskWorker
-from orchestrator import Orchestrator
-from summarize_worker import SummarizeSkill
+from agentbus.bus.core import Bus
+from agentbus.client.api import AgentBusClient
+from agentbus.contract import subjects
+from agentbus.contract.headers import DLQ_HEADER_REASON
+from agentbus.contract.messages import EventKind, JobStatus
+from agentbus.contract.settings import Settings
+from agentbus.dev.embedded import EmbeddedNatsServer
+from agentbus.dev.stack import Stack
+from agentbus.runtime.worker import TaskWorker
+from agentbus_orchestrator import Orchestrator
+from agentbus_summarize_worker import SummarizeSkill
 from tests.conftest import Running, dlq_messages, stream_agent_events
 
 pytestmark = pytest.mark.integration

@@ -11,10 +11,10 @@ import pytest
 from nats.aio.msg import Msg
 from nats.js.api import StreamConfig
 
-from agentbus import subjects
-from agentbus.bus import Bus
-from agentbus.embedded import EmbeddedNatsServer
-from agentbus.publisher import JetStreamPublisher
+from agentbus.bus.core import Bus
+from agentbus.bus.publisher import JetStreamPublisher
+from agentbus.contract import subjects
+from agentbus.dev.embedded import EmbeddedNatsServer
 
 pytestmark = pytest.mark.integration
 

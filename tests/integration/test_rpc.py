@@ -9,15 +9,15 @@ from typing import Any
 
 import pytest
 
-from agentbus import subjects
-from agentbus.bus import Bus
-from agentbus.client import AgentBusClient
-from agentbus.errors import AgentBusError
-from agentbus.messages import SummarizeReply, decode
-from agentbus.rpc import RpcError, rpc_queue, rpc_subject
-from agentbus.settings import Settings
-from agentbus.worker import TaskWorker
-from summarize_worker import SummarizeSkill
+from agentbus.bus.core import Bus
+from agentbus.client.api import AgentBusClient
+from agentbus.contract import subjects
+from agentbus.contract.errors import AgentBusError, RpcError
+from agentbus.contract.messages import SummarizeReply, decode
+from agentbus.contract.settings import Settings
+from agentbus.contract.subjects import rpc_queue, rpc_subject
+from agentbus.runtime.worker import TaskWorker
+from agentbus_summarize_worker import SummarizeSkill
 from tests.integration.rpc_helpers import ScriptedSkill, cli
 
 pytestmark = pytest.mark.integration

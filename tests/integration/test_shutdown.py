@@ -16,10 +16,10 @@ from typing import Final
 
 import pytest
 
-from agentbus.bus import Bus
-from agentbus.embedded import EmbeddedNatsServer
-from agentbus.settings import Settings
-from agentbus.stack import ServiceProcess, free_port
+from agentbus.bus.core import Bus
+from agentbus.contract.settings import Settings
+from agentbus.dev.embedded import EmbeddedNatsServer
+from agentbus.dev.stack import ServiceProcess, free_port
 
 pytestmark = pytest.mark.integration
 

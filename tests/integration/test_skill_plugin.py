@@ -1,6 +1,6 @@
 """A skill is declared once: a second skill (`echo`, tests/plugins/echo_skill.py) installed
 as a plugin (an `agentbus.skills` entry point in a dist-info directory on the path) is
-provisioned by `agentbus provision`, permitted by `python -m agentbus.permissions`, served
+provisioned by `agentbus provision`, permitted by `agentbus permissions`, served
 by `agentbus worker --skill echo`, and a job of that skill completes through the
 orchestrator; nothing in the core names it."""
 
@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from agentbus import subjects
-from agentbus.client import AgentBusClient
-from agentbus.embedded import EmbeddedNatsServer
-from agentbus.messages import JobStatus
-from agentbus.stack import free_port
+from agentbus.client.api import AgentBusClient
+from agentbus.contract import subjects
+from agentbus.contract.messages import JobStatus
+from agentbus.dev.embedded import EmbeddedNatsServer
+from agentbus.dev.stack import free_port
 from tests.documents import make_document
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -74,7 +74,7 @@ def test_a_plugin_skill_is_provisioned_permitted_served_and_runs_jobs(
             args, env=plugin_env, capture_output=True, text=True, timeout=60, cwd=tmp_path
         )
 
-    perms = run(sys.executable, "-m", "agentbus.permissions")
+    perms = run(*AGENTBUS, "permissions")
     assert perms.returncode == 0, perms.stderr
     doc = json.loads(perms.stdout)
     assert doc["skills"] == ["echo", "summarize"]

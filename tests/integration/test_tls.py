@@ -10,18 +10,19 @@ from pathlib import Path
 
 import pytest
 
-from agentbus import permissions
-from agentbus.bus import Bus, BusError, connect_nats
-from agentbus.client import AgentBusClient
-from agentbus.embedded import EmbeddedNatsServer
-from agentbus.errors import ConfigError
-from agentbus.messages import JobStatus
-from agentbus.settings import NatsSettings, load_settings
-from agentbus.topology import provision
-from agentbus.worker import TaskWorker
-from event_archiver import EventArchiver
-from orchestrator import Orchestrator
-from summarize_worker import SummarizeSkill
+from agentbus.bus.connect import connect_nats
+from agentbus.bus.core import Bus
+from agentbus.bus.topology import provision
+from agentbus.client.api import AgentBusClient
+from agentbus.contract import permissions
+from agentbus.contract.errors import BusError, ConfigError
+from agentbus.contract.messages import JobStatus
+from agentbus.contract.settings import NatsSettings, load_settings
+from agentbus.dev.embedded import EmbeddedNatsServer
+from agentbus.runtime.worker import TaskWorker
+from agentbus_event_archiver import EventArchiver
+from agentbus_orchestrator import Orchestrator
+from agentbus_summarize_worker import SummarizeSkill
 from tests.conftest import make_settings
 from tests.security import Pki, SecureNats, make_pki, settings_as, start_secure_nats
 

@@ -21,10 +21,10 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from agentbus.client import AgentBusClient
-from agentbus.embedded import EmbeddedNatsServer
-from agentbus.messages import EventKind, JobState, JobStatus
-from agentbus.stack import Stack
+from agentbus.client.api import AgentBusClient
+from agentbus.contract.messages import EventKind, JobState, JobStatus
+from agentbus.dev.embedded import EmbeddedNatsServer
+from agentbus.dev.stack import Stack
 from tests.conftest import archived_history
 from tests.local_http import LocalHttpServer
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from agentbus.messages import TaskAssign
-from agentbus.settings import Settings
-from agentbus.skills import SkillFactory
-from agentbus.worker import SkillOutput
+from agentbus.contract.messages import TaskAssign
+from agentbus.contract.settings import Settings
+from agentbus.runtime.skills import SkillFactory
+from agentbus.runtime.worker import SkillOutput
 
 __all__ = ["EchoSkill"]
 

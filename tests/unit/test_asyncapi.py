@@ -14,10 +14,10 @@ import jsonschema
 import pytest
 from typer.testing import CliRunner
 
-from agentbus import subjects
-from agentbus.asyncapi import build_asyncapi, render_asyncapi, subject_template
-from agentbus.cli import app
-from agentbus.messages import (
+from agentbus.cli.main import app
+from agentbus.contract import subjects
+from agentbus.contract.asyncapi import build_asyncapi, render_asyncapi, subject_template
+from agentbus.contract.messages import (
     AgentEvent,
     Command,
     CommandReply,

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agentbus.chunking import ELLIPSIS, chunk_text, pack, split_sentences, truncate
+from agentbus.contract.chunking import ELLIPSIS, chunk_text, pack, split_sentences, truncate
 
 pytestmark = pytest.mark.unit
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from agentbus.documents import check_document, read_document
-from agentbus.errors import DocumentRejected
+from agentbus.bus.documents import check_document, read_document
+from agentbus.contract.errors import DocumentRejected
 
 pytestmark = pytest.mark.unit
 

@@ -9,11 +9,10 @@ from typing import Any
 
 import pytest
 
-from agentbus import telemetry
-from agentbus.bus import delivery_count
-from agentbus.emitter import EventEmitter
-from agentbus.errors import MessageDecodeError
-from agentbus.messages import (
+from agentbus.bus.emitter import EventEmitter
+from agentbus.bus.headers import delivery_count
+from agentbus.contract.errors import MessageDecodeError
+from agentbus.contract.messages import (
     AgentEvent,
     AgentEventBatch,
     EventKind,
@@ -21,6 +20,7 @@ from agentbus.messages import (
     decode_events,
     encode,
 )
+from agentbus.observability import telemetry
 
 pytestmark = pytest.mark.unit
 

@@ -9,9 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from agentbus.chunking import ELLIPSIS
-from summarize_worker.backends import ExtractiveSummarizer, Summarizer, summarize_extractive
-from summarize_worker.backends.base import Summary
+from agentbus.contract.chunking import ELLIPSIS
+from agentbus_summarize_worker.backends import (
+    ExtractiveSummarizer,
+    Summarizer,
+    summarize_extractive,
+)
+from agentbus_summarize_worker.backends.base import Summary
 
 pytestmark = pytest.mark.unit
 

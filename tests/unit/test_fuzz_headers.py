@@ -10,7 +10,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from agentbus.bus import _header_safe, _headers_size, _kept_headers, redact_url
+from agentbus.bus.connect import redact_url
+from agentbus.bus.headers import header_safe, headers_size, kept_headers
 
 pytestmark = pytest.mark.unit
 
@@ -31,7 +32,7 @@ TEXT = st.text(st.characters(codec="utf-8") | st.sampled_from(list("\r\n\x00:"))
 @example(value="a\r\nNats-Msg-Id: forged\r\n\r\nbody")
 @example(value="x" * 100_000)
 def test_header_values_lose_line_breaks_and_length(value: str) -> None:
-    safe = _header_safe(value)
+    safe = header_safe(value)
     assert "\r" not in safe and "\n" not in safe
     assert len(safe) <= 1024
     assert safe == safe.strip()
@@ -42,8 +43,8 @@ def test_header_values_lose_line_breaks_and_length(value: str) -> None:
 @example(headers={"Bad Name": "v", "": "v", "ok": "a\r\nb", "Agentbus-Dlq-Reason": "forged"})
 @example(headers={f"h{i}": "v" * 1000 for i in range(100)})
 def test_kept_headers_can_be_published(headers: dict[str, str]) -> None:
-    kept = _kept_headers(headers)
-    assert _headers_size(kept) <= 16 * 1024
+    kept = kept_headers(headers)
+    assert headers_size(kept) <= 16 * 1024
     for name, value in kept.items():
         assert NATS_PY_HEADER_NAME.fullmatch(name)
         assert not name.lower().startswith("agentbus-dlq-")  # no forged DLQ metadata

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from agentbus.errors import MessageDecodeError
-from agentbus.messages import (
+from agentbus.contract.errors import MessageDecodeError
+from agentbus.contract.messages import (
     HARD_MAX_MESSAGE_BYTES,
     MAX_EVENT_DATA_DEPTH,
     MESSAGE_TYPES,

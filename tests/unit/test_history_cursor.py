@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agentbus.errors import MessageDecodeError
-from agentbus.messages import (
+from agentbus.contract.errors import MessageDecodeError
+from agentbus.contract.messages import (
     HISTORY_CURSOR_MAX_CHARS,
     AgentEvent,
     EventKind,
@@ -24,7 +24,7 @@ from agentbus.messages import (
     decode,
     encode,
 )
-from event_archiver.paging import (
+from agentbus_event_archiver.paging import (
     REPLY_HEADROOM_BYTES,
     CursorError,
     HistoryKey,

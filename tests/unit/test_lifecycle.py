@@ -10,9 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agentbus.messages import JobState, JobStatus, decode_job_state
-from orchestrator import lifecycle
-from orchestrator.lifecycle import Completion, NextLevel, Outcome, ResultKey
+from agentbus.contract.messages import JobState, JobStatus, decode_job_state
+from agentbus_orchestrator import lifecycle
+from agentbus_orchestrator.lifecycle import Completion, NextLevel, Outcome, ResultKey
 
 pytestmark = pytest.mark.unit
 
@@ -241,6 +241,6 @@ def test_any_order_and_duplication_gives_the_same_final_state(
 
 
 def test_every_outcome_has_its_metric_label() -> None:
-    from agentbus import metrics
+    from agentbus.observability import metrics
 
     assert tuple(o.value for o in Outcome) == metrics.RESULT_OUTCOMES

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from agentbus.errors import MessageDecodeError
-from agentbus.messages import (
+from agentbus.contract.errors import MessageDecodeError
+from agentbus.contract.messages import (
     MESSAGE_TYPES,
     SCHEMA_VERSION,
     AgentEvent,

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from agentbus import permissions
-from agentbus.permissions import (
+from agentbus.contract import permissions
+from agentbus.contract.errors import PermissionsError
+from agentbus.contract.permissions import (
     NKey,
     Password,
     PasswordEnv,
-    PermissionsError,
     build_permissions,
     main,
     render_auth_conf,

@@ -8,9 +8,9 @@ from typing import Final
 
 import pytest
 
-from agentbus import permissions
-from agentbus.errors import ConfigError
-from agentbus.settings import (
+from agentbus.contract import permissions
+from agentbus.contract.errors import ConfigError
+from agentbus.contract.settings import (
     EXTERNAL_ENV_VARS,
     env_var_names,
     load_settings,

@@ -7,16 +7,16 @@ import time
 
 import pytest
 
-from agentbus.chunking import ELLIPSIS
-from agentbus.settings import SummarizerSettings
-from summarize_worker.backends import (
+from agentbus.contract.chunking import ELLIPSIS
+from agentbus.contract.settings import SummarizerSettings
+from agentbus_summarize_worker.backends import (
     ExtractiveSummarizer,
     SimulatedSummarizer,
     Summarizer,
     lead_summary,
     make_summarizer,
 )
-from summarize_worker.errors import SummarizerError, SummarizeWorkerError
+from agentbus_summarize_worker.errors import SummarizerError, SummarizeWorkerError
 
 pytestmark = pytest.mark.unit
 

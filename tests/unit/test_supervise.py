@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agentbus.stack import STATE_FILE, ProcessState, ServiceProcess, Stack
-from agentbus.supervise import (
+from agentbus.dev.stack import STATE_FILE, ProcessState, ServiceProcess, Stack
+from agentbus.dev.supervise import (
     Action,
     CrashHistory,
     Decision,

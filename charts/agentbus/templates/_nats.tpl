@@ -1,6 +1,6 @@
 {{/* NATS wiring: the subchart's names, the client URL and port, the monitoring endpoint,
      the credentials of each service, and the chart's NATS users (files/ from
-     agentbus.permissions): user selection, passwords and the auth.conf of their Secret. */}}
+     agentbus.contract.permissions): user selection, passwords and the auth.conf of their Secret. */}}
 
 {{/* NATS --------------------------------------------------------------------------- */}}
 
@@ -66,11 +66,11 @@
 
 {{/* NATS users (natsAuth.enabled) --------------------------------------------------- */}}
 
-{{/* files/nats-permissions.json (generated from agentbus.permissions), as JSON text. */}}
+{{/* files/nats-permissions.json (generated from agentbus.contract.permissions), as JSON text. */}}
 {{- define "agentbus.natsPermissions" -}}
 {{- $raw := .Files.Get "files/nats-permissions.json" }}
 {{- if not $raw }}
-{{- fail "files/nats-permissions.json is missing from the chart: run `python -m agentbus.permissions --write`" }}
+{{- fail "files/nats-permissions.json is missing from the chart: run `agentbus permissions --write`" }}
 {{- end }}
 {{- $raw }}
 {{- end }}
@@ -102,7 +102,7 @@
 {{- if eq $u.user $.user }}{{ $found = $u }}{{ end }}
 {{- end }}
 {{- if not $found }}
-{{- fail (printf "files/nats-permissions.json has no NATS user %q: run `python -m agentbus.permissions --write`" .user) }}
+{{- fail (printf "files/nats-permissions.json has no NATS user %q: run `agentbus permissions --write`" .user) }}
 {{- end }}
 {{- toJson $found }}
 {{- end }}
@@ -136,7 +136,7 @@
 {{- end }}
 
 {{/* A quoted nats-server configuration string: dict "value" v "what" "the password of x".
-     Quotes, backslashes and control characters are refused (as agentbus.permissions does),
+     Quotes, backslashes and control characters are refused (as agentbus.contract.permissions does),
      naming `what`, never the value. */}}
 {{- define "agentbus.confString" -}}
 {{- if not (regexMatch `^[^"\\[:cntrl:]]*$` .value) }}
@@ -147,12 +147,12 @@
 
 {{/* The Secret's auth.conf: each user's password defined as the nats-server variable that
      files/nats-auth.conf uses for it (its entry's password_variable), then that file, the
-     `authorization { users = [...] }` block that agentbus.permissions renders. nats-server
+     `authorization { users = [...] }` block that agentbus.contract.permissions renders. nats-server
      resolves a variable from earlier in the same file, and refuses one that nothing uses:
      the variables and the file's users must match (both come from one `--write`).
      dict "root" $ "passwords" (dict user -> password). */}}
 {{- define "agentbus.natsAuthConf" -}}
-{{- $write := "run `python -m agentbus.permissions --write`" }}
+{{- $write := "run `agentbus permissions --write`" }}
 {{- $users := (include "agentbus.natsPermissions" .root | fromJson).users }}
 {{- $conf := .root.Files.Get "files/nats-auth.conf" }}
 {{- if not $conf }}

@@ -27,7 +27,7 @@
 {{- if include "agentbus.natsUser" (dict "root" $ "service" "worker") }}
 {{- $skills := (include "agentbus.natsPermissions" . | fromJson).skills }}
 {{- if not (has .Values.worker.skill $skills) }}
-{{- fail (printf "worker.skill %q has no NATS permissions in files/nats-permissions.json (skills: %s): run `python -m agentbus.permissions --write --skill %s`" .Values.worker.skill (join ", " $skills) .Values.worker.skill) }}
+{{- fail (printf "worker.skill %q has no NATS permissions in files/nats-permissions.json (skills: %s): run `agentbus permissions --write --skill %s`" .Values.worker.skill (join ", " $skills) .Values.worker.skill) }}
 {{- end }}
 {{- end }}
 {{- if .Values.nats.enabled }}

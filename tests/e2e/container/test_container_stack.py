@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 from docker_engine import Docker
 
-from agentbus.embedded import EmbeddedNatsServer
-from agentbus.stack import free_port
+from agentbus.dev.embedded import EmbeddedNatsServer
+from agentbus.dev.stack import free_port
 from tests.documents import make_document
 
 pytestmark = [pytest.mark.container, pytest.mark.timeout(600)]

@@ -1,0 +1,126 @@
+"""Documents: intake checks, and passing large ones by reference through the object store."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
+
+import nats.errors
+import nats.js.errors
+from nats.js import JetStreamContext
+
+from agentbus.contract import subjects
+from agentbus.contract.errors import AgentBusError, DocumentRejected
+from agentbus.contract.messages import DocumentRef
+
+__all__ = ["check_document", "fetch_document", "read_document", "store_document"]
+
+_CAP_SETTING = "AGENTBUS_LIMITS__MAX_DOCUMENT_BYTES"
+
+
+def check_document(data: bytes, *, max_bytes: int, name: str = "document") -> str:
+    """Return the text of `data`, or raise `DocumentRejected` with one clear line."""
+    if len(data) > max_bytes:
+        raise DocumentRejected(
+            f"{name}: {len(data)} bytes exceeds the cap of {max_bytes} bytes ({_CAP_SETTING})"
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DocumentRejected(
+            f"{name}: not UTF-8 text (invalid byte 0x{data[e.start]:02x} at offset {e.start})"
+        ) from e
+    if "\x00" in text:
+        raise DocumentRejected(
+            f"{name}: not text (contains NUL bytes at offset {text.index(chr(0))})"
+        )
+    if not text.strip():
+        raise DocumentRejected(f"{name}: document is empty")
+    return text
+
+
+def read_document(path: Path, *, max_bytes: int) -> str:
+    """Read and check a document file; `DocumentRejected` names the file."""
+    try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise DocumentRejected(
+                f"{path}: {size} bytes exceeds the cap of {max_bytes} bytes ({_CAP_SETTING})"
+            )
+        data = path.read_bytes()
+    except OSError as e:
+        raise DocumentRejected(f"{path}: cannot read: {e.strerror or e}") from e
+    return check_document(data, max_bytes=max_bytes, name=str(path))
+
+
+async def store_document(js: JetStreamContext, *, name: str, data: bytes) -> DocumentRef:
+    store = await js.object_store(subjects.DOCUMENTS_BUCKET)
+    try:
+        await store.put(name, data)
+    except (nats.errors.Error, TimeoutError) as e:
+        raise AgentBusError(
+            f"cannot store {name} in object store {subjects.DOCUMENTS_BUCKET}: {e}"
+        ) from e
+    return DocumentRef(
+        bucket=subjects.DOCUMENTS_BUCKET,
+        name=name,
+        size_bytes=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+    )
+
+
+class _Chunks(io.BufferedIOBase):
+    """Collects an object's chunks as nats-py's object store reads them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.parts: list[bytes] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Buffer, /) -> int:
+        chunk = bytes(data)
+        self.parts.append(chunk)
+        return len(chunk)
+
+
+async def fetch_document(
+    js: JetStreamContext, ref: DocumentRef, *, max_bytes: int | None = None
+) -> bytes:
+    """The document `ref` points at. `DocumentRejected` (permanent) for a reference outside
+    the documents bucket, above `max_bytes`, or to a missing object; `AgentBusError` for a
+    failure worth retrying. The object's size is checked before it is read."""
+    if ref.bucket != subjects.DOCUMENTS_BUCKET:
+        raise DocumentRejected(
+            f"document reference to bucket {ref.bucket!r}, not {subjects.DOCUMENTS_BUCKET!r}"
+        )
+
+    def check_size(size: int, what: str) -> None:
+        if max_bytes is not None and size > max_bytes:
+            raise DocumentRejected(
+                f"document {ref.name}: {what} of {size} bytes exceeds the cap of {max_bytes} "
+                f"bytes ({_CAP_SETTING})"
+            )
+
+    check_size(ref.size_bytes, "reference")
+    try:
+        store = await js.object_store(ref.bucket)
+        check_size(int((await store.get_info(ref.name)).size or 0), "object")
+        # nats-py appends each chunk to a bytes object (quadratic: seconds of copying at
+        # 60 MB) unless given somewhere to write them
+        chunks = _Chunks()
+        await store.get(ref.name, writeinto=chunks)
+    except nats.js.errors.NotFoundError as e:
+        raise DocumentRejected(f"document {ref.bucket}/{ref.name} not found") from e
+    except (nats.errors.Error, TimeoutError) as e:
+        raise AgentBusError(f"cannot read {ref.name} from object store {ref.bucket}: {e}") from e
+    data = b"".join(chunks.parts)
+    if len(data) != ref.size_bytes or hashlib.sha256(data).hexdigest() != ref.sha256:
+        raise DocumentRejected(f"object {ref.bucket}/{ref.name} does not match its reference")
+    return data

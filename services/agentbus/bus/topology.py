@@ -1,0 +1,253 @@
+"""Idempotent provisioning of the JetStream topology: streams, durable consumers, the jobs
+KV buckets and the documents object store. Safe to run any number of times, by any
+number of processes at once (`agentbus provision`, the Helm hook Job, `agentbus up`)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+import nats.errors
+import nats.js.errors
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    KeyValueConfig,
+    ObjectStoreConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+
+from agentbus.contract import plugins, subjects
+from agentbus.contract.errors import TopologyError
+from agentbus.contract.settings import Settings
+
+__all__ = ["ProvisionReport", "consumer_configs", "provision", "stream_configs"]
+
+log = logging.getLogger("agentbus.topology")
+
+_DEADLINES_MAX_ACK_PENDING: Final = 1_000_000
+"""Running jobs whose timers are waiting (a nak'ed timer counts as pending until it is
+re-delivered): past this, new jobs' timers wait in the stream until others end."""
+
+
+@dataclass
+class ProvisionReport:
+    created: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+
+
+def _storage(settings: Settings) -> StorageType:
+    return StorageType.FILE if settings.topology.storage == "file" else StorageType.MEMORY
+
+
+def stream_configs(settings: Settings) -> list[StreamConfig]:
+    t = settings.topology
+    storage = _storage(settings)
+
+    def stream(
+        name: str,
+        subject_list: list[str],
+        retention: RetentionPolicy,
+        *,
+        max_age_s: float | None = None,
+        max_msgs: int | None = None,
+        max_msg_size: int | None = None,
+    ) -> StreamConfig:
+        return StreamConfig(
+            name=name,
+            subjects=subject_list,
+            retention=retention,
+            storage=storage,
+            num_replicas=t.replicas,
+            duplicate_window=t.duplicate_window_s,
+            max_age=max_age_s,
+            max_msgs=max_msgs,
+            max_msg_size=max_msg_size,
+            discard=DiscardPolicy.OLD,
+        )
+
+    # Streams carry envelopes of at most max_message_bytes; anything bigger goes by reference.
+    max_msg = settings.limits.max_message_bytes + 64 * 1024
+    work, limits = RetentionPolicy.WORK_QUEUE, RetentionPolicy.LIMITS
+    return [
+        stream(
+            subjects.JOBS_STREAM,
+            [subjects.JOBS_SUBJECT, subjects.JOB_DEADLINES_SUBJECTS],
+            work,
+            max_msg_size=max_msg,
+        ),
+        stream(subjects.TASKS_STREAM, [subjects.TASKS_SUBJECTS], work, max_msg_size=max_msg),
+        stream(
+            subjects.RESULTS_STREAM,
+            [subjects.RESULTS_SUBJECTS],
+            limits,
+            max_age_s=t.results_max_age_s,
+            max_msg_size=max_msg,
+        ),
+        stream(
+            subjects.AGENT_EVENTS_STREAM,
+            list(subjects.AGENT_EVENTS_SUBJECTS),
+            limits,
+            max_age_s=t.events_max_age_s,
+            max_msgs=t.events_max_msgs,
+            max_msg_size=max_msg,
+        ),
+        stream(subjects.DLQ_STREAM, [subjects.DLQ_SUBJECTS], limits, max_age_s=t.dlq_max_age_s),
+    ]
+
+
+def consumer_configs(
+    settings: Settings, *, skills: Sequence[str] | None = None
+) -> list[tuple[str, ConsumerConfig]]:
+    """Every durable consumer; the workers' of `skills` (default: every installed skill)."""
+    t = settings.topology
+    skills = plugins.installed_skills() if skills is None else skills
+
+    def durable(
+        name: str, filter_subject: str, *, max_ack_pending: int = 10_000, bounded: bool = True
+    ) -> ConsumerConfig:
+        return ConsumerConfig(
+            durable_name=name,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=t.ack_wait_s,
+            # Handlers dead-letter on delivery max_deliver themselves; the one extra
+            # delivery lets them do so for a message whose last handler crashed.
+            # Results and events are never given up on (their handlers are idempotent).
+            max_deliver=t.max_deliver + 1 if bounded else -1,
+            filter_subject=filter_subject,
+            max_ack_pending=max_ack_pending,
+            max_waiting=512,
+        )
+
+    out = [
+        (subjects.JOBS_STREAM, durable(subjects.ORCHESTRATOR_CONSUMER, subjects.JOBS_SUBJECT)),
+        (
+            subjects.RESULTS_STREAM,
+            durable(
+                subjects.ORCHESTRATOR_RESULTS_CONSUMER, subjects.RESULTS_SUBJECTS, bounded=False
+            ),
+        ),
+        (
+            # one timer per running job, re-delivered (nak with delay) until the job ends
+            subjects.JOBS_STREAM,
+            durable(
+                subjects.ORCHESTRATOR_DEADLINES_CONSUMER,
+                subjects.JOB_DEADLINES_SUBJECTS,
+                max_ack_pending=_DEADLINES_MAX_ACK_PENDING,
+                bounded=False,
+            ),
+        ),
+        (
+            subjects.AGENT_EVENTS_STREAM,
+            durable(subjects.ARCHIVER_CONSUMER, ">", max_ack_pending=50_000, bounded=False),
+        ),
+    ]
+    for skill in skills:
+        cfg = durable(subjects.workers_consumer(skill), subjects.task_assign(skill))
+        out.append((subjects.TASKS_STREAM, cfg))
+    return out
+
+
+async def _ensure_stream(js: JetStreamContext, cfg: StreamConfig, report: ProvisionReport) -> None:
+    try:
+        info = await js.stream_info(cfg.name or "")
+    except nats.js.errors.NotFoundError:
+        await js.add_stream(cfg)
+        report.created.append(f"stream {cfg.name}")
+        return
+    current = info.config
+    wanted = cfg.as_dict()
+    have = current.as_dict()
+    if all(have.get(k) == v for k, v in wanted.items()):
+        report.unchanged.append(f"stream {cfg.name}")
+        return
+    await js.update_stream(cfg)
+    report.updated.append(f"stream {cfg.name}")
+
+
+async def _ensure_consumer(
+    js: JetStreamContext, stream: str, cfg: ConsumerConfig, report: ProvisionReport
+) -> None:
+    name = f"consumer {stream}/{cfg.durable_name}"
+    try:
+        info = await js.consumer_info(stream, cfg.durable_name or "")
+    except nats.js.errors.NotFoundError:
+        await js.add_consumer(stream, cfg)
+        report.created.append(name)
+        return
+    have = info.config.as_dict()
+    if all(have.get(k) == v for k, v in cfg.as_dict().items()):
+        report.unchanged.append(name)
+        return
+    await js.add_consumer(stream, cfg)  # an existing durable is updated in place
+    report.updated.append(name)
+
+
+async def provision(
+    js: JetStreamContext,
+    settings: Settings,
+    *,
+    skills: Sequence[str] | None = None,
+) -> ProvisionReport:
+    """Create or update everything; raises `TopologyError` naming the object that failed."""
+    report = ProvisionReport()
+    t = settings.topology
+    what = "?"
+    try:
+        for scfg in stream_configs(settings):
+            what = f"stream {scfg.name}"
+            await _ensure_stream(js, scfg, report)
+        for stream, ccfg in consumer_configs(settings, skills=skills):
+            what = f"consumer {stream}/{ccfg.durable_name}"
+            await _ensure_consumer(js, stream, ccfg, report)
+        for bucket, ttl in (
+            (subjects.JOBS_BUCKET, t.jobs_ttl_s),
+            (subjects.JOB_PARTS_BUCKET, t.jobs_ttl_s),
+        ):
+            what = f"KV bucket {bucket}"
+            try:
+                await js.key_value(bucket)
+                report.unchanged.append(what)
+            except nats.js.errors.NotFoundError:
+                await js.create_key_value(
+                    KeyValueConfig(
+                        bucket=bucket,
+                        history=1,
+                        ttl=ttl,
+                        storage=_storage(settings),
+                        replicas=t.replicas,
+                        max_value_size=settings.limits.max_message_bytes,
+                    )
+                )
+                report.created.append(what)
+        what = f"object store {subjects.DOCUMENTS_BUCKET}"
+        try:
+            await js.object_store(subjects.DOCUMENTS_BUCKET)
+            report.unchanged.append(what)
+        except nats.js.errors.NotFoundError:
+            await js.create_object_store(
+                subjects.DOCUMENTS_BUCKET,
+                ObjectStoreConfig(
+                    bucket=subjects.DOCUMENTS_BUCKET,
+                    ttl=t.jobs_ttl_s,
+                    storage=_storage(settings),
+                    replicas=t.replicas,
+                ),
+            )
+            report.created.append(what)
+    except (nats.errors.Error, TimeoutError) as e:
+        raise TopologyError(f"provisioning {what} failed: {e or type(e).__name__}") from e
+    log.info(
+        "topology: %d created, %d updated, %d unchanged",
+        len(report.created), len(report.updated), len(report.unchanged),
+    )  # fmt: skip
+    return report

@@ -1,0 +1,568 @@
+"""The `agentbus` command line.
+
+Client commands find NATS through `AGENTBUS_NATS__URL`, else the stack started by
+`agentbus up` in this directory (`.agentbus/stack.json`), else the default URL.
+Every error is one line on stderr and a non-zero exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Annotated, Any, Final, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from agentbus.cli import ops as cli_ops
+from agentbus.cli.dlq import dlq_app
+from agentbus.contract import plugins, subjects
+from agentbus.contract.errors import AgentBusError, ConfigError, DocumentRejected
+from agentbus.contract.messages import AgentEvent, JobState
+from agentbus.contract.settings import Settings, load_settings
+from agentbus.dev.stack import STATE_FILE, Stack
+from agentbus.dev.supervise import StackSupervisor
+from agentbus.runtime.service import AgentService, run_service
+
+__all__ = ["app", "main"]
+
+DEFAULT_DATA_DIR: Final = Path(".agentbus")
+EXIT_ERROR: Final = 1
+EXIT_USAGE: Final = 2
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="agentbus: a multi-agent summarization pipeline on NATS JetStream.",
+)
+app.add_typer(dlq_app, name="dlq")
+out = Console(soft_wrap=True)  # long lines stay whole when piped
+err = Console(stderr=True)
+
+T = TypeVar("T")
+
+
+def _fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def _settings() -> Settings:
+    """Settings for client commands, with the NATS URL of a running `agentbus up` if any."""
+    # a client command reports failures as one line itself; the bus's reconnect chatter
+    # is for long-running services
+    logging.getLogger("agentbus.bus").setLevel(logging.ERROR)
+    overrides: dict[str, Any] = {}
+    state = DEFAULT_DATA_DIR / STATE_FILE
+    if "AGENTBUS_NATS__URL" not in os.environ and state.exists():
+        try:
+            url = json.loads(state.read_text())["nats_url"]
+            overrides["nats"] = {"url": url}
+        except (OSError, ValueError, KeyError):
+            pass
+    try:
+        settings = load_settings(**overrides)
+    except ConfigError as e:
+        raise _fail(str(e), EXIT_USAGE) from None
+    return settings
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    try:
+        return asyncio.run(coro)
+    except AgentBusError as e:
+        raise _fail(str(e)) from None
+    except TimeoutError as e:
+        raise _fail(str(e) or "timed out") from None
+
+
+# --- services ------------------------------------------------------------------------
+
+
+def _load_service(name: str) -> Callable[[Settings], AgentService]:
+    try:
+        loaded: Callable[[Settings], AgentService] = plugins.entry_point(
+            plugins.SERVICES_GROUP, name
+        ).load()
+    except ConfigError as e:
+        raise _fail(str(e), EXIT_USAGE) from None
+    return loaded
+
+
+def _serve(factory: Callable[[Settings], AgentService]) -> None:
+    try:
+        settings = load_settings()
+    except ConfigError as e:
+        raise _fail(str(e), EXIT_USAGE) from None
+    try:
+        code = asyncio.run(run_service(factory, settings))
+    except AgentBusError as e:
+        raise _fail(str(e)) from None
+    raise typer.Exit(code)
+
+
+@app.command()
+def orchestrator() -> None:
+    """Run the orchestrator service (job intake, fan-out, reduce)."""
+    _serve(_load_service("orchestrator"))
+
+
+@app.command()
+def archiver() -> None:
+    """Run the event-archiver service (events -> SQL, history queries)."""
+    _serve(_load_service("archiver"))
+
+
+@app.command()
+def worker(
+    skill: Annotated[
+        str | None, typer.Option(help="Skill to serve (AGENTBUS_WORKER__SKILL)")
+    ] = None,
+) -> None:
+    """Run a worker of one skill (default: summarize; any installed `agentbus.skills`)."""
+    from agentbus.runtime.skills import make_skill
+    from agentbus.runtime.worker import TaskWorker
+
+    if skill:
+        os.environ["AGENTBUS_WORKER__SKILL"] = skill
+
+    def factory(settings: Settings) -> AgentService:
+        try:
+            return TaskWorker(settings, make_skill(settings.worker.skill, settings))
+        except AgentBusError as e:
+            raise _fail(str(e), EXIT_USAGE) from None
+
+    _serve(factory)
+
+
+@app.command(
+    name="permissions",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def permissions_cmd(ctx: typer.Context) -> None:
+    """Print, write (--write) or check (--check) the chart's NATS users and permissions
+    (every installed skill unless --skill); --help for the options."""
+    from agentbus.contract import permissions
+
+    raise typer.Exit(permissions.main(ctx.args))
+
+
+@app.command(name="provision")
+def provision_cmd(
+    skills: Annotated[
+        list[str] | None,
+        typer.Option("--skill", help="Skill whose consumer to create (default: every installed)"),
+    ] = None,
+) -> None:
+    """Create or update streams, consumers, KV buckets and the object store (idempotent)."""
+    from agentbus.bus.connect import connect_nats
+    from agentbus.bus.topology import provision
+
+    settings = _settings()
+    chosen = skills or plugins.installed_skills()
+
+    async def go() -> None:
+        nc = await connect_nats(settings.nats, name="agentbus-provision", service="provision")
+        try:
+            report = await provision(nc.jetstream(), settings, skills=chosen)
+        finally:
+            await nc.close()
+        for what, items in (("created", report.created), ("updated", report.updated)):
+            for item in items:
+                out.print(f"{what:9} {item}")
+        out.print(f"topology ready ({len(report.unchanged)} unchanged)")
+
+    _run(go())
+
+
+# --- the local stack -----------------------------------------------------------------
+
+
+def _start_stack(
+    workers: int, nats_url: str | None, data_dir: Path, *, orchestrators: int = 1
+) -> Stack:
+    try:
+        return Stack(
+            data_dir=data_dir, workers=workers, orchestrators=orchestrators, nats_url=nats_url
+        ).start()
+    except AgentBusError as e:
+        raise _fail(str(e)) from None
+
+
+@app.command()
+def up(
+    workers: Annotated[int, typer.Option(min=0, max=64, help="Worker processes")] = 2,
+    orchestrators: Annotated[
+        int, typer.Option(min=1, max=16, help="Orchestrator processes (replicas)")
+    ] = 1,
+    nats_url: Annotated[
+        str | None, typer.Option("--nats-url", help="Use this NATS instead of an embedded one")
+    ] = None,
+    data_dir: Annotated[Path, typer.Option(help="Store, archive and logs")] = DEFAULT_DATA_DIR,
+) -> None:
+    """Start the whole stack locally until Ctrl-C: nats-server, orchestrator, workers, archiver.
+
+    A child that exits 0 (drained) stays stopped; one that crashes is restarted with backoff.
+    """
+    stop = {"now": False}
+
+    def on_signal(_sig: int, _frame: object) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    stack = _start_stack(workers, nats_url, data_dir, orchestrators=orchestrators)
+    out.print(f"NATS      {stack.nats_url}", highlight=False)
+    for p in stack.processes:
+        out.print(f"{p.agent_id:16} pid {p.pid}  {p.url}/metrics", highlight=False)
+    out.print(
+        f"logs in {stack.data_dir / 'logs'}; submit with `agentbus submit FILE`; Ctrl-C stops"
+    )
+    sys.stdout.flush()
+
+    def report(message: str) -> None:
+        err.print(
+            f"{time.strftime('%H:%M:%S')} {message}", highlight=False, markup=False, soft_wrap=True
+        )
+
+    try:
+        # a drained child stays stopped, a crashed one is restarted with backoff
+        StackSupervisor(stack, report=report).run(should_stop=lambda: stop["now"])
+    finally:
+        out.print("stopping ...")
+        running = {p.agent_id for p in stack.processes if p.alive()}
+        codes = stack.stop()
+        bad = {k: v for k, v in codes.items() if k in running and v not in (0, None)}
+        out.print("stopped" + (f" (non-zero exits: {bad})" if bad else ""))
+
+
+# --- client commands -----------------------------------------------------------------
+
+
+def _result_record(
+    path: str, job_id: str | None, state: JobState | None, error: str | None
+) -> dict[str, Any]:
+    return {
+        "file": path,
+        "job_id": job_id,
+        "status": state.status.value if state else "rejected",
+        "summary": state.summary if state else None,
+        "error": error or (state.error if state else None),
+        "chunks": state.chunks if state else 0,
+        "chars": state.document_chars if state else 0,
+        "seconds": round((state.updated_at - state.created_at).total_seconds(), 3)
+        if state
+        else None,
+    }
+
+
+async def _submit_files(
+    settings: Settings,
+    files: list[Path],
+    *,
+    timeout_s: float,
+    summary_chars: int | None,
+    progress: bool,
+) -> list[dict[str, Any]]:
+    from agentbus.bus.documents import read_document
+    from agentbus.client.api import AgentBusClient
+
+    records: dict[int, dict[str, Any]] = {}
+    texts: dict[int, str] = {}
+    for i, path in enumerate(files):  # refuse bad files before touching the bus
+        try:
+            texts[i] = read_document(path, max_bytes=settings.limits.max_document_bytes)
+        except DocumentRejected as e:
+            err.print(f"[bold red]rejected:[/] {e}", highlight=False, soft_wrap=True)
+            records[i] = _result_record(str(path), None, None, str(e))
+    if not texts:
+        return [records[i] for i in sorted(records)]
+    async with AgentBusClient(settings.nats, limits=settings.limits) as client:
+        jobs: list[tuple[int, str]] = []
+        for i, text in texts.items():
+            job_id = await client.submit(
+                text, title=files[i].name, summary_chars=summary_chars, name=str(files[i])
+            )
+            jobs.append((i, job_id))
+
+        bar = Progress(
+            TextColumn("summarizing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            console=err, disable=not progress, transient=True,
+        )  # fmt: skip
+
+        with bar:
+            task = bar.add_task("jobs", total=len(jobs))
+
+            async def wait_one(i: int, job_id: str) -> None:
+                try:
+                    state: JobState | None = await client.wait(job_id, timeout_s=timeout_s)
+                    error = None
+                except TimeoutError as e:
+                    state, error = await client.status(job_id), str(e)
+                records[i] = _result_record(str(files[i]), job_id, state, error)
+                bar.advance(task)
+
+            await asyncio.gather(*(wait_one(i, j) for i, j in jobs))
+    return [records[i] for i in sorted(records)]
+
+
+def _print_records(records: list[dict[str, Any]], *, as_json: bool) -> int:
+    failures = 0
+    for r in records:
+        if r["status"] != "completed":
+            failures += 1
+    if as_json:
+        out.print_json(json.dumps(records))
+        return failures
+    for r in records:
+        if r["status"] == "rejected":
+            continue
+        head = f"── {r['file']}  job {r['job_id']}  {r['status']}"
+        if r["status"] == "completed":
+            head += f" in {r['seconds']}s · {r['chars']} chars · {r['chunks']} chunk(s)"
+        out.print(f"[bold]{head}[/]", highlight=False)
+        if r["summary"]:
+            out.print(r["summary"], highlight=False, markup=False)
+        if r["error"]:
+            out.print(f"[red]{r['error']}[/]", highlight=False)
+        out.print()
+    return failures
+
+
+@app.command()
+def submit(
+    files: Annotated[list[Path], typer.Argument(help="Text files to summarize")],
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON array of results")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for all summaries")] = 600.0,
+    summary_chars: Annotated[int | None, typer.Option(help="Budget of each summary")] = None,
+    sync: Annotated[
+        bool, typer.Option("--sync", help="Request/reply on rpc.summarize: fast, at-most-once")
+    ] = False,
+) -> None:
+    """Submit documents, wait, and print each summary."""
+    settings = _settings()
+    if sync:
+        coro = cli_ops.submit_sync(settings, files, timeout_s=timeout, summary_chars=summary_chars)
+        if cli_ops.print_sync_records(_run(coro), as_json=as_json):
+            raise typer.Exit(EXIT_ERROR)
+        return
+    progress = len(files) > 1 and err.is_terminal and not as_json
+    records = _run(
+        _submit_files(
+            settings, files, timeout_s=timeout, summary_chars=summary_chars, progress=progress
+        )
+    )
+    failures = _print_records(records, as_json=as_json)
+    if failures:
+        raise typer.Exit(EXIT_ERROR)
+
+
+@app.command()
+def demo(
+    files: Annotated[
+        list[Path] | None, typer.Argument(help="Documents (default: samples/*.txt)")
+    ] = None,
+    workers: Annotated[int, typer.Option(min=1, max=64)] = 3,
+    data_dir: Annotated[Path, typer.Option()] = DEFAULT_DATA_DIR / "demo",
+) -> None:
+    """Start the stack, summarize documents, print the summaries, stop the stack."""
+    paths = files or sorted(Path("samples").glob("*.txt"))
+    if not paths:
+        raise _fail("no documents: pass files or run from the repository root (samples/)")
+    out.print(f"starting nats-server, orchestrator, {workers} workers and the archiver ...")
+    stack = _start_stack(workers, None, data_dir)
+    try:
+        settings = load_settings(nats={"url": stack.nats_url})
+        started = time.monotonic()
+        records = _run(
+            _submit_files(settings, paths, timeout_s=300, summary_chars=None, progress=False)
+        )
+        failures = _print_records(records, as_json=False)
+        out.print(
+            f"{len(records) - failures}/{len(records)} documents summarized in "
+            f"{time.monotonic() - started:.2f}s by {workers} workers"
+        )
+    finally:
+        stack.stop()
+    if failures:
+        raise typer.Exit(EXIT_ERROR)
+
+
+@app.command()
+def status(job_id: str) -> None:
+    """Show a job's state (from the jobs KV bucket)."""
+    from agentbus.client.api import AgentBusClient
+
+    settings = _settings()
+
+    async def go() -> JobState | None:
+        async with AgentBusClient(settings.nats) as client:
+            return await client.status(job_id)
+
+    try:
+        subjects.check_token(job_id, field="job_id")
+    except ValueError as e:
+        raise _fail(str(e), EXIT_USAGE) from None
+    state = _run(go())
+    if state is None:
+        raise _fail(f"no job {job_id} in KV bucket {subjects.JOBS_BUCKET}")
+    out.print_json(state.model_dump_json())
+
+
+def _event_line(ev: AgentEvent) -> str:
+    ids = " ".join(
+        x for x in (ev.job_id and f"job={ev.job_id}", ev.task_id and f"task={ev.task_id}") if x
+    )
+    data = json.dumps(ev.data, separators=(",", ":"), default=str)
+    ts = ev.ts.isoformat(timespec="milliseconds")
+    return f"{ts} {ev.agent_id:16} {ev.kind.value:20} {ids} {data}"
+
+
+@app.command()
+def history(
+    job_id: str,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="A JSON array, one event per line, as pages arrive")
+    ] = False,
+) -> None:
+    """Show every archived event of a job (asks the event-archiver, page by page)."""
+    from agentbus.client.api import AgentBusClient
+
+    settings = _settings()
+
+    async def as_table() -> list[AgentEvent]:
+        async with AgentBusClient(settings.nats) as client:
+            return await client.history(job_id)
+
+    async def as_lines() -> None:
+        # streamed: a job's history can be larger than what is worth holding twice
+        write = sys.stdout.write
+        first = True
+        async with AgentBusClient(settings.nats) as client:
+            async for page in client.history_pages(job_id):
+                for ev in page:
+                    write(("[\n" if first else ",\n") + ev.model_dump_json())
+                    first = False
+                sys.stdout.flush()
+        write("[]\n" if first else "\n]\n")
+
+    try:
+        subjects.check_token(job_id, field="job_id")
+    except ValueError as e:
+        raise _fail(str(e), EXIT_USAGE) from None
+    if as_json:
+        _run(as_lines())
+        return
+    events = _run(as_table())
+    table = Table("time", "agent", "event", "task", "data")
+    for ev in events:
+        table.add_row(
+            ev.ts.strftime("%H:%M:%S.%f")[:-3], ev.agent_id, ev.kind.value, ev.task_id or "",
+            json.dumps(ev.data, default=str)[:80],
+        )  # fmt: skip
+    out.print(table)
+    if not events:
+        raise _fail(f"no archived events for job {job_id}")
+
+
+@app.command()
+def events(
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep tailing live events")
+    ] = False,
+    last: Annotated[int, typer.Option(min=0, help="Replay this many stored events first")] = 20,
+    limit: Annotated[int | None, typer.Option(help="Exit after this many events")] = None,
+) -> None:
+    """Print agent events (the `agent.>` wildcard); `--follow` tails them live."""
+    from nats.aio.msg import Msg
+    from nats.js.api import ConsumerConfig, DeliverPolicy
+
+    from agentbus.bus.connect import connect_nats
+    from agentbus.contract.messages import decode_events
+
+    settings = _settings()
+
+    async def go() -> None:
+        nc = await connect_nats(settings.nats, name="agentbus-events", service="client")
+        js = nc.jetstream()
+        seen = 0
+        done = asyncio.Event()
+
+        def unpack(data: bytes) -> list[AgentEvent | str]:
+            try:
+                return list(decode_events(data)[1])
+            except AgentBusError as e:
+                return [f"(undecodable event: {e})"]
+
+        def show(item: AgentEvent | str) -> None:
+            nonlocal seen
+            if done.is_set():
+                return
+            if isinstance(item, str):
+                out.print(item, highlight=False)
+                return
+            out.print(_event_line(item), highlight=False, markup=False)
+            seen += 1
+            if limit is not None and seen >= limit:
+                done.set()
+
+        async def live(msg: Msg) -> None:
+            for item in unpack(msg.data):
+                show(item)
+
+        try:
+            info = await js.stream_info(subjects.AGENT_EVENTS_STREAM)
+            last_seq = info.state.last_seq
+            if last and last_seq:
+                # a message may hold several events: the last `last` messages hold at
+                # least `last` events, of which the newest `last` are shown
+                start = max(info.state.first_seq, last_seq - last + 1)
+                sub = await js.subscribe(
+                    "agent.>",
+                    ordered_consumer=True,
+                    config=ConsumerConfig(
+                        deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start
+                    ),
+                )
+                stored: list[AgentEvent | str] = []
+                while True:
+                    msg = await sub.next_msg(timeout=5)
+                    stored.extend(unpack(msg.data))
+                    if msg.metadata.sequence.stream >= last_seq:
+                        break
+                await sub.unsubscribe()
+                for item in stored[-last:]:
+                    show(item)
+            if follow and not done.is_set():
+                # a core subscription sees every event as it is published
+                await nc.subscribe("agent.*.events", cb=live)
+                await nc.subscribe("agent.*.results", cb=live)
+                loop = asyncio.get_running_loop()
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    loop.add_signal_handler(sig, done.set)
+                await done.wait()
+        finally:
+            await nc.close()
+
+    _run(go())
+
+
+cli_ops.register(app)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None

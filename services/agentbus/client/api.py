@@ -1,0 +1,339 @@
+"""`AgentBusClient`: submit documents, wait for summaries, watch progress, read history.
+
+    async with AgentBusClient("nats://127.0.0.1:4222") as client:
+        job_id = await client.submit("long text ...")
+        state = await client.wait(job_id, timeout_s=60)
+        print(state.summary)
+
+A job is accepted when JetStream acknowledges its publish on `jobs.submit` (the PubAck);
+documents above the inline limit go to the object store first and travel by reference.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import itertools
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Self
+
+import nats.errors
+import nats.js.errors
+
+from agentbus.bus.core import Bus
+from agentbus.bus.documents import check_document, fetch_document, read_document, store_document
+from agentbus.client.rpc import RpcResult, fan_out, request_summary
+from agentbus.contract import subjects
+from agentbus.contract.errors import (
+    BusError,
+    JobExistsError,
+    JobFailed,
+    MessageDecodeError,
+    RpcError,
+)
+from agentbus.contract.messages import (
+    HISTORY_PAGE_EVENTS,
+    MAX_HISTORY_PAGE_EVENTS,
+    AgentEvent,
+    HistoryQuery,
+    HistoryReply,
+    JobState,
+    JobSubmit,
+    decode,
+    decode_job_state,
+    encode,
+    new_id,
+)
+from agentbus.contract.settings import LimitsSettings, NatsSettings
+from agentbus.observability import telemetry
+
+__all__ = ["AgentBusClient"]
+
+
+class AgentBusClient:
+    def __init__(
+        self,
+        nats_settings: NatsSettings | str,
+        *,
+        limits: LimitsSettings | None = None,
+        client_id: str | None = None,
+    ) -> None:
+        self.nats_settings = (
+            NatsSettings(url=nats_settings) if isinstance(nats_settings, str) else nats_settings
+        )
+        self.limits = limits or LimitsSettings()
+        self.client_id = client_id or f"client-{new_id()[:12]}"
+        self._bus: Bus | None = None
+
+    async def connect(self) -> Self:
+        if self._bus is None:
+            self._bus = await Bus.connect(
+                self.nats_settings, agent_id=self.client_id, service="client"
+            )
+            telemetry.adopt_global_tracing(service="client", agent_id=self.client_id)
+        return self
+
+    async def close(self) -> None:
+        if self._bus is not None:
+            await self._bus.close()
+            self._bus = None
+
+    async def __aenter__(self) -> Self:
+        return await self.connect()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def bus(self) -> Bus:
+        if self._bus is None:
+            raise BusError("client is not connected: use `async with AgentBusClient(...)`")
+        return self._bus
+
+    # --- submit ----------------------------------------------------------------------
+
+    async def submit(
+        self,
+        text: str | bytes,
+        *,
+        job_id: str | None = None,
+        title: str = "",
+        summary_chars: int | None = None,
+        name: str = "document",
+        timeout_s: float | None = None,
+        skill: str = subjects.SUMMARIZE_SKILL,
+    ) -> str:
+        """Submit one document; returns its job id once JetStream has accepted it.
+
+        A job id names one document: submitting the same document under an existing id
+        returns that job (nothing new runs); a different one raises `JobExistsError`.
+        `timeout_s` is the job's deadline (default: the orchestrator's
+        `AGENTBUS_ORCHESTRATOR__JOB_TIMEOUT_S`). Raises `DocumentRejected` (empty, not
+        UTF-8 text, above the size cap)."""
+        data = text.encode() if isinstance(text, str) else text
+        check_document(data, max_bytes=self.limits.max_document_bytes, name=name)
+        sha256 = hashlib.sha256(data).hexdigest()
+        if job_id is not None:
+            subjects.check_token(job_id, field="job_id")
+            existing = await self.status(job_id)
+            if existing is not None:
+                if existing.document_sha256 not in (None, sha256):
+                    raise JobExistsError(
+                        f"job {job_id} exists with a different document "
+                        f"(sha256 {existing.document_sha256[:12]}..., this one "
+                        f"{sha256[:12]}...): submit it under a new job id"
+                    )
+                return job_id  # the same document: that job, idempotently
+        job_id = subjects.check_token(job_id or new_id(), field="job_id")
+        job = JobSubmit(
+            job_id=job_id, skill=subjects.check_token(skill, field="skill"), title=title,
+            summary_chars=summary_chars, document_sha256=sha256, timeout_s=timeout_s,
+        )  # fmt: skip
+        # the job's trace starts here; its context travels in the job message's headers
+        attributes = {"agentbus.job_id": job_id, "messaging.destination": subjects.JOBS_SUBJECT}
+        with telemetry.span("submit job", kind="producer", attributes=attributes):
+            await self._submit(job, data)
+        return job_id
+
+    async def _submit(self, job: JobSubmit, data: bytes) -> None:
+        if len(data) > self.limits.inline_limit_bytes:
+            ref = await store_document(self.bus.js, name=f"{job.job_id}.txt", data=data)
+            job = job.model_copy(update={"document": ref})
+        else:
+            job = job.model_copy(update={"text": data.decode()})
+        await self.bus.publish(
+            subjects.JOBS_SUBJECT, job, msg_id=job.job_id, stream=subjects.JOBS_STREAM
+        )
+
+    async def submit_file(
+        self, path: Path | str, *, job_id: str | None = None, summary_chars: int | None = None
+    ) -> str:
+        path = Path(path)
+        data = read_document(path, max_bytes=self.limits.max_document_bytes)
+        return await self.submit(
+            data, job_id=job_id, title=path.name, summary_chars=summary_chars, name=str(path)
+        )
+
+    # --- state -----------------------------------------------------------------------
+
+    async def status(self, job_id: str) -> JobState | None:
+        kv = await self.bus.kv(subjects.JOBS_BUCKET)
+        try:
+            entry = await kv.get(subjects.check_token(job_id, field="job_id"))
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        return decode_job_state(entry.value) if entry.value else None
+
+    async def watch(
+        self, job_id: str, *, timeout_s: float | None = None
+    ) -> AsyncIterator[JobState]:
+        """Yield the job's state on every change until it is completed or failed."""
+        kv = await self.bus.kv(subjects.JOBS_BUCKET)
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        watcher = await kv.watch(subjects.check_token(job_id, field="job_id"))
+        last_revision = -1
+        try:
+            while True:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise TimeoutError(f"job {job_id} not finished within {timeout_s}s")
+                try:
+                    entry = await watcher.updates(timeout=min(left or 2.0, 2.0))  # type: ignore[no-untyped-call]
+                except (nats.errors.TimeoutError, TimeoutError):
+                    entry = None
+                if entry is None or entry.value is None:
+                    # the watcher's end-of-initial-values marker, or a quiet spell: poll once
+                    state = await self.status(job_id)
+                    revision = last_revision
+                else:
+                    state = decode_job_state(entry.value)
+                    revision = entry.revision or 0
+                if state is None or (revision == last_revision and entry is not None):
+                    continue
+                last_revision = revision
+                yield state
+                if state.status.terminal:
+                    return
+        finally:
+            with contextlib.suppress(Exception):
+                await watcher.stop()  # type: ignore[no-untyped-call]
+
+    async def wait(
+        self, job_id: str, *, timeout_s: float = 300.0, raise_on_failure: bool = False
+    ) -> JobState:
+        """Wait until the job is completed or failed; returns its final state."""
+        last: JobState | None = None
+        async for state in self.watch(job_id, timeout_s=timeout_s):
+            last = state
+        assert last is not None
+        if last.summary is None and last.summary_ref is not None:
+            last.summary = await self.fetch_summary(last)
+        if raise_on_failure and last.error is not None and last.summary is None:
+            raise JobFailed(f"job {job_id} failed: {last.error}")
+        return last
+
+    async def fetch_summary(self, state: JobState) -> str | None:
+        """The final summary of a job, read from the object store if it travelled by
+        reference (above the inline limit)."""
+        if state.summary is not None or state.summary_ref is None:
+            return state.summary
+        return (await fetch_document(self.bus.js, state.summary_ref)).decode()
+
+    # --- request/reply (at-most-once, low latency) -------------------------------------
+
+    async def summarize_sync(
+        self,
+        text: str,
+        *,
+        max_chars: int = 1200,
+        timeout_s: float = 30.0,
+        skill: str = subjects.SUMMARIZE_SKILL,
+    ) -> str:
+        """Summarize `text` now through `rpc.{skill}` (one worker, no job, no retry).
+
+        Raises `RpcError` on no responders, no reply within `timeout_s`, or the worker's
+        error."""
+        result = await request_summary(
+            self.bus.nc, text, sender=self.client_id, max_chars=max_chars, timeout_s=timeout_s,
+            skill=skill, max_bytes=self.limits.max_message_bytes,
+        )  # fmt: skip
+        if result.error is not None:
+            raise RpcError(result.error)
+        return result.summary or ""
+
+    async def fan_out(
+        self,
+        texts: Sequence[str],
+        *,
+        max_chars: int = 1200,
+        timeout_s: float = 30.0,
+        concurrency: int = 64,
+        skill: str = subjects.SUMMARIZE_SKILL,
+    ) -> list[RpcResult]:
+        """Summarize many texts in parallel through `rpc.{skill}`; results in input order,
+        each with its own `error` (timeout, no responders, the worker's error)."""
+        return await fan_out(
+            self.bus.nc, texts, sender=self.client_id, max_chars=max_chars, timeout_s=timeout_s,
+            concurrency=concurrency, skill=skill, max_bytes=self.limits.max_message_bytes,
+        )  # fmt: skip
+
+    async def summarize(self, text: str, *, timeout_s: float = 300.0, **kw: object) -> str:
+        """Submit and wait; returns the summary or raises `JobFailed`."""
+        job_id = await self.submit(text, **kw)  # type: ignore[arg-type]
+        state = await self.wait(job_id, timeout_s=timeout_s, raise_on_failure=True)
+        return state.summary or ""
+
+    async def history(
+        self,
+        job_id: str,
+        *,
+        timeout_s: float = 5.0,
+        page_size: int = HISTORY_PAGE_EVENTS,
+    ) -> list[AgentEvent]:
+        """Every archived event of a job, oldest first (asks the event-archiver on
+        `rpc.history`, page by page; `timeout_s` is the wait for each page)."""
+        return [
+            event
+            async for page in self.history_pages(job_id, timeout_s=timeout_s, page_size=page_size)
+            for event in page
+        ]
+
+    async def history_pages(
+        self,
+        job_id: str,
+        *,
+        timeout_s: float = 5.0,
+        page_size: int = HISTORY_PAGE_EVENTS,
+    ) -> AsyncIterator[list[AgentEvent]]:
+        """A job's archived events in pages of at most `page_size` (fewer when a page
+        would not fit in one NATS message), oldest first, until the last one. Events
+        archived during the walk are included if they sort after the page being read."""
+        job_id = subjects.check_token(job_id, field="job_id")
+        if not 1 <= page_size <= MAX_HISTORY_PAGE_EVENTS:
+            raise ValueError(
+                f"page_size must be between 1 and {MAX_HISTORY_PAGE_EVENTS}, got {page_size}"
+            )
+        after: str | None = None
+        for page in itertools.count(1):
+            query = HistoryQuery(job_id=job_id, limit=page_size, after=after)
+            reply = await self._history_page(query, page=page, timeout_s=timeout_s)
+            if reply.events:
+                yield list(reply.events)
+            if reply.next is None:
+                if len(reply.events) >= page_size:  # an archiver that answers one page only
+                    raise BusError(
+                        f"the event-archiver on {subjects.RPC_HISTORY} answered a full page "
+                        f"of job {job_id} without a cursor: it does not page (older than "
+                        "this client); upgrade it"
+                    )
+                return
+            if reply.next == after:
+                raise BusError(
+                    f"the cursor of {subjects.RPC_HISTORY} did not advance on page {page} "
+                    f"of job {job_id}"
+                )
+            after = reply.next
+
+    async def _history_page(
+        self, query: HistoryQuery, *, page: int, timeout_s: float
+    ) -> HistoryReply:
+        subject = subjects.RPC_HISTORY
+        try:
+            msg = await self.bus.nc.request(
+                subject, encode(query, sender=self.client_id), timeout=timeout_s
+            )
+        except nats.errors.NoRespondersError as e:
+            raise BusError(f"no event-archiver answers on {subject}") from e
+        except (TimeoutError, nats.errors.TimeoutError) as e:
+            raise BusError(
+                f"no answer on {subject} within {timeout_s}s (page {page} of job {query.job_id})"
+            ) from e
+        try:
+            reply = decode(msg.data, HistoryReply).payload
+        except MessageDecodeError as e:
+            raise BusError(f"bad reply on {subject}: {e}") from e
+        if reply.error:
+            raise BusError(f"history of job {query.job_id} on {subject}: {reply.error}")
+        return reply

@@ -1,0 +1,479 @@
+"""Message models of the wire contract (pydantic v2).
+
+Every message on a subject is an `Envelope` in the seed article's shape (`sender`,
+`msg_type`, `payload`) plus `id`, `schema_version` and `created_at`. The payload model
+decides `msg_type`. Job state in the jobs KV bucket is a `JobState` (no envelope).
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, ClassVar, Final, Generic, Literal, TypeVar
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
+
+from agentbus.contract.errors import MessageDecodeError
+
+__all__ = [
+    "HARD_MAX_MESSAGE_BYTES",
+    "HISTORY_CURSOR_MAX_CHARS",
+    "HISTORY_PAGE_EVENTS",
+    "MAX_EVENTS_PER_BATCH",
+    "MAX_EVENT_DATA_DEPTH",
+    "MAX_HISTORY_PAGE_EVENTS",
+    "MESSAGE_TYPES",
+    "SCHEMA_VERSION",
+    "AgentEvent",
+    "AgentEventBatch",
+    "Command",
+    "CommandReply",
+    "DocumentRef",
+    "Envelope",
+    "EventKind",
+    "HistoryQuery",
+    "HistoryReply",
+    "JobDeadline",
+    "JobState",
+    "JobStatus",
+    "JobSubmit",
+    "Payload",
+    "SummarizeReply",
+    "SummarizeRequest",
+    "TaskAssign",
+    "TaskResult",
+    "TokenUsage",
+    "decode",
+    "decode_events",
+    "decode_job_state",
+    "encode",
+    "new_id",
+    "utcnow",
+]
+
+SCHEMA_VERSION: Final = 1
+HARD_MAX_MESSAGE_BYTES: Final = 64 * 1024 * 1024
+"""No decoder reads more than this (NATS's own payload ceiling), whatever the caller asks."""
+MAX_EVENT_DATA_DEPTH: Final = 16
+"""Nesting depth allowed in an event's free-form `data`."""
+
+MAX_EVENTS_PER_BATCH: Final = 10_000
+"""Events one `AgentEventBatch` may hold."""
+
+HISTORY_PAGE_EVENTS: Final = 500
+"""Events a `HistoryQuery` asks for per page unless it says otherwise."""
+MAX_HISTORY_PAGE_EVENTS: Final = 10_000
+"""Events the archiver puts in one `HistoryReply` at most, whatever the query's `limit`."""
+HISTORY_CURSOR_MAX_CHARS: Final = 256
+
+Token = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,128}$")]
+TraceHeader = Annotated[str, StringConstraints(max_length=512)]
+Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Payload(BaseModel):
+    """Base of every payload; `MSG_TYPE` is its `msg_type` on the wire."""
+
+    # no Infinity/NaN: they are not JSON, and would not survive the archive or a round trip
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    MSG_TYPE: ClassVar[str] = ""
+    OMIT_WHEN_NONE: ClassVar[frozenset[str]] = frozenset()
+    """Fields added after a release, left out of the wire form while unset: a reader of
+    the previous release (`extra="forbid"`) still decodes the message."""
+
+
+class DocumentRef(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    bucket: Token
+    name: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+    size_bytes: int = Field(ge=0)
+    sha256: Sha256Hex
+
+
+class JobSubmit(Payload):
+    MSG_TYPE: ClassVar[str] = "job.submit"
+    job_id: Token
+    skill: Token = "summarize"
+    text: str | None = None
+    document: DocumentRef | None = None
+    summary_chars: int | None = Field(default=None, ge=50, le=1_000_000)
+    title: Annotated[str, StringConstraints(max_length=512)] = ""
+    document_sha256: Sha256Hex | None = None
+    """SHA-256 of the document's bytes: a job id submitted again must carry the same."""
+    timeout_s: float | None = Field(default=None, gt=0, le=30 * 86400)
+    """Deadline of this job in seconds from its acceptance (default: the orchestrator's)."""
+
+
+class JobDeadline(Payload):
+    """The timer of a running job (`jobs.deadline.{job_id}`), published by the orchestrator
+    at intake and re-delivered by its deadline consumer until the job ends."""
+
+    MSG_TYPE: ClassVar[str] = "job.deadline"
+    job_id: Token
+    first_check_s: float = Field(default=1.0, ge=0, le=30 * 86400)
+    """When the first check is due (the nearest of the job's deadline and no-progress
+    timeout at intake)."""
+
+
+class TaskAssign(Payload):
+    MSG_TYPE: ClassVar[str] = "task.assign"
+    job_id: Token
+    task_id: Token
+    level: int = Field(ge=0, le=64)
+    """0 = map step over document chunks; 1+ = reduce steps over summaries."""
+    index: int = Field(ge=0)
+    count: int = Field(ge=1)
+    text: Annotated[str, StringConstraints(min_length=1)]
+    max_chars: int = Field(ge=20)
+
+
+class TokenUsage(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    prompt_tokens: int = Field(default=0, ge=0)
+    completion_tokens: int = Field(default=0, ge=0)
+
+
+class TaskResult(Payload):
+    MSG_TYPE: ClassVar[str] = "task.result"
+    job_id: Token
+    task_id: Token
+    level: int = Field(ge=0, le=64)
+    index: int = Field(ge=0)
+    ok: bool
+    summary: str = ""
+    error: str | None = None
+    worker_id: Token
+    duration_ms: float = Field(ge=0)
+    usage: TokenUsage | None = None
+
+
+class EventKind(StrEnum):
+    JOB_ACCEPTED = "job.accepted"
+    JOB_CHUNKED = "job.chunked"
+    JOB_REDUCING = "job.reducing"
+    JOB_COMPLETED = "job.completed"
+    JOB_FAILED = "job.failed"
+    TASK_STARTED = "task.started"
+    TASK_COMPLETED = "task.completed"
+    TASK_RETRIED = "task.retried"
+    TASK_DEAD_LETTERED = "task.dead_lettered"
+    MESSAGE_REJECTED = "message.rejected"
+    AGENT_STARTED = "agent.started"
+    AGENT_STOPPED = "agent.stopped"
+
+
+def _clean(value: object, depth: int) -> object:
+    """A JSON value with NUL characters replaced (PostgreSQL's JSON refuses them); raises
+    ValueError past `MAX_EVENT_DATA_DEPTH` levels or on a non-finite number (not JSON)."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd") if "\x00" in value else value
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("holds a non-finite number")
+    if isinstance(value, dict | list):
+        if depth >= MAX_EVENT_DATA_DEPTH:
+            raise ValueError(f"nested deeper than {MAX_EVENT_DATA_DEPTH} levels")
+        if isinstance(value, list):
+            return [_clean(v, depth + 1) for v in value]
+        return {str(_clean(k, depth)): _clean(v, depth + 1) for k, v in value.items()}
+    return value
+
+
+def _clean_data(value: dict[str, Any]) -> dict[str, Any]:
+    cleaned = _clean(value, 0)
+    assert isinstance(cleaned, dict)
+    return cleaned
+
+
+class AgentEvent(Payload):
+    MSG_TYPE: ClassVar[str] = "agent.event"
+    event_id: Token
+    agent_id: Token
+    service: Token
+    kind: EventKind
+    job_id: Token | None = None
+    task_id: Token | None = None
+    data: Annotated[dict[str, Any], AfterValidator(_clean_data)] = Field(default_factory=dict)
+    ts: datetime = Field(default_factory=utcnow)
+    traceparent: TraceHeader | None = None
+    """W3C trace context of the step, inside an `AgentEventBatch` (a single event carries
+    it in the message headers instead)."""
+    tracestate: TraceHeader | None = None
+
+
+class AgentEventBatch(Payload):
+    """Events emitted side by side, published as one message (group commit)."""
+
+    MSG_TYPE: ClassVar[str] = "agent.event_batch"
+    events: list[AgentEvent] = Field(min_length=1, max_length=MAX_EVENTS_PER_BATCH)
+
+
+HistoryCursor = Annotated[str, StringConstraints(min_length=1, max_length=HISTORY_CURSOR_MAX_CHARS)]
+"""Opaque: where a page of history ended; only the archiver reads it."""
+
+
+class HistoryQuery(Payload):
+    """One page of a job's archived events, oldest first, after the cursor `after` (from
+    the start without it). The reply holds at most `limit` events (and at most
+    `MAX_HISTORY_PAGE_EVENTS`), fewer when more would not fit in one message."""
+
+    MSG_TYPE: ClassVar[str] = "history.query"
+    OMIT_WHEN_NONE: ClassVar[frozenset[str]] = frozenset({"after"})
+    job_id: Token
+    limit: int = Field(default=HISTORY_PAGE_EVENTS, ge=1, le=100_000)
+    after: HistoryCursor | None = None
+
+
+class HistoryReply(Payload):
+    """A page of events; `next` is the cursor of the following page, None (absent) on the
+    last one. A page without `next` is never full: it holds fewer than `limit` events."""
+
+    MSG_TYPE: ClassVar[str] = "history.reply"
+    OMIT_WHEN_NONE: ClassVar[frozenset[str]] = frozenset({"next"})
+    job_id: Token
+    events: list[AgentEvent] = Field(default_factory=list)
+    error: str | None = None
+    next: HistoryCursor | None = None
+
+
+class SummarizeRequest(Payload):
+    MSG_TYPE: ClassVar[str] = "summarize.request"
+    text: Annotated[str, StringConstraints(min_length=1)]
+    max_chars: int = Field(default=1200, ge=20)
+
+
+class SummarizeReply(Payload):
+    MSG_TYPE: ClassVar[str] = "summarize.reply"
+    ok: bool
+    summary: str = ""
+    error: str | None = None
+    worker_id: Token
+
+
+class Command(Payload):
+    MSG_TYPE: ClassVar[str] = "agent.command"
+    command: Literal["ping", "pause", "resume", "drain"]
+
+
+class CommandReply(Payload):
+    MSG_TYPE: ClassVar[str] = "agent.command_reply"
+    agent_id: Token
+    service: Token
+    ok: bool
+    state: str
+    detail: str = ""
+
+
+MESSAGE_TYPES: Final[dict[str, type[Payload]]] = {
+    m.MSG_TYPE: m
+    for m in (
+        JobSubmit,
+        JobDeadline,
+        TaskAssign,
+        TaskResult,
+        AgentEvent,
+        AgentEventBatch,
+        HistoryQuery,
+        HistoryReply,
+        SummarizeRequest,
+        SummarizeReply,
+        Command,
+        CommandReply,
+    )
+}
+
+P = TypeVar("P", bound=Payload)
+
+
+class Envelope(BaseModel, Generic[P]):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    schema_version: int = Field(default=SCHEMA_VERSION, ge=1, le=65535)
+    id: Token = Field(default_factory=new_id)
+    sender: Token
+    msg_type: Annotated[str, StringConstraints(max_length=64)]
+    created_at: datetime = Field(default_factory=utcnow)
+    payload: P
+
+
+def encode(payload: Payload, *, sender: str, msg_id: str | None = None) -> bytes:
+    env: Envelope[Payload] = Envelope(
+        sender=sender, msg_type=payload.MSG_TYPE, payload=payload, id=msg_id or new_id()
+    )
+    unset = {f for f in payload.OMIT_WHEN_NONE if getattr(payload, f) is None}
+    return env.model_dump_json(exclude={"payload": unset} if unset else None).encode()
+
+
+def _first_error(e: ValidationError) -> str:
+    err = e.errors(include_url=False, include_input=False)[0]
+    where = ".".join(str(p) for p in err["loc"]) or "message"
+    more = f" (+{e.error_count() - 1} more)" if e.error_count() > 1 else ""
+    return f"{where}: {err['msg']}{more}"
+
+
+_ENVELOPES: dict[type[Payload], type[Envelope[Any]]] = {}
+
+
+def decode(data: bytes, payload_type: type[P], *, max_bytes: int | None = None) -> Envelope[P]:
+    """Decode `data` as an envelope of `payload_type`; `MessageDecodeError` names the field.
+
+    Hostile input (any bytes, any size, any nesting) raises nothing but `MessageDecodeError`:
+    a message above `max_bytes` (never more than `HARD_MAX_MESSAGE_BYTES`) is refused unread.
+    """
+    cap = HARD_MAX_MESSAGE_BYTES if max_bytes is None else min(max_bytes, HARD_MAX_MESSAGE_BYTES)
+    if len(data) > cap:
+        raise MessageDecodeError(f"message of {len(data)} bytes exceeds the cap of {cap}")
+    envelope = _ENVELOPES.get(payload_type)
+    if envelope is None:  # pydantic caches the class too, behind a slower lookup
+        envelope = _ENVELOPES[payload_type] = Envelope[payload_type]  # type: ignore[valid-type]
+    try:
+        env = envelope.model_validate_json(data)
+    except ValidationError as e:
+        raise MessageDecodeError(f"invalid {payload_type.MSG_TYPE}: {_first_error(e)}") from e
+    except Exception as e:  # the parser's own limits (recursion, sizes): still just bad input
+        raise MessageDecodeError(
+            f"invalid {payload_type.MSG_TYPE}: {type(e).__name__}: {str(e)[:200]}"
+        ) from e
+    if env.msg_type != payload_type.MSG_TYPE:
+        raise MessageDecodeError(
+            f"msg_type {env.msg_type!r} where {payload_type.MSG_TYPE!r} was expected"
+        )
+    if env.schema_version > SCHEMA_VERSION:
+        raise MessageDecodeError(
+            f"schema_version {env.schema_version} is newer than supported {SCHEMA_VERSION}"
+        )
+    return env
+
+
+_BATCH_MARK: Final = b'"msg_type":"agent.event_batch"'
+
+
+def decode_events(
+    data: bytes, *, max_bytes: int | None = None
+) -> tuple[Envelope[AgentEvent] | Envelope[AgentEventBatch], list[AgentEvent]]:
+    """Decode a message of the AGENT_EVENTS stream: one `AgentEvent` or an
+    `AgentEventBatch`. Returns the envelope and its events in emission order."""
+    batch_first = _BATCH_MARK in data
+    try:
+        return _decode_events_as(data, batch=batch_first, max_bytes=max_bytes)
+    except MessageDecodeError as first:
+        try:  # the mark can also appear inside a single event's data
+            return _decode_events_as(data, batch=not batch_first, max_bytes=max_bytes)
+        except MessageDecodeError:
+            raise first from None
+
+
+def _decode_events_as(
+    data: bytes, *, batch: bool, max_bytes: int | None
+) -> tuple[Envelope[AgentEvent] | Envelope[AgentEventBatch], list[AgentEvent]]:
+    if batch:
+        many = decode(data, AgentEventBatch, max_bytes=max_bytes)
+        return many, list(many.payload.events)
+    one = decode(data, AgentEvent, max_bytes=max_bytes)
+    return one, [one.payload]
+
+
+class JobStatus(StrEnum):
+    ACCEPTED = "accepted"
+    RUNNING = "running"
+    REDUCING = "reducing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobStatus.COMPLETED, JobStatus.FAILED)
+
+
+class JobState(BaseModel):
+    """The value of a job's key in the jobs KV bucket.
+
+    Its size does not grow with the document: the tasks recorded at the current level are
+    a count and a bitmap (`level_bits`, one bit per task, base64), and the task summaries
+    live under their own keys in the job-parts bucket."""
+
+    model_config = ConfigDict(extra="forbid")
+    job_id: Token
+    status: JobStatus
+    title: str = ""
+    skill: Token = "summarize"
+    document_chars: int = Field(default=0, ge=0)
+    document_sha256: Sha256Hex | None = None
+    """Fingerprint of the document: a re-submission under the same id must match it."""
+    summary_chars: int = Field(default=1200, ge=20)
+    chunks: int = Field(default=0, ge=0)
+    """Number of map tasks (document chunks)."""
+    level: int = Field(default=0, ge=0)
+    """Current step: 0 = map, 1+ = reduce."""
+    level_tasks: int = Field(default=0, ge=0)
+    level_done: int = Field(default=0, ge=0)
+    """Number of the current level's tasks whose result is recorded."""
+    level_bits: str = ""
+    """Which of them: a bitmap, bit i of byte i // 8 for task i, base64 ("" = none)."""
+    tasks_done_total: int = Field(default=0, ge=0)
+    summary: str | None = None
+    summary_ref: DocumentRef | None = None
+    error: str | None = None
+    failed_by: str | None = None
+    """Why a failed job failed (intake, rejected, task, timeout); only a job failed by a
+    task goes on when that task's dead letter is replayed and succeeds."""
+    timeout_s: float | None = Field(default=None, ge=0)
+    """The job's own deadline (seconds from creation); None: the orchestrator's setting."""
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    trace_id: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_level_done(cls, data: Any) -> Any:
+        """States written before the bitmap listed the recorded indices: convert them."""
+        if isinstance(data, dict) and isinstance(data.get("level_done"), list):
+            indices = {i for i in data["level_done"] if isinstance(i, int) and i >= 0}
+            bits = bytearray((max(indices, default=-1) + 8) // 8)
+            for i in indices:
+                bits[i >> 3] |= 1 << (i & 7)
+            data = {
+                **data,
+                "level_done": len(indices),
+                "level_bits": base64.b64encode(bytes(bits)).decode() if indices else "",
+            }
+        return data
+
+    @property
+    def progress(self) -> float:
+        if self.status is JobStatus.COMPLETED:
+            return 1.0
+        if self.chunks == 0:
+            return 0.0
+        done_map = self.chunks if self.level > 0 else self.level_done
+        return min(0.99, done_map / self.chunks * (0.9 if self.chunks > 1 else 0.99))
+
+
+def decode_job_state(data: bytes, *, max_bytes: int = HARD_MAX_MESSAGE_BYTES) -> JobState:
+    """Decode a job's KV value; anything wrong raises `MessageDecodeError` only."""
+    cap = min(max_bytes, HARD_MAX_MESSAGE_BYTES)
+    if len(data) > cap:
+        raise MessageDecodeError(f"job state of {len(data)} bytes exceeds the cap of {cap}")
+    try:
+        return JobState.model_validate_json(data)
+    except ValidationError as e:
+        raise MessageDecodeError(f"invalid job state: {_first_error(e)}") from e
+    except Exception as e:
+        raise MessageDecodeError(f"invalid job state: {type(e).__name__}: {str(e)[:200]}") from e

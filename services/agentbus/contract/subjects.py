@@ -1,0 +1,169 @@
+"""The wire contract's names, in one place: every subject, stream, consumer and bucket.
+
+Subject tokens that come from data (job ids, task ids, agent ids, skills) are validated
+by `check_token` so that no message can be routed onto a subject it does not own.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+__all__ = [
+    "AGENT_COMMANDS_WILDCARD",
+    "AGENT_EVENTS_STREAM",
+    "AGENT_EVENTS_SUBJECTS",
+    "ALL_STREAMS",
+    "ARCHIVER_CONSUMER",
+    "ARCHIVER_QUEUE",
+    "DLQ_STREAM",
+    "DLQ_SUBJECTS",
+    "DOCUMENTS_BUCKET",
+    "JOBS_BUCKET",
+    "JOBS_STREAM",
+    "JOBS_SUBJECT",
+    "JOB_DEADLINES_SUBJECTS",
+    "JOB_PARTS_BUCKET",
+    "ORCHESTRATOR_CONSUMER",
+    "ORCHESTRATOR_DEADLINES_CONSUMER",
+    "ORCHESTRATOR_RESULTS_CONSUMER",
+    "RESULTS_STREAM",
+    "RESULTS_SUBJECTS",
+    "RPC_HISTORY",
+    "RPC_SUMMARIZE",
+    "SRV_PREFIX",
+    "SUMMARIZE_SKILL",
+    "TASKS_STREAM",
+    "TASKS_SUBJECTS",
+    "TOKEN_RE",
+    "WORKERS_CONSUMER",
+    "WORKERS_QUEUE",
+    "WORKER_SERVICE",
+    "agent_commands",
+    "agent_events",
+    "agent_results",
+    "check_token",
+    "dlq_subject",
+    "job_deadline",
+    "job_results_wildcard",
+    "result_subject",
+    "rpc_queue",
+    "rpc_subject",
+    "srv_subject",
+    "task_assign",
+    "workers_consumer",
+]
+
+TOKEN_RE: Final = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+
+# --- JetStream streams -------------------------------------------------------------
+JOBS_STREAM: Final = "JOBS"
+JOBS_SUBJECT: Final = "jobs.submit"
+JOB_DEADLINES_SUBJECTS: Final = "jobs.deadline.*"
+"""One timer message per running job (`jobs.deadline.{job_id}`, in the JOBS stream): the
+orchestrator's deadline consumer re-delivers it (nak with delay) until the job is finished
+or is failed for its deadline or lack of progress."""
+
+TASKS_STREAM: Final = "TASKS"
+TASKS_SUBJECTS: Final = "tasks.*.assign"
+
+RESULTS_STREAM: Final = "RESULTS"
+RESULTS_SUBJECTS: Final = "results.>"
+
+AGENT_EVENTS_STREAM: Final = "AGENT_EVENTS"
+AGENT_EVENTS_SUBJECTS: Final = ("agent.*.events", "agent.*.results")
+
+DLQ_STREAM: Final = "DLQ"
+DLQ_SUBJECTS: Final = "dlq.>"
+
+ALL_STREAMS: Final = (JOBS_STREAM, TASKS_STREAM, RESULTS_STREAM, AGENT_EVENTS_STREAM, DLQ_STREAM)
+
+# --- durable consumers and queue groups ---------------------------------------------
+ORCHESTRATOR_CONSUMER: Final = "orchestrator"
+ORCHESTRATOR_RESULTS_CONSUMER: Final = "orchestrator-results"
+ORCHESTRATOR_DEADLINES_CONSUMER: Final = "orchestrator-deadlines"
+WORKERS_QUEUE: Final = "summarize-workers"
+WORKERS_CONSUMER: Final = WORKERS_QUEUE
+ARCHIVER_CONSUMER: Final = "event-archiver"
+ARCHIVER_QUEUE: Final = "event-archivers"
+
+# --- KV and object store -------------------------------------------------------------
+JOBS_BUCKET: Final = "jobs"
+JOB_PARTS_BUCKET: Final = "job-parts"
+DOCUMENTS_BUCKET: Final = "documents"
+
+# --- nats.micro discovery -------------------------------------------------------------
+SRV_PREFIX: Final = "$SRV"
+WORKER_SERVICE: Final = "agentbus-worker"
+"""The nats.micro service name shared by every worker replica (of any skill)."""
+
+# --- core NATS -------------------------------------------------------------------------
+SUMMARIZE_SKILL: Final = "summarize"
+RPC_SUMMARIZE: Final = "rpc.summarize"
+RPC_HISTORY: Final = "rpc.history"
+AGENT_COMMANDS_WILDCARD: Final = "agent.*.commands"
+
+
+def check_token(value: str, *, field: str) -> str:
+    """Return `value` if it is a safe single subject token, else raise ValueError naming `field`."""
+    if not TOKEN_RE.fullmatch(value):
+        raise ValueError(f"{field} {value!r} is not a valid subject token ([A-Za-z0-9_-]{{1,128}})")
+    return value
+
+
+def task_assign(skill: str) -> str:
+    return f"tasks.{check_token(skill, field='skill')}.assign"
+
+
+def job_deadline(job_id: str) -> str:
+    return f"jobs.deadline.{check_token(job_id, field='job_id')}"
+
+
+def workers_consumer(skill: str) -> str:
+    """Durable consumer shared by every worker replica of `skill`."""
+    return f"{check_token(skill, field='skill')}-workers"
+
+
+def result_subject(job_id: str, task_id: str) -> str:
+    return f"results.{check_token(job_id, field='job_id')}.{check_token(task_id, field='task_id')}"
+
+
+def job_results_wildcard(job_id: str) -> str:
+    return f"results.{check_token(job_id, field='job_id')}.>"
+
+
+def agent_events(agent_id: str) -> str:
+    return f"agent.{check_token(agent_id, field='agent_id')}.events"
+
+
+def agent_results(agent_id: str) -> str:
+    return f"agent.{check_token(agent_id, field='agent_id')}.results"
+
+
+def agent_commands(agent_id: str) -> str:
+    return f"agent.{check_token(agent_id, field='agent_id')}.commands"
+
+
+def dlq_subject(source_stream: str) -> str:
+    """Dead letters are filed by the stream they came from: `dlq.tasks`, `dlq.jobs`, ..."""
+    return f"dlq.{check_token(source_stream.lower(), field='stream')}"
+
+
+def rpc_subject(skill: str) -> str:
+    """`rpc.{skill}`: the request/reply subject of a skill (`rpc.summarize`)."""
+    return f"rpc.{check_token(skill, field='skill')}"
+
+
+def rpc_queue(skill: str) -> str:
+    """The queue group of a skill's workers (`summarize-workers`), shared with its consumer."""
+    return workers_consumer(skill)
+
+
+def srv_subject(verb: str, name: str | None = None, service_id: str | None = None) -> str:
+    """`$SRV.{verb}`, `$SRV.{verb}.{name}` or `$SRV.{verb}.{name}.{id}` (nats.micro)."""
+    parts = [SRV_PREFIX, verb.upper()]
+    if name is not None:
+        parts.append(name)
+        if service_id is not None:
+            parts.append(service_id)
+    return ".".join(parts)

@@ -1,0 +1,2 @@
+"""Metrics (every one in `metrics`), tracing, logs and the health server. Imports only
+the contract."""

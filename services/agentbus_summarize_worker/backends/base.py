@@ -1,0 +1,41 @@
+"""The summarizer backend interface: a `Summarizer` turns one text into one `Summary`.
+
+Backends are async and own their resources (HTTP sessions, thread pools); the worker
+calls `aclose` once at shutdown. A backend raises `SummarizerError` on failure and must
+return a summary of at most `max_chars` characters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from agentbus.contract.messages import TokenUsage
+
+__all__ = ["Summarizer", "Summary"]
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """One summary, with the token usage of the model call when the backend reports it."""
+
+    text: str
+    usage: TokenUsage | None = None
+
+
+class Summarizer(Protocol):
+    """A summarizer backend."""
+
+    name: str
+    """Short backend name, used in metrics labels and events (`extractive`, `openai`)."""
+
+    async def summarize(self, text: str, *, max_chars: int) -> Summary:
+        """Summarize `text` in at most `max_chars` characters.
+
+        Raises `ValueError` if `max_chars < 1` and `SummarizerError` if the backend fails.
+        """
+        ...
+
+    async def aclose(self) -> None:
+        """Release the backend's resources; the summarizer is not used afterwards."""
+        ...

@@ -1,0 +1,349 @@
+"""A summarizer backend for any OpenAI-compatible `/v1/chat/completions` server
+(vLLM, Ollama, llama.cpp's server, LocalAI, OpenAI itself).
+
+One summary is one chat completion. Transient failures (HTTP 429, 5xx, timeouts,
+connection errors) are retried with exponential backoff and jitter, honouring the
+server's `Retry-After`; a `Retry-After` longer than `openai_backoff_max_s` ends the
+attempt with a retryable error instead, so a worker slot is not held for minutes (the
+task goes back to JetStream with its own backoff). Any other 4xx is a non-retryable
+error naming the status, the URL, the model and the server's message.
+
+The summary always fits the budget: a model that overshoots is cut at a word boundary.
+Token usage from the response's `usage` is returned with the summary (the worker puts
+it in the `task.completed` event and `agentbus_summarizer_tokens_total`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Any, Final
+
+import aiohttp
+
+from agentbus.contract.chunking import truncate
+from agentbus.contract.errors import ConfigError
+from agentbus.contract.messages import TokenUsage
+from agentbus.contract.settings import SummarizerSettings
+from agentbus_summarize_worker.backends.base import Summary
+from agentbus_summarize_worker.errors import SummarizerError
+
+__all__ = ["OpenAISummarizer", "parse_retry_after", "system_prompt"]
+
+log = logging.getLogger("summarize_worker.openai")
+
+RETRYABLE_STATUS: Final = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+"""Statuses worth another try; every other 5xx is retried too."""
+_CHARS_PER_TOKEN: Final = 3
+"""A conservative characters-per-token ratio for deriving `max_tokens` from the budget."""
+_MAX_TOKENS_MARGIN: Final = 64
+_ERROR_BODY_CHARS: Final = 300
+_THINK_BLOCK: Final = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
+_KEY_SETTING: Final = "AGENTBUS_SUMMARIZER__OPENAI_API_KEY"
+_KEY_FILE_SETTING: Final = "AGENTBUS_SUMMARIZER__OPENAI_API_KEY_FILE"
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+def system_prompt(max_chars: int) -> str:
+    return (
+        "You write summaries. Summarize the user's text faithfully in plain prose, in the "
+        "language of the text, without adding facts, a title or any preamble. The summary "
+        f"must be at most {max_chars} characters long."
+    )
+
+
+def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a `Retry-After` header (delta-seconds or an HTTP date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - (now or datetime.now(UTC))).total_seconds()
+    if seconds != seconds:  # NaN
+        return None
+    return max(0.0, seconds)
+
+
+def _read_key_file(path: Path) -> str:
+    try:
+        key = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{_KEY_FILE_SETTING}={path}: cannot read: {e}") from e
+    if not key:
+        raise ConfigError(f"{_KEY_FILE_SETTING}={path}: the file is empty")
+    return key
+
+
+def _server_message(body: str) -> str:
+    """The `error.message` of an OpenAI-style error body, else the body's start."""
+    with contextlib.suppress(ValueError, TypeError, AttributeError):
+        data = json.loads(body)
+        error = data.get("error") if isinstance(data, dict) else None
+        if isinstance(error, dict) and error.get("message"):
+            return str(error["message"])[:_ERROR_BODY_CHARS]
+        if isinstance(error, str) and error:
+            return error[:_ERROR_BODY_CHARS]
+        if isinstance(data, dict) and data.get("detail"):
+            return str(data["detail"])[:_ERROR_BODY_CHARS]
+    text = " ".join(body.split())
+    return text[:_ERROR_BODY_CHARS] or "(empty body)"
+
+
+def _content(data: Any) -> tuple[str, str | None]:
+    """(text, finish_reason) of the first choice of a chat completion."""
+    if not isinstance(data, dict):
+        raise ValueError("the response is not a JSON object")
+    choices = data.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise ValueError("the response has no `choices`")
+    message = choices[0].get("message")
+    if not isinstance(message, dict):
+        raise ValueError("`choices[0].message` is missing")
+    content = message.get("content")
+    if isinstance(content, list):  # content parts
+        content = "".join(
+            str(p.get("text", ""))
+            for p in content
+            if isinstance(p, dict) and p.get("type") == "text"
+        )
+    if content is None:
+        content = ""
+    if not isinstance(content, str):
+        raise ValueError("`choices[0].message.content` is not text")
+    finish = choices[0].get("finish_reason")
+    return content, finish if isinstance(finish, str) else None
+
+
+def _usage(data: Mapping[str, Any]) -> TokenUsage | None:
+    usage = data.get("usage")
+    if not isinstance(usage, dict):
+        return None
+    try:
+        return TokenUsage(
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            completion_tokens=int(usage.get("completion_tokens") or 0),
+        )
+    except (TypeError, ValueError):
+        return None
+
+
+def fit(text: str, *, max_chars: int) -> str:
+    """The model's answer, cleaned (no `<think>` block, trimmed) and within `max_chars`."""
+    cleaned = _THINK_BLOCK.sub("", text).strip()
+    if len(cleaned) <= max_chars:
+        return cleaned
+    return truncate(cleaned, max_chars=max_chars)
+
+
+class OpenAISummarizer:
+    """Summaries from an OpenAI-compatible chat completions endpoint."""
+
+    name: str = "openai"
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        model: str,
+        api_key: str | None = None,
+        timeout_s: float = 60.0,
+        max_retries: int = 4,
+        backoff_s: float = 0.5,
+        backoff_max_s: float = 30.0,
+        temperature: float = 0.2,
+        max_tokens: int = 2048,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        if not base_url.startswith(("http://", "https://")):
+            raise ConfigError(
+                f"AGENTBUS_SUMMARIZER__OPENAI_BASE_URL={base_url!r} is not an http(s) URL"
+            )
+        if not model:
+            raise ConfigError("AGENTBUS_SUMMARIZER__OPENAI_MODEL is empty")
+        self.url: Final = base_url.rstrip("/") + "/chat/completions"
+        self.model: Final = model
+        self._api_key = api_key
+        self.timeout_s = timeout_s
+        self.max_retries = max_retries
+        self.backoff_s = backoff_s
+        self.backoff_max_s = backoff_max_s
+        self.temperature = temperature
+        self.max_tokens = max_tokens
+        self._sleep = sleep
+        self._random = random.Random()  # jitter, not security
+        self._session: aiohttp.ClientSession | None = None
+        self.requests = 0
+        """HTTP requests sent (every try counts)."""
+
+    @classmethod
+    def from_settings(cls, settings: SummarizerSettings) -> OpenAISummarizer:
+        """Build from settings; the API key comes from `openai_api_key_file` if set (a
+        mounted Secret), else `openai_api_key`, else none (local servers need none).
+
+        Raises `ConfigError` (naming the setting) for an unreadable key file, a base URL
+        that is not http(s), or an empty model name."""
+        key: str | None = None
+        if settings.openai_api_key_file is not None:
+            key = _read_key_file(settings.openai_api_key_file)
+        elif settings.openai_api_key is not None:
+            key = settings.openai_api_key.get_secret_value().strip() or None
+        return cls(
+            base_url=settings.openai_base_url,
+            model=settings.openai_model,
+            api_key=key,
+            timeout_s=settings.openai_timeout_s,
+            max_retries=settings.openai_max_retries,
+            backoff_s=settings.openai_backoff_s,
+            backoff_max_s=settings.openai_backoff_max_s,
+            temperature=settings.openai_temperature,
+            max_tokens=settings.openai_max_tokens,
+        )
+
+    def _session_for_loop(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            headers = {"Content-Type": "application/json", "Accept": "application/json"}
+            if self._api_key:
+                headers["Authorization"] = f"Bearer {self._api_key}"
+            self._session = aiohttp.ClientSession(
+                headers=headers, timeout=aiohttp.ClientTimeout(total=self.timeout_s)
+            )
+        return self._session
+
+    def _request_body(self, text: str, max_chars: int) -> dict[str, Any]:
+        max_tokens = min(self.max_tokens, max_chars // _CHARS_PER_TOKEN + _MAX_TOKENS_MARGIN)
+        return {
+            "model": self.model,
+            "messages": [
+                {"role": "system", "content": system_prompt(max_chars)},
+                {"role": "user", "content": text},
+            ],
+            "temperature": self.temperature,
+            "max_tokens": max_tokens,
+            "stream": False,
+        }
+
+    def _backoff(self, retry: int) -> float:
+        """Exponential backoff with jitter for the `retry`-th retry (0-based)."""
+        ceiling = min(self.backoff_max_s, self.backoff_s * float(2**retry))
+        return ceiling * (0.5 + self._random.random() / 2)
+
+    def _where(self) -> str:
+        return f"{self.url} (model {self.model})"
+
+    async def summarize(self, text: str, *, max_chars: int) -> Summary:
+        if max_chars < 1:
+            raise ValueError(f"max_chars must be at least 1, got {max_chars}")
+        body = self._request_body(text, max_chars)
+        retry = 0
+        while True:
+            try:
+                data = await self._post(body)
+            except _Transient as e:
+                if retry >= self.max_retries:
+                    raise SummarizerError(
+                        f"{self._where()}: {e.reason}; gave up after {retry + 1} attempt(s)",
+                        retryable=True,
+                    ) from e
+                delay = self._backoff(retry) if e.retry_after_s is None else e.retry_after_s
+                if delay > self.backoff_max_s:
+                    raise SummarizerError(
+                        f"{self._where()}: {e.reason}; the server asks to retry after "
+                        f"{delay:.0f}s (over AGENTBUS_SUMMARIZER__OPENAI_BACKOFF_MAX_S="
+                        f"{self.backoff_max_s:g})",
+                        retryable=True,
+                    ) from e
+                log.warning(
+                    "%s: %s; retry %d/%d in %.2fs",
+                    self._where(), e.reason, retry + 1, self.max_retries, delay,
+                )  # fmt: skip
+                retry += 1
+                await self._sleep(delay)
+                continue
+            try:
+                content, finish = _content(data)
+            except ValueError as e:
+                raise SummarizerError(
+                    f"{self._where()}: not an OpenAI-compatible chat completion: {e}",
+                    retryable=False,
+                ) from e
+            summary = fit(content, max_chars=max_chars)
+            if not summary:
+                raise SummarizerError(
+                    f"{self._where()}: the model returned an empty summary "
+                    f"(finish_reason={finish})",
+                    retryable=True,
+                )
+            return Summary(text=summary, usage=_usage(data))
+
+    async def _post(self, body: dict[str, Any]) -> Any:
+        """One POST; the decoded JSON of a 2xx, `_Transient` to retry, else `SummarizerError`."""
+        session = self._session_for_loop()
+        self.requests += 1
+        try:
+            async with session.post(self.url, json=body) as resp:
+                raw = await resp.read()
+                status = resp.status
+                retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+        except TimeoutError as e:
+            raise _Transient(f"no answer within {self.timeout_s:g}s", None) from e
+        except aiohttp.ClientError as e:
+            raise _Transient(f"request failed: {e or type(e).__name__}", None) from e
+        text = raw.decode("utf-8", errors="replace")
+        if status in RETRYABLE_STATUS or status >= 500:
+            raise _Transient(f"HTTP {status}: {_server_message(text)}", retry_after)
+        if status >= 400:
+            hint = ""
+            if status in (401, 403):
+                hint = f" (check {_KEY_SETTING} or {_KEY_FILE_SETTING})"
+            elif status == 404:
+                hint = (
+                    " (check AGENTBUS_SUMMARIZER__OPENAI_BASE_URL and "
+                    "AGENTBUS_SUMMARIZER__OPENAI_MODEL)"
+                )
+            raise SummarizerError(
+                f"{self._where()}: HTTP {status}: {_server_message(text)}{hint}", retryable=False
+            )
+        if status >= 300:
+            raise SummarizerError(
+                f"{self._where()}: unexpected HTTP {status} (a redirect? check "
+                "AGENTBUS_SUMMARIZER__OPENAI_BASE_URL)",
+                retryable=False,
+            )
+        try:
+            return json.loads(text)
+        except ValueError as e:
+            raise SummarizerError(
+                f"{self._where()}: the response is not JSON: {_server_message(text)}",
+                retryable=False,
+            ) from e
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+class _Transient(Exception):
+    """A failure worth another try (429, 5xx, timeout, connection error)."""
+
+    def __init__(self, reason: str, retry_after_s: float | None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after_s = retry_after_s
