@@ -19,13 +19,10 @@ can share the work and a replica restarted mid-job picks up where the last one s
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
+import functools
 import logging
 from typing import ClassVar, Final
 
-import nats.errors
-import nats.js.errors
 from nats.aio.msg import Msg
 
 from agentbus.bus.consume import ConsumerLoop
@@ -35,23 +32,13 @@ from agentbus.bus.documents import check_document, fetch_document
 from agentbus.bus.headers import delivery_count
 from agentbus.contract import subjects
 from agentbus.contract.chunking import chunk_text
-from agentbus.contract.errors import AgentBusError, DocumentRejected, MessageDecodeError
-from agentbus.contract.headers import (
-    DLQ_HEADER_DELIVERIES,
-    DLQ_HEADER_MSG_ID,
-    DLQ_HEADER_REASON,
-    DLQ_HEADER_SEQ,
-    DLQ_HEADER_STREAM,
-    DLQ_HEADER_SUBJECT,
-    MSG_ID_HEADER,
-)
+from agentbus.contract.errors import DocumentRejected, MessageDecodeError
 from agentbus.contract.messages import (
     EventKind,
     JobDeadline,
     JobState,
     JobStatus,
     JobSubmit,
-    TaskAssign,
     TaskResult,
     decode,
     utcnow,
@@ -61,6 +48,7 @@ from agentbus.observability import metrics, telemetry
 from agentbus.observability.logs import log_context
 from agentbus.runtime.service import AgentService
 from agentbus_orchestrator import lifecycle
+from agentbus_orchestrator.advisories import MAX_DELIVERIES_ADVISORY, on_max_deliveries
 from agentbus_orchestrator.collect import Collector
 from agentbus_orchestrator.lifecycle import Outcome, task_id_for
 from agentbus_orchestrator.state import JobStore, StateConflict, UnknownJob
@@ -69,9 +57,6 @@ __all__ = ["Orchestrator", "task_id_for"]
 
 log = logging.getLogger("orchestrator")
 
-_MAX_DELIVERIES_ADVISORY: Final = (
-    f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{subjects.TASKS_STREAM}.*"
-)
 _AHEAD_RETRY_S: Final = 0.2
 _CONFLICT_RETRY_S: Final = 1.0
 _DEADLINE_CONCURRENCY: Final = 64
@@ -93,9 +78,9 @@ class Orchestrator(AgentService):
         self._collector = Collector(bus, self._store, self.settings, service=self.name)
         metrics.init_orchestrator(bus.service)
         await bus.nc.subscribe(
-            _MAX_DELIVERIES_ADVISORY,
+            MAX_DELIVERIES_ADVISORY,
             queue=subjects.ORCHESTRATOR_CONSUMER,  # one replica handles each advisory
-            cb=self._on_max_deliveries,
+            cb=functools.partial(on_max_deliveries, bus, self.collector),
         )
         return [
             ConsumerLoop(
@@ -406,67 +391,3 @@ class Orchestrator(AgentService):
             await msg.nak(delay=verdict.recheck_s)
         else:
             await msg.ack()
-
-    # --- the max-deliveries safety net ---------------------------------------------------
-    async def _on_max_deliveries(self, msg: Msg) -> None:
-        """Safety net for a task that JetStream stopped delivering while no worker
-        dead-lettered it (the worker of its last delivery died before it could, or workers
-        run with a larger max_deliver than the consumer was provisioned with): file it on
-        the DLQ, take it off TASKS and fail its job with the reason."""
-        bus = self.bus
-        assert bus is not None
-        try:
-            advisory = json.loads(msg.data)
-            stream, seq = str(advisory["stream"]), int(advisory["stream_seq"])
-            deliveries = int(advisory.get("deliveries", 0))
-        except (ValueError, KeyError, TypeError) as e:
-            log.warning("unreadable advisory on %s: %s", msg.subject, e)
-            return
-        try:
-            raw = await bus.js.get_msg(stream, seq)
-        except nats.js.errors.NotFoundError:
-            return  # acked or dead-lettered meanwhile
-        except (nats.errors.Error, TimeoutError) as e:
-            log.warning("max deliveries of %s seq %d: cannot read it: %s", stream, seq, e)
-            return
-        reason = (
-            f"delivered {deliveries} time(s) without an outcome "
-            f"(max deliveries of consumer {advisory.get('consumer', '?')} reached)"
-        )
-        headers = {k: v for k, v in (raw.headers or {}).items() if k != MSG_ID_HEADER}
-        headers |= {
-            DLQ_HEADER_REASON: reason,
-            DLQ_HEADER_STREAM: stream,
-            DLQ_HEADER_SUBJECT: raw.subject or "",
-            DLQ_HEADER_SEQ: str(seq),
-            DLQ_HEADER_DELIVERIES: str(deliveries),
-        }
-        if raw.headers and raw.headers.get(MSG_ID_HEADER):
-            headers[DLQ_HEADER_MSG_ID] = raw.headers[MSG_ID_HEADER]
-        try:
-            # same id as a worker's dead letter of this message: never filed twice
-            await bus.publish_raw(
-                subjects.dlq_subject(stream), raw.data or b"", msg_id=f"dlq-{stream}-{seq}",
-                stream=subjects.DLQ_STREAM, headers=headers,
-            )  # fmt: skip
-            with contextlib.suppress(nats.js.errors.NotFoundError):
-                await bus.js.delete_msg(stream, seq)
-            task = decode(raw.data or b"", TaskAssign).payload
-            log.warning("dead-lettered %s seq %d (advisory): %s", stream, seq, reason)
-            await bus.emit(
-                EventKind.TASK_DEAD_LETTERED,
-                job_id=task.job_id,
-                task_id=task.task_id,
-                data={"reason": reason, "via": "max-deliveries advisory"},
-            )
-            await self.collector.record(
-                [
-                    TaskResult(
-                        job_id=task.job_id, task_id=task.task_id, level=task.level,
-                        index=task.index, ok=False, error=reason, worker_id=bus.agent_id,
-                        duration_ms=0,
-                    )
-                ]
-            )  # fmt: skip
-        except (AgentBusError, nats.errors.Error, TimeoutError) as e:
-            log.warning("max deliveries of %s seq %d not handled: %s", stream, seq, e)

@@ -286,37 +286,56 @@ class Bus:
         seq = 0
         with contextlib.suppress(Exception):
             seq = int(msg.metadata.sequence.stream)
-        headers = kept_headers(msg.headers)
-        headers.update(
+        await self.file_dead_letter(
+            stream=stream, subject=msg.subject, seq=seq, deliveries=delivery_count(msg),
+            data=msg.data, headers=msg.headers, reason=reason,
+        )  # fmt: skip
+        with contextlib.suppress(Exception):
+            await msg.term()
+
+    async def file_dead_letter(
+        self,
+        *,
+        stream: str,
+        subject: str,
+        seq: int,
+        deliveries: int,
+        data: bytes,
+        headers: Mapping[str, str] | None,
+        reason: str,
+    ) -> None:
+        """The one dead-letter writer and its policy: the original headers cleaned and
+        capped (`kept_headers`), the reason and origin added, the original `Nats-Msg-Id`
+        kept aside, the payload cut to fit the server's max_payload; one id per original
+        message (`dlq-{stream}-{seq}`), so whoever files it twice files it once."""
+        kept = kept_headers(headers)
+        kept.update(
             {
                 DLQ_HEADER_REASON: header_safe(reason) or "unknown",
                 DLQ_HEADER_STREAM: stream,
-                DLQ_HEADER_SUBJECT: header_safe(msg.subject),
+                DLQ_HEADER_SUBJECT: header_safe(subject),
                 DLQ_HEADER_SEQ: str(seq),
-                DLQ_HEADER_DELIVERIES: str(delivery_count(msg)),
+                DLQ_HEADER_DELIVERIES: str(deliveries),
             }
         )
-        original_id = headers.pop(MSG_ID_HEADER, None)
+        original_id = kept.pop(MSG_ID_HEADER, None)
         if original_id:
-            headers[DLQ_HEADER_MSG_ID] = original_id
-        data = msg.data
+            kept[DLQ_HEADER_MSG_ID] = original_id
         # headers count against the server's max_payload too: a message that filled it
         # is filed with its head only (going over would cost the connection)
-        room = self.nc.max_payload - _DLQ_HEADER_ROOM - headers_size(headers)
+        room = self.nc.max_payload - _DLQ_HEADER_ROOM - headers_size(kept)
         if len(data) > room:
-            headers[DLQ_HEADER_TRUNCATED] = str(len(data))
+            kept[DLQ_HEADER_TRUNCATED] = str(len(data))
             data = data[: max(room, 0)]
         await self.publish_raw(
             subjects.dlq_subject(stream),
             data,
             msg_id=f"dlq-{stream}-{seq}" if seq else f"dlq-{stream}-{new_id()}",
             stream=subjects.DLQ_STREAM,
-            headers=headers,
+            headers=kept,
         )
         metrics.DEAD_LETTERS.labels(self.service, stream, metrics.dead_letter_reason(reason)).inc()
-        with contextlib.suppress(Exception):
-            await msg.term()
-        log.warning("dead-lettered %s seq %d from %s: %s", msg.subject, seq, stream, reason)
+        log.warning("dead-lettered %s seq %d from %s: %s", subject, seq, stream, reason)
 
     async def reject(self, msg: Msg, *, reason: str, stream: str) -> None:
         """A message that cannot be decoded: dead-letter it, count it, record an event."""
