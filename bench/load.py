@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 import nats.errors
 from nats.js.kv import KeyValue
@@ -49,7 +49,7 @@ class LoadResult:
 async def drive(
     *,
     kv: KeyValue,
-    submit: Callable[[str, str], Awaitable[None]],
+    submit: Callable[[str, str], Coroutine[Any, Any, None]],
     document: Callable[[int], str],
     jobs: int,
     window: int,
@@ -62,12 +62,12 @@ async def drive(
     failed: set[str] = set()
     slots = asyncio.Semaphore(window)
     all_done = asyncio.Event()
-    watcher = await kv.watchall()  # type: ignore[no-untyped-call]
+    watcher = await kv.watchall()
 
     async def watch() -> None:
         while len(done) < jobs:
             try:
-                entry = await watcher.updates(timeout=1.0)  # type: ignore[no-untyped-call]
+                entry = await watcher.updates(timeout=1.0)  # type: ignore[no-untyped-call]  # nats-py's KV watcher is untyped
             except (TimeoutError, nats.errors.TimeoutError):
                 continue
             if entry is None or not entry.value or not entry.key.startswith(prefix):
@@ -102,7 +102,7 @@ async def drive(
         with contextlib.suppress(BaseException):
             await watching
         with contextlib.suppress(Exception):
-            await watcher.stop()  # type: ignore[no-untyped-call]
+            await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py's KV watcher is untyped
     for task in list(pending):
         await task  # surface a failed submit
     return LoadResult(

@@ -24,7 +24,7 @@ import signal
 import statistics
 import sys
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -70,7 +70,7 @@ ORCHESTRATOR_BATCH: Final = 32
 class System:
     name: str
     kv: KeyValue
-    submit: Callable[[str, str], Awaitable[None]]
+    submit: Callable[[str, str], Coroutine[Any, Any, None]]
     procs: list[Proc]
     drained: Callable[[], Awaitable[bool]]
 

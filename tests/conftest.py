@@ -42,7 +42,7 @@ def make_settings(url: str, tmp_path: Path, **overrides: object) -> Settings:
     }
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(base.get(key), dict):
-            base[key] = {**base[key], **value}  # type: ignore[dict-item]
+            base[key] = {**base[key], **value}  # type: ignore[dict-item]  # both sides are sections (dicts)
         else:
             base[key] = value
     return load_settings(**base)
@@ -171,7 +171,7 @@ async def dlq_messages(bus: Bus) -> list[tuple[str, dict[str, str], bytes]]:
         if info.state.messages == 0:
             break
         m = await bus.js.get_msg(subjects.DLQ_STREAM, seq)
-        out.append((m.subject, dict(m.headers or {}), m.data or b""))
+        out.append((m.subject or "", dict(m.headers or {}), m.data or b""))
     return out
 
 
@@ -181,7 +181,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     import os
 
     outcome = yield
-    report = outcome.get_result()  # type: ignore[attr-defined]
+    report = outcome.get_result()  # type: ignore[attr-defined]  # pluggy's hook outcome is untyped
     if (
         os.environ.get("CI") == "true"
         and report.skipped

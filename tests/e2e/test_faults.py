@@ -775,8 +775,8 @@ async def test_poison_tasks_are_retried_dead_lettered_listed_and_replayed(
     outcome.check()
     assert outcome.completed == JOBS - 2 and outcome.dead_lettered == 2
     for job_id in replayed_jobs:
-        state = states[job_id]
-        assert state is not None and state.error is None and state.summary
+        final = states[job_id]
+        assert final is not None and final.error is None and final.summary
         kinds = [e.kind for e in events if e.job_id == job_id]
         assert kinds.count(EventKind.JOB_FAILED) == 1  # its history keeps the failure
         assert kinds.index(EventKind.JOB_FAILED) < kinds.index(EventKind.JOB_COMPLETED)
@@ -1140,7 +1140,7 @@ async def test_duplicate_results_change_nothing(
             ci = await probe.b.js.consumer_info(
                 subjects.RESULTS_STREAM, subjects.ORCHESTRATOR_RESULTS_CONSUMER
             )
-            return ci.num_pending == 0 and ci.num_ack_pending == 0
+            return bool(ci.num_pending == 0 and ci.num_ack_pending == 0)
 
         await until(drained, timeout_s=60, what="orchestrator consumed the late copies")
         after_revisions = {j: (await kv.get(j)).revision for j in job_ids}

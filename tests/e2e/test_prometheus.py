@@ -102,7 +102,7 @@ def test_dashboard_is_a_grafana_dashboard_on_a_datasource_variable() -> None:
         if "nats_stream_" in expr:
             assert 'is_stream_leader="true"' in expr, expr
         assert not re.search(r"(job|task|agent)_id", expr), expr
-    needed = ("jobs", "job duration", "task duration", "in flight", "worker count")
+    needed: tuple[str, ...] = ("jobs", "job duration", "task duration", "in flight", "worker count")
     needed += ("consumer lag", "redeliveries", "dlq depth", "archive lag", "errors")
     missing = [n for n in needed if not any(n in title for title in titles)]
     assert not missing, missing
@@ -191,7 +191,7 @@ class FakeNatsExporter(LocalHttpServer):
     async def _metrics(self, _request: web.Request) -> web.Response:
         self.scrapes += 1
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(_Families(await self._families()))  # type: ignore[arg-type]
+        registry.register(_Families(await self._families()))
         return web.Response(
             body=generate_latest(registry),
             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},

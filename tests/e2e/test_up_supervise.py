@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-import psutil  # type: ignore[import-untyped]
+import psutil
 import pytest
 
 from agentbus.client.api import AgentBusClient

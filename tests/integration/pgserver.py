@@ -20,7 +20,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 __all__ = ["PostgresServer", "find_bindir", "postgres_unavailable"]
 
@@ -84,7 +84,7 @@ class PostgresServer:
         self.proc: subprocess.Popen[bytes] | None = None
         self._databases = 0
 
-    def _popen_args(self) -> dict[str, object]:
+    def _popen_args(self) -> dict[str, Any]:
         if self.user is None:
             return {}
         return {"user": self.user, "group": self.user, "extra_groups": []}
@@ -99,7 +99,7 @@ class PostgresServer:
             [str(self.bindir / "initdb"), "-D", str(self.data), "-U", SUPERUSER, "-A", "trust",
              "-E", "UTF8", "--locale=C", "--no-sync", "--no-instructions"],
             check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=self.base,
-            **self._popen_args(),  # type: ignore[arg-type]
+            **self._popen_args(),
         )  # fmt: skip
         log = (self.base / "postgres.log").open("ab")
         self._chown(self.base / "postgres.log")
@@ -111,7 +111,7 @@ class PostgresServer:
                  "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
                  "-c", "max_connections=60", "-c", "shared_buffers=32MB"],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=self.base,
-                start_new_session=True, **self._popen_args(),  # type: ignore[arg-type]
+                start_new_session=True, **self._popen_args(),
             )  # fmt: skip
             if self._wait_ready():
                 log.close()

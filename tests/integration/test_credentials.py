@@ -27,7 +27,7 @@ from agentbus.runtime.worker import TaskWorker
 from agentbus_event_archiver import EventArchiver
 from agentbus_orchestrator import Orchestrator
 from agentbus_summarize_worker import SummarizeSkill
-from tests.conftest import dlq_messages, make_settings, stream_events
+from tests.conftest import Running, dlq_messages, make_settings, stream_events
 from tests.security import (
     NKeyPair,
     SecureNats,
@@ -180,7 +180,7 @@ async def test_nkey_seed_file(tmp_path: Path) -> None:
 @pytest.mark.timeout(60)
 async def test_creds_files_run_the_pipeline_with_jwt_permissions(
     tmp_path: Path,
-    running,  # type: ignore[no-untyped-def]
+    running: Running,
 ) -> None:
     op = start_operator_nats(tmp_path)
     try:
@@ -237,7 +237,7 @@ async def test_creds_files_run_the_pipeline_with_jwt_permissions(
 async def test_secrets_never_reach_logs_events_state_or_metrics(
     secure: SecureNats,
     tmp_path: Path,
-    running,  # type: ignore[no-untyped-def]
+    running: Running,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)

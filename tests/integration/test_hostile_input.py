@@ -42,7 +42,7 @@ from agentbus.runtime.worker import TaskWorker
 from agentbus_event_archiver import EventArchiver
 from agentbus_orchestrator import Orchestrator
 from agentbus_summarize_worker import SummarizeSkill
-from tests.conftest import archived_history, dlq_messages, make_settings
+from tests.conftest import Running, archived_history, dlq_messages, make_settings
 
 pytestmark = pytest.mark.integration
 
@@ -141,7 +141,7 @@ async def test_hostile_batch_on_every_inbound_path(
     nats_server: EmbeddedNatsServer,
     hostile_settings: Settings,
     admin: Bus,
-    running,  # type: ignore[no-untyped-def]
+    running: Running,
 ) -> None:
     s = hostile_settings
     orch = await running.start(Orchestrator, s, "orch-1")
@@ -283,7 +283,7 @@ async def test_hostile_batch_on_every_inbound_path(
 @pytest.mark.timeout(60)
 async def test_a_message_that_fills_max_payload_is_dead_lettered_not_fatal(
     tmp_path: Path,
-    running,  # type: ignore[no-untyped-def]
+    running: Running,
 ) -> None:
     """Dead letters carry extra headers: a message that filled the server's max_payload
     would not fit again (the server drops the connection over it). It is filed with its

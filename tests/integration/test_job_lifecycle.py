@@ -5,6 +5,7 @@ racing over three orchestrator replicas are each recorded exactly once."""
 from __future__ import annotations
 
 import asyncio
+from typing import cast
 
 import pytest
 
@@ -143,7 +144,9 @@ async def test_three_orchestrators_record_every_result_of_one_job_once(
         worker={"concurrency": 32},
         summarizer={"backend": "simulated", "simulated_latency_ms": 0.0},
     )
-    orchestrators = [await running.start(Orchestrator, s, f"orch-{i}") for i in (1, 2, 3)]
+    orchestrators = [
+        cast(Orchestrator, await running.start(Orchestrator, s, f"orch-{i}")) for i in (1, 2, 3)
+    ]
     for i in (1, 2):
         await running.start(lambda st: TaskWorker(st, SummarizeSkill(st)), s, f"worker-{i}")
     text = prose_document(3, 900_000)
@@ -160,9 +163,9 @@ async def test_three_orchestrators_record_every_result_of_one_job_once(
         if e.job_id == job_id and e.kind is EventKind.JOB_REDUCING
     )
     assert state.tasks_done_total == state.chunks + reduce_tasks
-    recorded = [o.collector.results for o in orchestrators]  # type: ignore[attr-defined]
+    recorded = [o.collector.results for o in orchestrators]
     assert all(n > 0 for n in recorded), recorded  # every replica took results
-    writes = sum(o.collector.writes for o in orchestrators)  # type: ignore[attr-defined]
+    writes = sum(o.collector.writes for o in orchestrators)
     assert writes < sum(recorded), (writes, recorded)  # batched: fewer writes than results
     assert list(recorded_indices(state)) == [0]  # the last level: one task, recorded
 

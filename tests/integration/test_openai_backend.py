@@ -248,7 +248,7 @@ async def test_settings_key_file_and_factory(fake_openai: FakeOpenAI, tmp_path: 
         backend="openai",
         openai_base_url=fake_openai.url,
         openai_model="m",
-        openai_api_key="sk-from-env",  # type: ignore[arg-type]
+        openai_api_key="sk-from-env",
         openai_api_key_file=key_file,
     )
     backend = make_summarizer(settings)

@@ -30,7 +30,7 @@ from agentbus.runtime.worker import TaskWorker
 from agentbus_event_archiver import EventArchiver
 from agentbus_orchestrator import Orchestrator
 from agentbus_summarize_worker import SummarizeSkill
-from tests.conftest import archived_history, make_settings
+from tests.conftest import Running, archived_history, make_settings
 from tests.security import SecureNats, ViolationRecorder, settings_as
 
 pytestmark = pytest.mark.integration
@@ -74,7 +74,7 @@ async def test_pipeline_runs_with_each_service_on_its_own_user(
     secure: SecureNats,
     base_settings: Settings,
     provisioned: Bus,
-    running,  # type: ignore[no-untyped-def]
+    running: Running,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.WARNING)

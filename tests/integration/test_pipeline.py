@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from typing import cast
 
 import pytest
 from nats.aio.msg import Msg
@@ -17,7 +18,7 @@ from agentbus.runtime.worker import TaskWorker
 from agentbus_event_archiver import EventArchiver
 from agentbus_orchestrator import Orchestrator
 from agentbus_summarize_worker import SummarizeSkill
-from tests.conftest import stream_agent_events
+from tests.conftest import Running, stream_agent_events
 from tests.documents import make_document
 
 pytestmark = pytest.mark.integration
@@ -34,7 +35,7 @@ async def test_topology_is_idempotent(bus: Bus, settings: Settings) -> None:
     assert len(third.unchanged) == len(again.unchanged)
 
 
-async def test_many_chunk_job_completes(bus: Bus, settings: Settings, running) -> None:  # type: ignore[no-untyped-def]
+async def test_many_chunk_job_completes(bus: Bus, settings: Settings, running: Running) -> None:
     s = settings.model_copy(
         update={
             "orchestrator": settings.orchestrator.model_copy(
@@ -74,8 +75,8 @@ class CountingOrchestrator(Orchestrator):
 
 
 async def test_two_orchestrators_share_multi_chunk_jobs(
-    bus: Bus, settings: Settings, running
-) -> None:  # type: ignore[no-untyped-def]
+    bus: Bus, settings: Settings, running: Running
+) -> None:
     """Results of one job land on both replicas, so each one's remembered state goes stale
     under the other's writes: every stale compare-and-set must re-read, never lose or
     double-count a task."""
@@ -87,7 +88,10 @@ async def test_two_orchestrators_share_multi_chunk_jobs(
             "worker": settings.worker.model_copy(update={"concurrency": 8}),
         }
     )
-    orchestrators = [await running.start(CountingOrchestrator, s, f"orch-{i}") for i in (1, 2)]
+    orchestrators = [
+        cast(CountingOrchestrator, await running.start(CountingOrchestrator, s, f"orch-{i}"))
+        for i in (1, 2)
+    ]
     for i in (1, 2):
         await running.start(lambda st: TaskWorker(st, SummarizeSkill(st)), s, f"worker-{i}")
     rng = random.Random(7)

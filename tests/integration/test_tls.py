@@ -23,7 +23,7 @@ from agentbus.runtime.worker import TaskWorker
 from agentbus_event_archiver import EventArchiver
 from agentbus_orchestrator import Orchestrator
 from agentbus_summarize_worker import SummarizeSkill
-from tests.conftest import make_settings
+from tests.conftest import Running, make_settings
 from tests.security import Pki, SecureNats, make_pki, settings_as, start_secure_nats
 
 pytestmark = pytest.mark.integration
@@ -47,7 +47,7 @@ def secure_tls(tmp_path: Path, pki: Pki) -> Iterator[SecureNats]:
 async def test_pipeline_over_mutual_tls(
     secure_tls: SecureNats,
     tmp_path: Path,
-    running,  # type: ignore[no-untyped-def]
+    running: Running,
 ) -> None:
     s = make_settings(secure_tls.url, tmp_path)
     prov = await Bus.connect(
@@ -57,9 +57,11 @@ async def test_pipeline_over_mutual_tls(
         await provision(prov.js, s)
         assert prov.nc.connected_url is not None
         # the connection really is TLS
+        # nats-py's private transport is the only way to see the socket's TLS layer
         transport = prov.nc._transport
-        assert transport is not None and transport._io_writer is not None
-        assert transport._io_writer.get_extra_info("ssl_object") is not None
+        assert transport is not None
+        writer = transport._io_writer  # type: ignore[attr-defined]  # private, see above
+        assert writer is not None and writer.get_extra_info("ssl_object") is not None
     finally:
         await prov.close()
     await running.start(Orchestrator, settings_as(secure_tls, s, "orchestrator"), "orch-1")

@@ -180,7 +180,7 @@ def _replace(doc: Any, path: tuple[str | int, ...], value: Any) -> Any:
         return value
     head, *rest = path
     copy = dict(doc) if isinstance(doc, dict) else list(doc)
-    copy[head] = _replace(copy[head], tuple(rest), value)  # type: ignore[index,call-overload]
+    copy[head] = _replace(copy[head], tuple(rest), value)  # type: ignore[index]  # a JSON tree of unknown shape
     return copy
 
 

@@ -134,7 +134,7 @@ def test_describe_exit() -> None:
 )
 def test_a_bad_policy_is_refused_naming_the_setting(kwargs: dict[str, float], named: str) -> None:
     with pytest.raises(ValueError, match=named):
-        RestartPolicy(**kwargs)  # type: ignore[arg-type]
+        RestartPolicy(**kwargs)  # type: ignore[arg-type]  # deliberately invalid values
 
 
 # --- the loop, with fake processes and a fake clock -----------------------------------

@@ -180,7 +180,7 @@ class AgentBusClient:
                 if left is not None and left <= 0:
                     raise TimeoutError(f"job {job_id} not finished within {timeout_s}s")
                 try:
-                    entry = await watcher.updates(timeout=min(left or 2.0, 2.0))  # type: ignore[no-untyped-call]
+                    entry = await watcher.updates(timeout=min(left or 2.0, 2.0))  # type: ignore[no-untyped-call]  # nats-py's KV watcher is untyped
                 except (nats.errors.TimeoutError, TimeoutError):
                     entry = None
                 if entry is None or entry.value is None:
@@ -198,7 +198,7 @@ class AgentBusClient:
                     return
         finally:
             with contextlib.suppress(Exception):
-                await watcher.stop()  # type: ignore[no-untyped-call]
+                await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py's KV watcher is untyped
 
     async def wait(
         self, job_id: str, *, timeout_s: float = 300.0, raise_on_failure: bool = False
@@ -261,7 +261,7 @@ class AgentBusClient:
 
     async def summarize(self, text: str, *, timeout_s: float = 300.0, **kw: object) -> str:
         """Submit and wait; returns the summary or raises `JobFailed`."""
-        job_id = await self.submit(text, **kw)  # type: ignore[arg-type]
+        job_id = await self.submit(text, **kw)  # type: ignore[arg-type]  # submit's keywords, checked there
         state = await self.wait(job_id, timeout_s=timeout_s, raise_on_failure=True)
         return state.summary or ""
 

@@ -57,7 +57,7 @@ async def request_summary(
 
     def result(**kw: object) -> RpcResult:
         ms = round((time.perf_counter() - started) * 1000, 3)
-        return RpcResult(index=index, duration_ms=ms, **kw)  # type: ignore[arg-type]
+        return RpcResult(index=index, duration_ms=ms, **kw)  # type: ignore[arg-type]  # RpcResult's own fields
 
     if not text.strip():
         return result(error="empty text")

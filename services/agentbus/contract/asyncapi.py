@@ -359,7 +359,7 @@ def _micro_schemas() -> dict[str, Any]:
 
 def _schemas() -> tuple[dict[str, Any], dict[str, str]]:
     """Every component schema, and each enveloped message's schema name."""
-    models: list[type[BaseModel]] = [Envelope[p] for p in _ENVELOPED]  # type: ignore[valid-type]
+    models: list[type[BaseModel]] = [Envelope[p] for p in _ENVELOPED]  # type: ignore[valid-type]  # generics parametrized at run time
     extra: list[type[BaseModel]] = [JobState, DocumentRef, WorkerStats]
     key_map, defs = models_json_schema(
         [(m, "validation") for m in (*models, *extra)], ref_template=_REF

@@ -342,7 +342,7 @@ def decode(data: bytes, payload_type: type[P], *, max_bytes: int | None = None) 
         raise MessageDecodeError(f"message of {len(data)} bytes exceeds the cap of {cap}")
     envelope = _ENVELOPES.get(payload_type)
     if envelope is None:  # pydantic caches the class too, behind a slower lookup
-        envelope = _ENVELOPES[payload_type] = Envelope[payload_type]  # type: ignore[valid-type]
+        envelope = _ENVELOPES[payload_type] = Envelope[payload_type]  # type: ignore[valid-type]  # a generic model parametrized at run time
     try:
         env = envelope.model_validate_json(data)
     except ValidationError as e:

@@ -269,7 +269,7 @@ def load_settings(**overrides: object) -> Settings:
     if unknown:
         raise ConfigError("invalid settings: " + "; ".join(unknown))
     try:
-        settings = Settings(**overrides)  # type: ignore[arg-type]
+        settings = Settings(**overrides)  # type: ignore[arg-type]  # sections given as dicts, validated by pydantic
     except ValidationError as e:
         problems = "; ".join(
             f"{_env_name(err['loc'])}: {err['msg']}" for err in e.errors(include_url=False)

@@ -116,7 +116,7 @@ def _otlp_exporter() -> object | None:
         )
         return None
     try:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # type: ignore[import-not-found,unused-ignore]
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # type: ignore[import-not-found,unused-ignore]  # optional extra
             OTLPSpanExporter,
         )
     except ImportError:
