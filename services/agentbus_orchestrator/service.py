@@ -5,15 +5,15 @@ job-parts bucket), changed only through the pure transitions of `orchestrator.li
 written with compare-and-set (`orchestrator.state.JobStore`), so any number of replicas
 can share the work and a replica restarted mid-job picks up where the last one stopped:
 
-- a job message is acked only after its state is recorded, every task is published and
-  its deadline timer is set (task publishes carry `{job_id}:{task_id}` as `Nats-Msg-Id`,
-  so a redelivery re-sends nothing new);
+- a job message is settled only after its state is recorded and every task is published
+  (task publishes carry `{job_id}:{task_id}` as `Nats-Msg-Id`, so a redelivery re-sends
+  nothing new); it is then kept as the job's timer (nak with a delay);
 - a result is acked only after it is recorded (results of one job are batched into one
   write per replica: `orchestrator.collect`); the write that completes a level starts the
   next level (publish first, then move the state, so a crash in between is repaired by the
   redelivered result);
-- a job that stops moving is failed with the reason by its deadline timer
-  (`jobs.deadline.{job_id}`), never left running.
+- a job that stops moving is failed with the reason when its timer comes back (its job
+  message, re-delivered until the job has ended), never left running.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ from agentbus.contract.chunking import chunk_text
 from agentbus.contract.errors import DocumentRejected, MessageDecodeError
 from agentbus.contract.messages import (
     EventKind,
-    JobDeadline,
     JobState,
     JobStatus,
     JobSubmit,
@@ -59,7 +58,7 @@ log = logging.getLogger("orchestrator")
 
 _AHEAD_RETRY_S: Final = 0.2
 _CONFLICT_RETRY_S: Final = 1.0
-_DEADLINE_CONCURRENCY: Final = 64
+_TIMER_SLACK_S: Final = 0.5
 
 
 class Orchestrator(AgentService):
@@ -97,13 +96,6 @@ class Orchestrator(AgentService):
                 handler=self.handle_result,
                 concurrency=self.cfg.concurrency,
             ),
-            ConsumerLoop(
-                bus,
-                stream=subjects.JOBS_STREAM,
-                durable=subjects.ORCHESTRATOR_DEADLINES_CONSUMER,
-                handler=self.handle_deadline,
-                concurrency=_DEADLINE_CONCURRENCY,
-            ),
         ]
 
     async def teardown(self) -> None:
@@ -140,13 +132,19 @@ class Orchestrator(AgentService):
                 attributes={"agentbus.job_id": job.job_id},
             ),
         ):
+            loaded = None
+            if delivery_count(msg) > 1 and not is_replay(msg.headers):
+                loaded = await self.store.load(job.job_id)
+                if loaded is not None and self._is_timer(msg, job, loaded[0]):
+                    await self._check_deadline(msg, job, loaded[0])
+                    return
             if delivery_count(msg) > self.settings.topology.max_deliver:
                 await bus.dead_letter(
                     msg, reason="job intake over max_deliver", stream=subjects.JOBS_STREAM
                 )
                 await self._fail_new(job, "job intake failed repeatedly", category="intake")
                 return
-            await self._intake(msg, job)
+            await self._intake(msg, job, loaded=loaded)
 
     async def _document_text(self, job: JobSubmit) -> str:
         assert self.bus is not None
@@ -189,13 +187,16 @@ class Orchestrator(AgentService):
         )
         return True
 
-    async def _intake(self, msg: Msg, job: JobSubmit) -> None:
+    async def _intake(
+        self, msg: Msg, job: JobSubmit, *, loaded: tuple[JobState, int] | None
+    ) -> None:
         bus = self.bus
         assert bus is not None
         # On a first delivery the state almost never exists: create it straight away and
         # read it only when the create finds one (saves a round trip per job).
         first = delivery_count(msg) == 1 and not is_replay(msg.headers)
-        loaded = None if first else await self.store.load(job.job_id)
+        if not first and loaded is None:
+            loaded = await self.store.load(job.job_id)
         # a replayed dead letter (`agentbus dlq replay`) of a job that failed at intake
         # is taken in again from the start
         reopen = (
@@ -213,7 +214,7 @@ class Orchestrator(AgentService):
                 if delivery_count(msg) > 1 and loaded[0].chunks:
                     for stored in self._emit_intake(loaded[0]):  # the last try may have
                         await stored  # died before they were stored
-                await msg.ack()  # a re-submitted or redelivered job that has moved on
+                await self._end_intake(msg, job, loaded[0])  # redelivered, moved on
                 return
         try:
             text = await self._document_text(job)
@@ -247,29 +248,13 @@ class Orchestrator(AgentService):
                     await msg.ack()
                     return
         per_task = summary_chars if len(chunks) == 1 else self.cfg.chunk_summary_chars
-        # the events go out alongside the tasks and the timer (the emitter batches them
-        # with other jobs' events); the job is acked once all of them are stored
+        # the events go out alongside the tasks (the emitter batches them with other
+        # jobs' events); the job message is settled once all of them are stored
         events = self._emit_intake(state)
-        verdict = lifecycle.check_deadline(
-            state,
-            now=state.created_at,
-            job_timeout_s=self.cfg.job_timeout_s,
-            no_progress_timeout_s=self.cfg.no_progress_timeout_s,
-        )
-        timer = bus.publish(
-            subjects.job_deadline(job.job_id),
-            JobDeadline(job_id=job.job_id, first_check_s=verdict.recheck_s or 0.0),
-            msg_id=f"{job.job_id}:deadline",
-            stream=subjects.JOBS_STREAM,
-        )
-        await asyncio.gather(
-            timer, self.collector.publish_level(job.job_id, job.skill, 0, chunks, per_task)
-        )
+        await self.collector.publish_level(job.job_id, job.skill, 0, chunks, per_task)
         for stored in events:
             await stored
-        # no need to wait for the server's confirmation: a job redelivered because this
-        # ack was lost finds its state and re-sends only duplicates, which are dropped
-        await msg.ack()
+        await self._end_intake(msg, job, state)
         log.debug("job accepted: %d chars in %d chunk(s)", document_chars, len(chunks))
 
     @staticmethod
@@ -353,39 +338,53 @@ class Orchestrator(AgentService):
                 return
             await msg.ack()
 
-    # --- deadlines -----------------------------------------------------------------------
+    # --- deadlines: the job message is the job's timer -----------------------------------
 
-    async def handle_deadline(self, msg: Msg) -> None:
-        """A job's timer: fail the job past its deadline or idle too long, else check it
-        again later (nak with the delay); finished or unknown jobs end their timer."""
-        bus = self.bus
-        assert bus is not None
-        try:
-            timer = decode(msg.data, JobDeadline).payload
-        except MessageDecodeError as e:
-            await bus.reject(msg, reason=f"undecodable timer: {e}", stream=subjects.JOBS_STREAM)
-            return
-        job_id, cfg = timer.job_id, self.cfg
-        if delivery_count(msg) == 1 and timer.first_check_s > 0:
-            # delivered as soon as it is published: nothing can be due before its first
-            # check (0: the job has no deadline at all, and its timer ends now)
-            await msg.nak(delay=max(timer.first_check_s, lifecycle.MIN_RECHECK_S))
-            return
-        loaded = await self.store.load(job_id)
-        if loaded is None:
+    def _first_check_s(self, job: JobSubmit) -> float:
+        """When a job's first deadline check is due (0: the job has no deadline)."""
+        timeout = job.timeout_s if job.timeout_s is not None else self.cfg.job_timeout_s
+        due = [t for t in (timeout, self.cfg.no_progress_timeout_s) if t > 0]
+        return max(min(due), lifecycle.MIN_RECHECK_S) if due else 0.0
+
+    async def _end_intake(self, msg: Msg, job: JobSubmit, state: JobState) -> None:
+        """A job past intake keeps its message as its timer: nak'ed with the delay to its
+        first deadline check (no extra message, publish or delivery on the hot path), or
+        acked when it has no deadline or has ended. No need to wait for the server's
+        confirmation: a redelivery because this was lost finds the state and re-sends only
+        duplicates, which are dropped."""
+        first = self._first_check_s(job)
+        if first > 0 and not state.status.terminal:
+            await msg.nak(delay=first)
+        else:
             await msg.ack()
-            return
+
+    def _is_timer(self, msg: Msg, job: JobSubmit, state: JobState) -> bool:
+        """Is this redelivery the job's deadline check rather than a retried intake? A job
+        that has moved on, or whose message is older than its first check (a retried
+        intake comes back after ack_wait at the latest, long before), is past intake."""
+        first = self._first_check_s(job)
+        if first <= 0:
+            return self._moved_on(state)
+        try:
+            published = msg.metadata.timestamp
+        except (AttributeError, ValueError):
+            return self._moved_on(state)
+        age_s = (utcnow() - published).total_seconds()
+        return age_s >= min(first, self.settings.topology.ack_wait_s) - _TIMER_SLACK_S
+
+    async def _check_deadline(self, msg: Msg, job: JobSubmit, state: JobState) -> None:
+        """Fail the job past its deadline or idle too long, else check again later (nak
+        with the delay); a finished job ends its timer (ack)."""
         verdict = lifecycle.check_deadline(
-            loaded[0],
+            state,
             now=utcnow(),
-            job_timeout_s=cfg.job_timeout_s,
-            no_progress_timeout_s=cfg.no_progress_timeout_s,
+            job_timeout_s=self.cfg.job_timeout_s,
+            no_progress_timeout_s=self.cfg.no_progress_timeout_s,
         )
         if verdict.reason is not None:
-            with log_context(job_id=job_id):
-                await self.collector.fail(
-                    job_id, verdict.reason, category=lifecycle.TIMEOUT_FAILURE
-                )
+            await self.collector.fail(
+                job.job_id, verdict.reason, category=lifecycle.TIMEOUT_FAILURE
+            )
             await msg.ack()
         elif verdict.recheck_s is not None:
             await msg.nak(delay=verdict.recheck_s)

@@ -112,11 +112,9 @@ async def test_finished_jobs_end_their_timers(
         ids = [await client.submit(f"Document {i}. It is short.") for i in range(5)]
         states = [await client.wait(j, timeout_s=30) for j in ids]
     assert {st.status for st in states} == {JobStatus.COMPLETED}
-    # every timer is acked once its job has ended: nothing left on the deadline consumer
+    # every job's timer (its message) is acked once the job has ended: nothing left
     for _ in range(100):
-        info = await bus.js.consumer_info(
-            subjects.JOBS_STREAM, subjects.ORCHESTRATOR_DEADLINES_CONSUMER
-        )
+        info = await bus.js.consumer_info(subjects.JOBS_STREAM, subjects.ORCHESTRATOR_CONSUMER)
         if info.num_pending == 0 and info.num_ack_pending == 0:
             break
         await asyncio.sleep(0.1)

@@ -25,7 +25,6 @@ from agentbus.contract.messages import (
     EventKind,
     HistoryQuery,
     HistoryReply,
-    JobDeadline,
     JobState,
     JobStatus,
     JobSubmit,
@@ -50,7 +49,6 @@ FUZZ = settings(
 
 SAMPLES: dict[type[Payload], Payload] = {
     JobSubmit: JobSubmit(job_id="job-1", text="Some text. More text.", title="t"),
-    JobDeadline: JobDeadline(job_id="job-1"),
     TaskAssign: TaskAssign(
         job_id="job-1", task_id="0-0", level=0, index=0, count=1, text="Text.", max_chars=200
     ),

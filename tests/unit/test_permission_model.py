@@ -63,11 +63,7 @@ def test_each_service_pulls_only_its_own_consumers() -> None:
             if s.startswith("$JS.API.CONSUMER.MSG.NEXT.")
         }
 
-    assert pulls("orchestrator") == {
-        "JOBS.orchestrator",
-        "JOBS.orchestrator-deadlines",
-        "RESULTS.orchestrator-results",
-    }
+    assert pulls("orchestrator") == {"JOBS.orchestrator", "RESULTS.orchestrator-results"}
     assert pulls("worker") == {"TASKS.summarize-workers"}
     assert pulls("archiver") == {"AGENT_EVENTS.event-archiver"}
     assert pulls("client") == set() and pulls("provisioner") == set()

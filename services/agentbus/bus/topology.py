@@ -32,9 +32,9 @@ __all__ = ["ProvisionReport", "consumer_configs", "provision", "stream_configs"]
 
 log = logging.getLogger("agentbus.topology")
 
-_DEADLINES_MAX_ACK_PENDING: Final = 1_000_000
-"""Running jobs whose timers are waiting (a nak'ed timer counts as pending until it is
-re-delivered): past this, new jobs' timers wait in the stream until others end."""
+_RUNNING_JOBS_MAX: Final = 1_000_000
+"""Jobs in flight at once (their messages are pending while they run): past this, new
+jobs wait in the stream until others end."""
 
 
 @dataclass
@@ -78,12 +78,7 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
     max_msg = settings.limits.max_message_bytes + 64 * 1024
     work, limits = RetentionPolicy.WORK_QUEUE, RetentionPolicy.LIMITS
     return [
-        stream(
-            subjects.JOBS_STREAM,
-            [subjects.JOBS_SUBJECT, subjects.JOB_DEADLINES_SUBJECTS],
-            work,
-            max_msg_size=max_msg,
-        ),
+        stream(subjects.JOBS_STREAM, [subjects.JOBS_SUBJECT], work, max_msg_size=max_msg),
         stream(subjects.TASKS_STREAM, [subjects.TASKS_SUBJECTS], work, max_msg_size=max_msg),
         stream(
             subjects.RESULTS_STREAM,
@@ -129,21 +124,22 @@ def consumer_configs(
         )
 
     out = [
-        (subjects.JOBS_STREAM, durable(subjects.ORCHESTRATOR_CONSUMER, subjects.JOBS_SUBJECT)),
+        (
+            # a job's message stays pending as its timer until the job ends (nak with a
+            # delay), so pending messages are running jobs; the handler itself gives up
+            # on an intake that keeps failing (delivery count over max_deliver)
+            subjects.JOBS_STREAM,
+            durable(
+                subjects.ORCHESTRATOR_CONSUMER,
+                subjects.JOBS_SUBJECT,
+                max_ack_pending=_RUNNING_JOBS_MAX,
+                bounded=False,
+            ),
+        ),
         (
             subjects.RESULTS_STREAM,
             durable(
                 subjects.ORCHESTRATOR_RESULTS_CONSUMER, subjects.RESULTS_SUBJECTS, bounded=False
-            ),
-        ),
-        (
-            # one timer per running job, re-delivered (nak with delay) until the job ends
-            subjects.JOBS_STREAM,
-            durable(
-                subjects.ORCHESTRATOR_DEADLINES_CONSUMER,
-                subjects.JOB_DEADLINES_SUBJECTS,
-                max_ack_pending=_DEADLINES_MAX_ACK_PENDING,
-                bounded=False,
             ),
         ),
         (

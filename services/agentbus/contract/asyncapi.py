@@ -87,19 +87,7 @@ def _channels() -> list[_Channel]:
             "is the durable acceptance; the job id is the Nats-Msg-Id (deduplication).",
             ["JobSubmit"],
             {"kind": "jetstream", "stream": subjects.JOBS_STREAM, "retention": "workqueue",
-             "subjects": [subjects.JOBS_SUBJECT, subjects.JOB_DEADLINES_SUBJECTS],
-             "consumer": subjects.ORCHESTRATOR_CONSUMER},
-        ),
-        _Channel(
-            "jobDeadlines", t(subjects.job_deadline), "Job deadlines",
-            "One timer message per running job, published by the orchestrator at intake "
-            "(Nats-Msg-Id `{job_id}:deadline`). Its deadline consumer re-delivers it (nak "
-            "with a delay) until the job has ended, and fails a job past its deadline or "
-            "without progress for too long, with the reason.",
-            ["JobDeadline"],
-            {"kind": "jetstream", "stream": subjects.JOBS_STREAM, "retention": "workqueue",
-             "subjects": [subjects.JOBS_SUBJECT, subjects.JOB_DEADLINES_SUBJECTS],
-             "consumer": subjects.ORCHESTRATOR_DEADLINES_CONSUMER},
+             "subjects": [subjects.JOBS_SUBJECT], "consumer": subjects.ORCHESTRATOR_CONSUMER},
         ),
         _Channel(
             "tasksAssign", t(subjects.task_assign), "Task assignment",
@@ -216,12 +204,8 @@ class _Operation:
 _OPERATIONS: Final = (
     _Operation("submitJob", "send", "jobsSubmit", ["JobSubmit"], "client", "Submit a document."),
     _Operation("receiveJob", "receive", "jobsSubmit", ["JobSubmit"], "orchestrator",
-               "Record the job, chunk it, publish its tasks, then ack."),
-    _Operation("setDeadline", "send", "jobDeadlines", ["JobDeadline"], "orchestrator",
-               "Set a job's timer at intake (one per job, deduplicated by its id)."),
-    _Operation("checkDeadline", "receive", "jobDeadlines", ["JobDeadline"], "orchestrator",
-               "Fail a job past its deadline or without progress; else nak with the delay "
-               "to the next check; ack once the job has ended."),
+               "Record the job, chunk it, publish its tasks; then keep the message as the "
+               "job's timer (nak with the delay to its deadline check) until the job ends."),
     _Operation("assignTask", "send", "tasksAssign", ["TaskAssign"], "orchestrator",
                "Publish a map or reduce task."),
     _Operation("receiveTask", "receive", "tasksAssign", ["TaskAssign"], "worker",

@@ -44,7 +44,6 @@ __all__ = [
     "EventKind",
     "HistoryQuery",
     "HistoryReply",
-    "JobDeadline",
     "JobState",
     "JobStatus",
     "JobSubmit",
@@ -121,17 +120,6 @@ class JobSubmit(Payload):
     """SHA-256 of the document's bytes: a job id submitted again must carry the same."""
     timeout_s: float | None = Field(default=None, gt=0, le=30 * 86400)
     """Deadline of this job in seconds from its acceptance (default: the orchestrator's)."""
-
-
-class JobDeadline(Payload):
-    """The timer of a running job (`jobs.deadline.{job_id}`), published by the orchestrator
-    at intake and re-delivered by its deadline consumer until the job ends."""
-
-    MSG_TYPE: ClassVar[str] = "job.deadline"
-    job_id: Token
-    first_check_s: float = Field(default=1.0, ge=0, le=30 * 86400)
-    """When the first check is due (the nearest of the job's deadline and no-progress
-    timeout at intake)."""
 
 
 class TaskAssign(Payload):
@@ -286,7 +274,6 @@ MESSAGE_TYPES: Final[dict[str, type[Payload]]] = {
     m.MSG_TYPE: m
     for m in (
         JobSubmit,
-        JobDeadline,
         TaskAssign,
         TaskResult,
         AgentEvent,

@@ -234,7 +234,6 @@ def _provision_streams(skills: Sequence[str]) -> list[str]:
         ]
     durables = [
         (subjects.JOBS_STREAM, subjects.ORCHESTRATOR_CONSUMER),
-        (subjects.JOBS_STREAM, subjects.ORCHESTRATOR_DEADLINES_CONSUMER),
         (subjects.RESULTS_STREAM, subjects.ORCHESTRATOR_RESULTS_CONSUMER),
         (subjects.AGENT_EVENTS_STREAM, subjects.ARCHIVER_CONSUMER),
         *((subjects.TASKS_STREAM, subjects.workers_consumer(s)) for s in skills),
@@ -282,8 +281,6 @@ def build_permissions(
             *pub,
             *_pull(subjects.JOBS_STREAM, subjects.ORCHESTRATOR_CONSUMER),
             *_pull(subjects.RESULTS_STREAM, subjects.ORCHESTRATOR_RESULTS_CONSUMER),
-            *_pull(subjects.JOBS_STREAM, subjects.ORCHESTRATOR_DEADLINES_CONSUMER),
-            subjects.JOB_DEADLINES_SUBJECTS,
             subjects.TASKS_SUBJECTS,
             subjects.dlq_subject(subjects.JOBS_STREAM),
             subjects.dlq_subject(subjects.RESULTS_STREAM),

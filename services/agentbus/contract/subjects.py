@@ -22,10 +22,8 @@ __all__ = [
     "JOBS_BUCKET",
     "JOBS_STREAM",
     "JOBS_SUBJECT",
-    "JOB_DEADLINES_SUBJECTS",
     "JOB_PARTS_BUCKET",
     "ORCHESTRATOR_CONSUMER",
-    "ORCHESTRATOR_DEADLINES_CONSUMER",
     "ORCHESTRATOR_RESULTS_CONSUMER",
     "RESULTS_STREAM",
     "RESULTS_SUBJECTS",
@@ -44,7 +42,6 @@ __all__ = [
     "agent_results",
     "check_token",
     "dlq_subject",
-    "job_deadline",
     "job_results_wildcard",
     "result_subject",
     "rpc_queue",
@@ -59,10 +56,6 @@ TOKEN_RE: Final = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 # --- JetStream streams -------------------------------------------------------------
 JOBS_STREAM: Final = "JOBS"
 JOBS_SUBJECT: Final = "jobs.submit"
-JOB_DEADLINES_SUBJECTS: Final = "jobs.deadline.*"
-"""One timer message per running job (`jobs.deadline.{job_id}`, in the JOBS stream): the
-orchestrator's deadline consumer re-delivers it (nak with delay) until the job is finished
-or is failed for its deadline or lack of progress."""
 
 TASKS_STREAM: Final = "TASKS"
 TASKS_SUBJECTS: Final = "tasks.*.assign"
@@ -81,7 +74,6 @@ ALL_STREAMS: Final = (JOBS_STREAM, TASKS_STREAM, RESULTS_STREAM, AGENT_EVENTS_ST
 # --- durable consumers and queue groups ---------------------------------------------
 ORCHESTRATOR_CONSUMER: Final = "orchestrator"
 ORCHESTRATOR_RESULTS_CONSUMER: Final = "orchestrator-results"
-ORCHESTRATOR_DEADLINES_CONSUMER: Final = "orchestrator-deadlines"
 WORKERS_QUEUE: Final = "summarize-workers"
 WORKERS_CONSUMER: Final = WORKERS_QUEUE
 ARCHIVER_CONSUMER: Final = "event-archiver"
@@ -113,10 +105,6 @@ def check_token(value: str, *, field: str) -> str:
 
 def task_assign(skill: str) -> str:
     return f"tasks.{check_token(skill, field='skill')}.assign"
-
-
-def job_deadline(job_id: str) -> str:
-    return f"jobs.deadline.{check_token(job_id, field='job_id')}"
 
 
 def workers_consumer(skill: str) -> str:
