@@ -529,7 +529,7 @@ def events(
                 # least `last` events, of which the newest `last` are shown
                 start = max(info.state.first_seq, last_seq - last + 1)
                 sub = await js.subscribe(
-                    "agent.>",
+                    subjects.AGENT_WILDCARD,
                     ordered_consumer=True,
                     config=ConsumerConfig(
                         deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start

@@ -121,6 +121,7 @@ def _channels() -> list[_Channel]:
             list(_EVENTS),
             {"kind": "jetstream", "stream": subjects.AGENT_EVENTS_STREAM, "retention": "limits",
              "subjects": list(subjects.AGENT_EVENTS_SUBJECTS),
+             "wildcards": [subjects.AGENT_WILDCARD],
              "consumer": subjects.ARCHIVER_CONSUMER},
         ),
         _Channel(

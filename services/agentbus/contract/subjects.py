@@ -13,6 +13,7 @@ __all__ = [
     "AGENT_COMMANDS_WILDCARD",
     "AGENT_EVENTS_STREAM",
     "AGENT_EVENTS_SUBJECTS",
+    "AGENT_WILDCARD",
     "ALL_STREAMS",
     "ARCHIVER_CONSUMER",
     "ARCHIVER_QUEUE",
@@ -65,6 +66,8 @@ RESULTS_SUBJECTS: Final = "results.>"
 
 AGENT_EVENTS_STREAM: Final = "AGENT_EVENTS"
 AGENT_EVENTS_SUBJECTS: Final = ("agent.*.events", "agent.*.results")
+AGENT_WILDCARD: Final = "agent.>"
+"""Everything agents say: events, result events and commands (`agentbus events`)."""
 
 DLQ_STREAM: Final = "DLQ"
 DLQ_SUBJECTS: Final = "dlq.>"
