@@ -169,6 +169,7 @@ class Collector:
                 await self._on_completed(written, levels=written.level + 1)
             elif Outcome.FAILED in outcomes and written.status is JobStatus.FAILED:
                 await self.job_failed(job_id, written.error or "task failed", category="task")
+                await self.end_timer(written)
         if (
             lifecycle.level_complete(current)
             and current.level_tasks > 1
@@ -304,7 +305,16 @@ class Collector:
         if written is not None:
             await self._on_completed(written, levels=level + 1)
 
+    async def end_timer(self, state: JobState) -> None:
+        """Ack the job's message, pending as its timer since intake: a finished job needs
+        no more deadline checks, and the JOBS consumer's pending count stays the number of
+        running jobs. An ack lost here only means one more check, which acks it then."""
+        if state.timer:
+            with contextlib.suppress(Exception):
+                await self.bus.nc.publish(state.timer, b"+ACK")
+
     async def _on_completed(self, done: JobState, *, levels: int) -> None:
+        await self.end_timer(done)
         seconds = max((done.updated_at - done.created_at).total_seconds(), 0.0)
         summary_chars = len(done.summary) if done.summary is not None else 0
         metrics.JOBS_COMPLETED.labels(self.service).inc()
@@ -341,6 +351,7 @@ class Collector:
         if written is None:
             return False
         await self.job_failed(job_id, reason, category=category)
+        await self.end_timer(written)
         return True
 
     async def job_failed(self, job_id: str, reason: str, *, category: str) -> None:

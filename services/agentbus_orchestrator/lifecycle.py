@@ -110,6 +110,7 @@ def intake(
     timeout_s: float | None,
     document_sha256: str | None,
     trace_id: str | None,
+    timer: str | None = None,
 ) -> JobState:
     """The state of a job whose map tasks (one per chunk) are about to be published."""
     if chunks < 1:
@@ -129,6 +130,7 @@ def intake(
         timeout_s=timeout_s,
         document_sha256=document_sha256,
         trace_id=trace_id,
+        timer=timer,
     )
 
 

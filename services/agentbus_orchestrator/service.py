@@ -231,6 +231,7 @@ class Orchestrator(AgentService):
             document_chars=document_chars, summary_chars=summary_chars, chunks=len(chunks),
             now=utcnow(), timeout_s=job.timeout_s, document_sha256=self._sha256_of(job),
             trace_id=telemetry.current_trace_id() or telemetry.trace_id_of(msg.headers),
+            timer=msg.reply or None,
         )  # fmt: skip
         if reopen:
             await self.store.transition(

@@ -423,6 +423,9 @@ class JobState(BaseModel):
     task goes on when that task's dead letter is replayed and succeeds."""
     timeout_s: float | None = Field(default=None, ge=0)
     """The job's own deadline (seconds from creation); None: the orchestrator's setting."""
+    timer: Annotated[str, StringConstraints(max_length=256)] | None = None
+    """The ack subject of the job's message, which stays pending as the job's timer until
+    the job ends (the orchestrator acks it then)."""
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
     trace_id: str | None = None
