@@ -273,7 +273,10 @@ async def measure(
         if dead.job_id:
             reasons_by_job.setdefault(dead.job_id, []).append(dead.reason)
     copies = await probe.events()
-    events = list({e.event_id: e for e in copies}.values())  # first copy of each id
+    first: dict[str, AgentEvent] = {}
+    for e in copies:
+        first.setdefault(e.event_id, e)  # the copy the archive keeps (insert-or-ignore)
+    events = list(first.values())
     stream_ids = [e.event_id for e in events]
     archive = await archived_ids(database_url, expected=len(stream_ids))
 
@@ -355,6 +358,15 @@ def report(capsys: pytest.CaptureFixture[str], outcome: Outcome) -> None:
     """One summary line per scenario, shown even when pytest captures output."""
     with capsys.disabled():
         print("\n" + outcome.line(), flush=True)
+
+
+def holds(pred: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
+    """A plain condition for `until`."""
+
+    async def cond() -> bool:
+        return pred()
+
+    return cond
 
 
 async def until(cond: Callable[[], Awaitable[bool]], *, timeout_s: float, what: str) -> None:

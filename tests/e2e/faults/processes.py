@@ -7,7 +7,7 @@ import contextlib
 import json
 import time
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 import nats
@@ -23,13 +23,19 @@ from tests.e2e.faults.harness import until
 
 @contextlib.asynccontextmanager
 async def running_stack(
-    tmp_path: Path, nats_url: str, *, workers: int, env: dict[str, str] | None = None
+    tmp_path: Path,
+    nats_url: str,
+    *,
+    workers: int,
+    orchestrators: int = 1,
+    env: dict[str, str] | None = None,
 ) -> AsyncIterator[Stack]:
-    """The orchestrator, `workers` workers and the archiver as processes (started from a
-    worker thread: `Stack.start` runs its own event loop to provision)."""
+    """The orchestrator(s), `workers` workers and the archiver as processes (started from
+    a worker thread: `Stack.start` runs its own event loop to provision)."""
     stack = Stack(
         data_dir=tmp_path / "stack",
         workers=workers,
+        orchestrators=orchestrators,
         nats_url=nats_url,
         env=env,
         ready_timeout_s=60,
@@ -39,6 +45,31 @@ async def running_stack(
         yield stack
     finally:
         await asyncio.to_thread(stack.stop, grace_s=20)
+
+
+async def add_service(
+    stack: Stack, role: str, agent_id: str, *, env: Mapping[str, str]
+) -> ServiceProcess:
+    """One more `role` process beside the stack's, stopped with them: their environment
+    with `env` on top (e.g. its own `AGENTBUS_NATS__URL`)."""
+    port = free_port()
+    proc = ServiceProcess(
+        role=role,
+        agent_id=agent_id,
+        http_port=port,
+        log_path=stack.data_dir / "logs" / f"{agent_id}.log",
+        # the stack's services differ only in these two from one another
+        env={
+            **stack.processes[0].env,
+            "AGENTBUS_AGENT_ID": agent_id,
+            "AGENTBUS_HTTP__PORT": str(port),
+            **env,
+        },
+    )
+    proc.start()
+    stack.processes.append(proc)
+    await asyncio.to_thread(stack.wait_ready, [proc])
+    return proc
 
 
 def archive_url(stack: Stack) -> str:
