@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import AsyncIterator
 from typing import ClassVar, Final
 
 import nats.errors
@@ -74,6 +75,28 @@ _MAX_DELIVERIES_ADVISORY: Final = (
 _AHEAD_RETRY_S: Final = 0.2
 _CONFLICT_RETRY_S: Final = 1.0
 _DEADLINE_CONCURRENCY: Final = 64
+
+
+@contextlib.asynccontextmanager
+async def _in_progress(msg: Msg, *, every_s: float) -> AsyncIterator[None]:
+    """`in_progress` on `msg` while the block runs. An intake whose publishes are retried
+    through an outage (a full store, a leader election) keeps its job message: without
+    it, ack_wait hands the job to another intake every ack_wait, and max_deliver of those
+    fail an accepted job within seconds of the outage's start."""
+
+    async def beat() -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            with contextlib.suppress(Exception):
+                await msg.in_progress()
+
+    beating = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        beating.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await beating
 
 
 class Orchestrator(AgentService):
@@ -155,12 +178,13 @@ class Orchestrator(AgentService):
             ),
         ):
             if delivery_count(msg) > self.settings.topology.max_deliver:
-                await bus.dead_letter(
-                    msg, reason="job intake over max_deliver", stream=subjects.JOBS_STREAM
-                )
-                await self._fail_new(job, "job intake failed repeatedly", category="intake")
+                # the job's error carries the dead letter's reason, as every failure does
+                reason = f"job intake over max_deliver ({delivery_count(msg)} deliveries)"
+                await bus.dead_letter(msg, reason=reason, stream=subjects.JOBS_STREAM)
+                await self._fail_new(job, reason, category="intake")
                 return
-            await self._intake(msg, job)
+            async with _in_progress(msg, every_s=self.settings.topology.ack_wait_s / 3):
+                await self._intake(msg, job)
 
     async def _document_text(self, job: JobSubmit) -> str:
         assert self.bus is not None
