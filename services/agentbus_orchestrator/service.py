@@ -19,8 +19,10 @@ can share the work and a replica restarted mid-job picks up where the last one s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
+from collections.abc import AsyncIterator
 from typing import ClassVar, Final
 
 from nats.aio.msg import Msg
@@ -59,6 +61,35 @@ log = logging.getLogger("orchestrator")
 _AHEAD_RETRY_S: Final = 0.2
 _CONFLICT_RETRY_S: Final = 1.0
 _TIMER_SLACK_S: Final = 0.5
+
+
+@contextlib.asynccontextmanager
+async def _in_progress(msg: Msg, *, every_s: float) -> AsyncIterator[None]:
+    """`in_progress` on `msg` while the block runs. An intake whose publishes are retried
+    through an outage (a full store, a leader election) keeps its job message: without
+    it, ack_wait hands the job to another intake every ack_wait, and max_deliver of those
+    fail an accepted job within seconds of the outage's start. A timer, not a task: most
+    intakes end long before the first beat, and this is on every job's path."""
+    loop = asyncio.get_running_loop()
+    beats: set[asyncio.Task[None]] = set()
+
+    handles: list[asyncio.TimerHandle] = []
+
+    def beat() -> None:
+        task = loop.create_task(msg.in_progress())
+        beats.add(task)
+        task.add_done_callback(beats.discard)
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # best effort
+        handles[:] = [loop.call_later(every_s, beat)]
+
+    handles.append(loop.call_later(every_s, beat))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.cancel()
+        for task in beats:
+            task.cancel()
 
 
 class Orchestrator(AgentService):
@@ -139,12 +170,13 @@ class Orchestrator(AgentService):
                     await self._check_deadline(msg, job, loaded[0])
                     return
             if delivery_count(msg) > self.settings.topology.max_deliver:
-                await bus.dead_letter(
-                    msg, reason="job intake over max_deliver", stream=subjects.JOBS_STREAM
-                )
-                await self._fail_new(job, "job intake failed repeatedly", category="intake")
+                # the job's error carries the dead letter's reason, as every failure does
+                reason = f"job intake over max_deliver ({delivery_count(msg)} deliveries)"
+                await bus.dead_letter(msg, reason=reason, stream=subjects.JOBS_STREAM)
+                await self._fail_new(job, reason, category="intake")
                 return
-            await self._intake(msg, job, loaded=loaded)
+            async with _in_progress(msg, every_s=self.settings.topology.ack_wait_s / 3):
+                await self._intake(msg, job, loaded=loaded)
 
     async def _document_text(self, job: JobSubmit) -> str:
         assert self.bus is not None

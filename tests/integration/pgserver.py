@@ -101,10 +101,20 @@ class PostgresServer:
             check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=self.base,
             **self._popen_args(),
         )  # fmt: skip
-        log = (self.base / "postgres.log").open("ab")
-        self._chown(self.base / "postgres.log")
         for _ in range(3):  # a random port may be taken between the probe and the bind
             self.port = _free_port()
+            if self._spawn():
+                return self
+            self._stop_process()
+        tail = (self.base / "postgres.log").read_text(errors="replace")[-2000:]
+        self.cleanup()
+        raise RuntimeError(f"PostgreSQL did not start:\n{tail}")
+
+    def _spawn(self) -> bool:
+        """Start `postgres` on `self.port` over the existing data; True once it is ready."""
+        log = (self.base / "postgres.log").open("ab")
+        self._chown(self.base / "postgres.log")
+        try:
             self.proc = subprocess.Popen(
                 [str(self.bindir / "postgres"), "-D", str(self.data), "-p", str(self.port),
                  "-h", "127.0.0.1", "-k", str(self.base), "-c", "fsync=off",
@@ -113,14 +123,22 @@ class PostgresServer:
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=self.base,
                 start_new_session=True, **self._popen_args(),
             )  # fmt: skip
-            if self._wait_ready():
-                log.close()
-                return self
+        finally:
+            log.close()
+        return self._wait_ready()
+
+    def stop(self) -> None:
+        """Stop the server (fast shutdown: open connections are cut), keeping its data."""
+        self._stop_process()
+
+    def restart(self) -> None:
+        """Start the stopped server again on the same port, over the same data."""
+        if self.proc is not None:
+            raise RuntimeError("PostgreSQL is running")
+        if not self._spawn():
+            tail = (self.base / "postgres.log").read_text(errors="replace")[-2000:]
             self._stop_process()
-        log.close()
-        tail = (self.base / "postgres.log").read_text(errors="replace")[-2000:]
-        self.cleanup()
-        raise RuntimeError(f"PostgreSQL did not start:\n{tail}")
+            raise RuntimeError(f"PostgreSQL did not start again:\n{tail}")
 
     def _wait_ready(self) -> bool:
         deadline = time.monotonic() + _START_TIMEOUT_S

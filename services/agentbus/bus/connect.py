@@ -168,6 +168,8 @@ async def connect_nats(
         "max_reconnect_attempts": -1,
         "reconnect_time_wait": cfg.reconnect_wait_s,
         "connect_timeout": cfg.connect_timeout_s,
+        "ping_interval": cfg.ping_interval_s,
+        "max_outstanding_pings": cfg.max_outstanding_pings,
         "error_cb": on_error,
         "disconnected_cb": on_disconnected,
         "reconnected_cb": on_reconnected,

@@ -98,6 +98,11 @@ class NatsSettings(_Section):
     tls_key_file: Path | None = None
     connect_timeout_s: PositiveFloat = 2.0
     reconnect_wait_s: PositiveFloat = 1.0
+    ping_interval_s: PositiveFloat = 120.0
+    """How often the client pings the server. A connection that stops answering (a
+    network partition that closes no socket) is given up, and reconnected, after
+    `max_outstanding_pings` unanswered pings: lower both to notice one sooner."""
+    max_outstanding_pings: int = Field(default=2, ge=1, le=100)
     inbox_prefix: str = "_INBOX"
 
     @property
