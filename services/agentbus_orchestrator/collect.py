@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
+import nats.errors
 import nats.js.errors
 
 from agentbus.bus.core import Bus
@@ -47,6 +48,9 @@ log = logging.getLogger("orchestrator")
 
 _PUBLISH_BATCH: Final = 64
 _PARTS_READ_BATCH: Final = 256
+_TIMER_ACK_TRIES: Final = 8
+_TIMER_ACK_TIMEOUT_S: Final = 5.0
+_TIMER_ACK_MAX_BACKOFF_S: Final = 10.0
 
 
 _SUCCESS: Final = (Outcome.RECORDED, Outcome.DUPLICATE)
@@ -76,6 +80,7 @@ class Collector:
         self.service = service
         self._queues: dict[str, _Queue] = {}
         self._writers: set[asyncio.Task[None]] = set()
+        self._ackers: set[asyncio.Task[None]] = set()
         self.writes = 0
         self.results = 0
 
@@ -308,10 +313,24 @@ class Collector:
     async def end_timer(self, state: JobState) -> None:
         """Ack the job's message, pending as its timer since intake: a finished job needs
         no more deadline checks, and the JOBS consumer's pending count stays the number of
-        running jobs. An ack lost here only means one more check, which acks it then."""
+        running jobs. The ack is confirmed (and retried in the background): one lost in a
+        leader election would otherwise keep an ended job pending until its next check,
+        up to the no-progress timeout later. The server takes the ack of any delivery of
+        the message, so the intake's reply subject serves after rechecks too."""
         if state.timer:
-            with contextlib.suppress(Exception):
-                await self.bus.nc.publish(state.timer, b"+ACK")
+            acker = asyncio.create_task(self._ack_timer(state.timer))
+            self._ackers.add(acker)
+            acker.add_done_callback(self._ackers.discard)
+
+    async def _ack_timer(self, reply: str) -> None:
+        for attempt in range(_TIMER_ACK_TRIES):
+            try:
+                await self.bus.nc.request(reply, b"+ACK", timeout=_TIMER_ACK_TIMEOUT_S)
+                return
+            except (nats.errors.Error, TimeoutError):
+                # no responders (no consumer leader yet), a timeout, a reconnect
+                await asyncio.sleep(min(0.5 * 2**attempt, _TIMER_ACK_MAX_BACKOFF_S))
+        log.warning("job timer ack not confirmed after %d tries: %s", _TIMER_ACK_TRIES, reply)
 
     async def _on_completed(self, done: JobState, *, levels: int) -> None:
         await self.end_timer(done)
@@ -390,6 +409,8 @@ class Collector:
             )
 
     async def close(self) -> None:
-        for writer in list(self._writers):
+        if self._ackers:  # confirmations on their way: a moment, not the retries
+            await asyncio.wait(list(self._ackers), timeout=_TIMER_ACK_TIMEOUT_S)
+        for writer in [*self._writers, *self._ackers]:
             writer.cancel()
-        await asyncio.gather(*self._writers, return_exceptions=True)
+        await asyncio.gather(*self._writers, *self._ackers, return_exceptions=True)
