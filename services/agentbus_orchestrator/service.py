@@ -22,13 +22,15 @@ import asyncio
 import contextlib
 import functools
 import logging
+import random
+import time
 from collections.abc import AsyncIterator
 from typing import ClassVar, Final
 
 from nats.aio.msg import Msg
 
 from agentbus.bus.consume import ConsumerLoop
-from agentbus.bus.core import Bus
+from agentbus.bus.core import Bus, storage_full
 from agentbus.bus.deadletters import is_replay
 from agentbus.bus.documents import check_document, fetch_document
 from agentbus.bus.headers import delivery_count
@@ -61,6 +63,8 @@ log = logging.getLogger("orchestrator")
 _AHEAD_RETRY_S: Final = 0.2
 _CONFLICT_RETRY_S: Final = 1.0
 _TIMER_SLACK_S: Final = 0.5
+_FULL_RETRY_FIRST_S: Final = 0.5
+_FULL_RETRY_MAX_S: Final = 5.0
 
 
 @contextlib.asynccontextmanager
@@ -176,7 +180,32 @@ class Orchestrator(AgentService):
                 await self._fail_new(job, reason, category="intake")
                 return
             async with _in_progress(msg, every_s=self.settings.topology.ack_wait_s / 3):
+                await self._intake_until_stored(msg, job, loaded=loaded)
+
+    async def _intake_until_stored(
+        self, msg: Msg, job: JobSubmit, *, loaded: tuple[JobState, int] | None
+    ) -> None:
+        """`_intake`, waiting out a full JetStream store: the job was accepted (its message
+        is stored), so a full store is an outage to outlast, not a reason to burn the job's
+        deliveries. The job message is held (`in_progress`) meanwhile, and each try repeats
+        only what is missing (the state is created once, publishes are deduplicated by
+        id). Bounded by the no-progress timeout; past it the error takes the usual path."""
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            try:
                 await self._intake(msg, job, loaded=loaded)
+                return
+            except Exception as e:
+                waited_s = time.monotonic() - started
+                if not storage_full(e) or waited_s > self.cfg.no_progress_timeout_s > 0:
+                    raise
+                if attempt == 0:
+                    log.warning("job intake waits for JetStream storage: %s", e)
+                delay_s = min(_FULL_RETRY_FIRST_S * 2**attempt, _FULL_RETRY_MAX_S)
+                attempt += 1
+                loaded = None
+                await asyncio.sleep(random.uniform(delay_s / 2, delay_s))
 
     async def _document_text(self, job: JobSubmit) -> str:
         assert self.bus is not None

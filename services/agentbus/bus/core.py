@@ -61,8 +61,24 @@ _TRANSIENT_PUBLISH_ERRORS: Final = (
     TimeoutError,  # includes nats.errors.TimeoutError
 )
 _NO_RESPONDERS: Final = (nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError)
+_STORAGE_FULL_CODES: Final = frozenset({10023, 10047})
+"""JetStream's "insufficient resources" and "insufficient storage resources available"."""
 _DLQ_HEADER_ROOM: Final = 4 * 1024
 """Bytes kept free for the headers added when publishing (trace context, message id)."""
+
+
+def storage_full(error: BaseException) -> bool:
+    """Did JetStream refuse a write because its store (max_file_store, max_bytes) is full?
+    Looks through the `raise ... from` chain, as a `BusError` wraps nats-py's error."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, nats.js.errors.APIError) and (
+            seen.err_code in _STORAGE_FULL_CODES
+            or "insufficient" in (seen.description or "").lower()
+        ):
+            return True
+        seen = seen.__cause__
+    return False
 
 
 class EventFields(TypedDict, total=False):
