@@ -310,12 +310,12 @@ class Orchestrator(AgentService):
                     await msg.ack()
                     return
         per_task = summary_chars if len(chunks) == 1 else self.cfg.chunk_summary_chars
-        # the events go out alongside the tasks (the emitter batches them with other
-        # jobs' events); the job message is settled once all of them are stored
-        events = self._emit_intake(state)
-        await self.collector.publish_level(job.job_id, job.skill, 0, chunks, per_task)
-        for stored in events:
+        # The intake events are stored before any task exists (the emitter batches them
+        # with other jobs' events): a job's record begins with them, and the job cannot
+        # end - and ack its message, the timer - while they are still on their way.
+        for stored in self._emit_intake(state):
             await stored
+        await self.collector.publish_level(job.job_id, job.skill, 0, chunks, per_task)
         await self._end_intake(msg, job, state)
         log.debug("job accepted: %d chars in %d chunk(s)", document_chars, len(chunks))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from typing import cast
 
@@ -101,8 +102,14 @@ async def test_two_orchestrators_share_multi_chunk_jobs(
         states = [await client.wait(j, timeout_s=60) for j in ids]
     assert [st.status for st in states] == [JobStatus.COMPLETED] * len(docs)
     assert all(o.results > 0 for o in orchestrators), [o.results for o in orchestrators]
-    events = {e.event_id: e for e in await stream_agent_events(bus)}.values()
+    in_order = await stream_agent_events(bus)
+    events = {e.event_id: e for e in in_order}.values()
     for st in states:
+        # a job's record begins with its intake: stored before any of its tasks existed
+        kinds = [e.kind for e in in_order if e.job_id == st.job_id]
+        first_task = min(i for i, k in enumerate(kinds) if k.value.startswith("task."))
+        assert kinds.index(EventKind.JOB_ACCEPTED) < kinds.index(EventKind.JOB_CHUNKED)
+        assert kinds.index(EventKind.JOB_CHUNKED) < first_task, kinds[:5]
         reduce_tasks = sum(
             int(e.data["tasks"])
             for e in events
@@ -111,3 +118,28 @@ async def test_two_orchestrators_share_multi_chunk_jobs(
         assert st.chunks >= 5 and st.level >= 1
         # every map and reduce task counted exactly once
         assert st.tasks_done_total == st.chunks + reduce_tasks, st
+
+
+async def test_a_job_record_begins_with_its_intake_even_when_events_are_slow(
+    bus: Bus, settings: Settings, running: Running
+) -> None:
+    """The intake events are stored before any task exists, so a fast worker's events can
+    never come first, and the job cannot end while its intake is still being recorded."""
+    orch = await running.start(Orchestrator, settings, "orch-slow-events")
+    await running.start(lambda st: TaskWorker(st, SummarizeSkill(st)), settings, "worker-fast")
+    assert orch.bus is not None
+    emitter = orch.bus._emitter
+    publish = emitter._publish_raw
+
+    async def slow(*args: object, **kwargs: object) -> object:
+        await asyncio.sleep(0.5)  # an event store slower than the whole job
+        return await publish(*args, **kwargs)
+
+    emitter._publish_raw = slow
+    async with AgentBusClient(settings.nats) as client:
+        job_id = await client.submit(make_document(random.Random(3), 6), title="slow events")
+        state = await client.wait(job_id, timeout_s=30)
+    assert state.status is JobStatus.COMPLETED, state.error
+    kinds = [e.kind for e in await stream_agent_events(bus) if e.job_id == job_id]
+    assert kinds[:2] == [EventKind.JOB_ACCEPTED, EventKind.JOB_CHUNKED], kinds
+    assert EventKind.TASK_STARTED in kinds

@@ -85,6 +85,32 @@ async def test_close_fails_what_is_still_waiting(nats_server: EmbeddedNatsServer
     await nc.close()
 
 
+async def test_a_confirmation_lost_in_a_reconnect_fails_once_the_connection_is_back(
+    nats_server: EmbeddedNatsServer,
+) -> None:
+    """Waiting out the whole timeout would hold everything queued behind the publish."""
+    nc = await nats.connect(nats_server.url, reconnect_time_wait=0.1, max_reconnect_attempts=-1)
+    await nc.subscribe("silent.subject", cb=_never_answer)
+    pub = JetStreamPublisher(nc)
+    try:
+        waiting = asyncio.create_task(pub.publish("silent.subject", b"x", timeout_s=120))
+        await asyncio.sleep(0.2)
+        assert not waiting.done()
+        nats_server.restart()  # same port: the client reconnects; the confirmation is lost
+        with pytest.raises(nats.errors.TimeoutError):
+            await asyncio.wait_for(waiting, timeout=60)  # not the publish's own 120 s
+        assert nc.is_connected and nc.stats["reconnects"] == 1
+        assert not pub._pending
+        # a publish after the reconnect is confirmed as usual, and not failed by it
+        js = nc.jetstream()
+        await js.add_stream(StreamConfig(name="PUBRECON", subjects=["pubrecon.>"]))
+        ack = await pub.publish("pubrecon.a", b"y", headers={"Nats-Msg-Id": "r-1"})
+        assert ack.seq == 1 and not ack.duplicate
+    finally:
+        await pub.close()
+        await nc.close()
+
+
 async def test_kv_compare_and_set(bus: Bus) -> None:
     b = subjects.JOBS_BUCKET
     rev1 = await bus.kv_create(b, "cas-1", b"one")

@@ -10,6 +10,11 @@ is why it exists instead of the library call. It keeps the same contract:
   per-service NATS permissions still hold) and a future per publish;
 - one sweeper task fails publishes whose confirmation did not come within their timeout
   (`nats.errors.TimeoutError`), instead of a timer per call;
+- a publish still unconfirmed when the connection has come back from a reconnect fails
+  at once the same way: its confirmation went to the old connection and is lost, and
+  waiting out the whole timeout would hold everything queued behind it (the event
+  emitter's group commit) for that long. The caller's retry reuses the message id, so
+  a publish that did land is deduplicated by the stream;
 - a "no responders" status raises `nats.errors.NoRespondersError`, a JetStream API error
   raises `nats.js.errors.APIError` (its specific subclass), as nats-py does;
 - publishing itself (buffering through a reconnect, header encoding) is nats-py's.
@@ -46,7 +51,8 @@ class JetStreamPublisher:
         self._sub: Subscription | None = None
         self._starting: asyncio.Lock | None = None
         self._next = 0
-        self._pending: dict[str, tuple[asyncio.Future[Msg], float]] = {}
+        self._pending: dict[str, tuple[asyncio.Future[Msg], float, int]] = {}
+        """reply subject -> (confirmation, deadline, the connection's reconnects then)"""
         self._sweeper: asyncio.Task[None] | None = None
 
     async def _start(self) -> None:
@@ -74,7 +80,7 @@ class JetStreamPublisher:
         self._next += 1
         reply = f"{self._prefix}{self._next}"
         done: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
-        self._pending[reply] = (done, time.monotonic() + timeout_s)
+        self._pending[reply] = (done, time.monotonic() + timeout_s, self._reconnects())
         try:
             await self._nc.publish(subject, data, reply=reply, headers=headers)
             msg = await done
@@ -87,13 +93,21 @@ class JetStreamPublisher:
         if entry is not None and not entry[0].done():
             entry[0].set_result(msg)
 
+    def _reconnects(self) -> int:
+        return int(self._nc.stats["reconnects"])
+
     async def _sweep(self) -> None:
         while True:
             await asyncio.sleep(_SWEEP_EVERY_S)
             now = time.monotonic()
-            late = [reply for reply, (_, deadline) in self._pending.items() if deadline <= now]
+            reconnects = self._reconnects() if self._nc.is_connected else -1
+            late = [
+                reply
+                for reply, (_, deadline, sent_at) in self._pending.items()
+                if deadline <= now or 0 <= sent_at < reconnects
+            ]
             for reply in late:
-                done, _ = self._pending.pop(reply)
+                done = self._pending.pop(reply)[0]
                 if not done.done():
                     done.set_exception(nats.errors.TimeoutError())
 
@@ -103,7 +117,7 @@ class JetStreamPublisher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
             self._sweeper = None
-        for done, _ in self._pending.values():
+        for done, _, _ in self._pending.values():
             if not done.done():
                 done.set_exception(nats.errors.ConnectionClosedError())
         self._pending.clear()
