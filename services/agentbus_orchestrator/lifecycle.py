@@ -58,6 +58,17 @@ TIMEOUT_FAILURE: Final = "timeout"
 
 MIN_RECHECK_S: Final = 1.0
 """A deadline check is never scheduled sooner than this after the last one."""
+MAX_RECHECK_S: Final = 30.0
+"""Nor later: a running job's message comes back at least this often. An ack or nak of
+it can be lost (a consumer leader gone before it replicated one it had confirmed), and
+the next check then settles it - an ended job's message is acked - within this bound
+rather than at a deadline up to `no_progress_timeout_s` away. One delivery per running
+job per interval is the whole cost."""
+
+
+def recheck_delay_s(wait_s: float) -> float:
+    """The delay of the next deadline check for a deadline `wait_s` away."""
+    return min(max(wait_s, MIN_RECHECK_S), MAX_RECHECK_S)
 
 
 def task_id_for(level: int, index: int) -> str:
@@ -373,7 +384,7 @@ def check_deadline(
         waits.append(no_progress_timeout_s - idle)
     if not waits:
         return DeadlineVerdict()
-    return DeadlineVerdict(recheck_s=max(min(waits), MIN_RECHECK_S))
+    return DeadlineVerdict(recheck_s=recheck_delay_s(min(waits)))
 
 
 def recorded_indices(state: JobState) -> Iterable[int]:

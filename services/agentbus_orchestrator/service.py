@@ -406,7 +406,7 @@ class Orchestrator(AgentService):
         """When a job's first deadline check is due (0: the job has no deadline)."""
         timeout = job.timeout_s if job.timeout_s is not None else self.cfg.job_timeout_s
         due = [t for t in (timeout, self.cfg.no_progress_timeout_s) if t > 0]
-        return max(min(due), lifecycle.MIN_RECHECK_S) if due else 0.0
+        return lifecycle.recheck_delay_s(min(due)) if due else 0.0
 
     async def _end_intake(self, msg: Msg, job: JobSubmit, state: JobState) -> None:
         """A job past intake keeps its message as its timer: nak'ed with the delay to its

@@ -14,12 +14,12 @@ from agentbus.client.api import AgentBusClient
 from agentbus.contract import subjects
 from agentbus.contract.errors import JobExistsError
 from agentbus.contract.headers import DLQ_HEADER_REASON
-from agentbus.contract.messages import EventKind, JobStatus, JobSubmit
+from agentbus.contract.messages import EventKind, JobState, JobStatus, JobSubmit
 from agentbus.contract.settings import Settings
 from agentbus.observability import metrics
 from agentbus.runtime.worker import TaskWorker
 from agentbus_orchestrator import Orchestrator
-from agentbus_orchestrator.lifecycle import recorded_indices
+from agentbus_orchestrator.lifecycle import MAX_RECHECK_S, recorded_indices
 from agentbus_summarize_worker import SummarizeSkill
 from tests.conftest import Running, dlq_messages, stream_agent_events
 from tests.documents import make_document, prose_document
@@ -126,6 +126,41 @@ async def test_finished_jobs_end_their_timers(
         finally:
             await st.close()
         assert final is not None and final.status is JobStatus.COMPLETED
+
+
+@pytest.mark.timeout(120)
+async def test_an_ended_jobs_lost_timer_ack_is_settled_by_its_next_check(
+    bus: Bus, settings: Settings, running: Running
+) -> None:
+    """The ack that ends a job's timer can be lost after the server confirmed it (a
+    consumer leader gone before it replicated it): the job's message then comes back at
+    its next check, at most MAX_RECHECK_S away, not at the default 900 s no-progress
+    deadline, and is acked because the job has ended."""
+    orch = cast(Orchestrator, await running.start(Orchestrator, settings, "orch-lost-ack"))
+    await running.start(lambda st: TaskWorker(st, SummarizeSkill(st)), settings, "worker-1")
+
+    async def lost(_state: JobState) -> None:
+        return None
+
+    orch.collector.end_timer = lost  # type: ignore[method-assign,assignment]
+    async with AgentBusClient(settings.nats) as client:
+        job_id = await client.submit("One short document. It ends soon.")
+        state = await client.wait(job_id, timeout_s=30)
+    assert state.status is JobStatus.COMPLETED
+    info = await bus.js.consumer_info(subjects.JOBS_STREAM, subjects.ORCHESTRATOR_CONSUMER)
+    assert info.num_ack_pending == 1  # the timer, its ack lost
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + MAX_RECHECK_S + 30
+    while info.num_ack_pending and loop.time() < deadline:
+        await asyncio.sleep(0.5)
+        info = await bus.js.consumer_info(subjects.JOBS_STREAM, subjects.ORCHESTRATOR_CONSUMER)
+    assert (info.num_pending, info.num_ack_pending) == (0, 0)
+    final = await AgentBusClient(settings.nats).connect()
+    try:
+        after = await final.status(job_id)
+    finally:
+        await final.close()
+    assert after is not None and after.status is JobStatus.COMPLETED
 
 
 @pytest.mark.timeout(240)

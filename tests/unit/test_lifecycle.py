@@ -125,6 +125,28 @@ def test_legacy_state_with_a_list_of_indices_still_decodes() -> None:
     assert s.level_done == 3 and list(lifecycle.recorded_indices(s)) == [0, 2, 4]
 
 
+@given(
+    age_s=st.floats(min_value=0, max_value=10_000),
+    job_timeout_s=st.sampled_from([0.0, 5.0, 60.0, 3600.0]),
+    no_progress_timeout_s=st.sampled_from([0.0, 2.0, 45.0, 900.0]),
+)
+def test_a_running_job_is_checked_again_within_the_recheck_bounds(
+    age_s: float, job_timeout_s: float, no_progress_timeout_s: float
+) -> None:
+    """A lost ack or nak of the job's message is settled by its next check: never more
+    than MAX_RECHECK_S away, whatever the deadlines."""
+    v = lifecycle.check_deadline(
+        _job(4), now=T0 + timedelta(seconds=age_s),
+        job_timeout_s=job_timeout_s, no_progress_timeout_s=no_progress_timeout_s,
+    )  # fmt: skip
+    if v.reason is None and v.recheck_s is not None:
+        assert lifecycle.MIN_RECHECK_S <= v.recheck_s <= lifecycle.MAX_RECHECK_S
+    elif v.reason is None:  # no deadline at all: the message is acked, never rechecked
+        assert job_timeout_s == 0 and no_progress_timeout_s == 0
+    assert lifecycle.recheck_delay_s(900.0) == lifecycle.MAX_RECHECK_S
+    assert lifecycle.recheck_delay_s(0.01) == lifecycle.MIN_RECHECK_S
+
+
 def test_deadline_and_no_progress() -> None:
     s = _job(4)
     v = lifecycle.check_deadline(s, now=T0, job_timeout_s=100, no_progress_timeout_s=30)
