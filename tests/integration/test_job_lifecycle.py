@@ -130,7 +130,7 @@ async def test_finished_jobs_end_their_timers(
 
 @pytest.mark.timeout(120)
 async def test_an_ended_jobs_lost_timer_ack_is_settled_by_its_next_check(
-    bus: Bus, settings: Settings, running: Running
+    bus: Bus, settings: Settings, running: Running, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The ack that ends a job's timer can be lost after the server confirmed it (a
     consumer leader gone before it replicated it): the job's message then comes back at
@@ -142,7 +142,7 @@ async def test_an_ended_jobs_lost_timer_ack_is_settled_by_its_next_check(
     async def lost(_state: JobState) -> None:
         return None
 
-    orch.collector.end_timer = lost  # type: ignore[method-assign,assignment]
+    monkeypatch.setattr(orch.collector, "end_timer", lost)
     async with AgentBusClient(settings.nats) as client:
         job_id = await client.submit("One short document. It ends soon.")
         state = await client.wait(job_id, timeout_s=30)
