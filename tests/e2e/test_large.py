@@ -39,12 +39,14 @@ async def _tasks_recorded_once(url: str, state: JobState) -> list[AgentEvent]:
     """Every map and reduce task of the job counted exactly once in its state, and done
     (task.completed) exactly once in its events; returns the job's events. A worker's
     task.completed goes out beside its result, so the last ones can land just after the
-    job completes: the stream is read until they are all there (or 20 s passed)."""
+    job completes, and so can the job's own job.completed (emitted after the state write
+    that `wait` sees): the stream is read until they are all there (or 20 s passed)."""
     events: list[AgentEvent] = []
     for _ in range(100):
         events = await _job_events(url, state.job_id)
         done = Counter(e.task_id for e in events if e.kind is EventKind.TASK_COMPLETED)
-        if len(done) >= state.tasks_done_total:
+        ended = any(e.kind is EventKind.JOB_COMPLETED for e in events)
+        if ended and len(done) >= state.tasks_done_total:
             break
         await asyncio.sleep(0.2)
     reduce_tasks = sum(int(e.data["tasks"]) for e in events if e.kind is EventKind.JOB_REDUCING)
