@@ -34,13 +34,13 @@ from agentbus.contract.chunking import pack
 from agentbus.contract.messages import DocumentRef, JobState, JobStatus
 
 __all__ = [
+    "CancelVerdict",
     "Completion",
     "DeadlineVerdict",
     "NextLevel",
     "Outcome",
     "ResultKey",
     "bits_count",
-    "CancelVerdict",
     "bits_has",
     "cancel",
     "cancel_detail",

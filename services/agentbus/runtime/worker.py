@@ -240,8 +240,10 @@ class TaskWorker(AgentService):
                 return
             except asyncio.CancelledError:
                 current = asyncio.current_task()
-                if run.cancelled() and cancels.seen(t.job_id) and not (
-                    current is not None and current.cancelling()
+                if (
+                    run.cancelled()
+                    and cancels.seen(t.job_id)
+                    and not (current is not None and current.cancelling())
                 ):  # the job was canceled, not this worker stopped
                     await announced
                     await self._canceled(msg, t, stage="running")
