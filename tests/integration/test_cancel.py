@@ -185,11 +185,21 @@ async def test_cancel_before_intake_and_unknown_reply(
 
 
 async def test_cli_cancel(bus: Bus, settings: Settings, running: Running) -> None:
+    # a job of ~400 tasks on 2 slots (~40 s): still running when the CLI, a new process
+    # that takes seconds to start on a loaded machine, gets to it
     s = _slow(settings)
+    s = s.model_copy(
+        update={
+            "worker": s.worker.model_copy(update={"concurrency": 2}),
+            "orchestrator": s.orchestrator.model_copy(
+                update={"chunk_chars": 500, "chunk_summary_chars": 100}
+            ),
+        }
+    )
     await running.start(Orchestrator, s, "orch-c3")
     await running.start(lambda st: TaskWorker(st, SummarizeSkill(st)), s, "worker-c3")
     async with AgentBusClient(s.nats) as client:
-        job_id = await client.submit(prose_document(3, 20 * s.orchestrator.chunk_chars))
+        job_id = await client.submit(prose_document(3, 400 * s.orchestrator.chunk_chars))
         await _until(lambda: _mid_map(client, job_id), timeout_s=30, what="results recorded")
     agentbus = str(Path(sys.executable).with_name("agentbus"))
     env = {**os.environ, "AGENTBUS_NATS__URL": s.nats.url}
