@@ -13,6 +13,7 @@ from pathlib import Path
 
 import nats.js.errors
 import pytest
+from aiohttp import web
 
 from agentbus.bus.core import Bus
 from agentbus.client.api import AgentBusClient
@@ -22,8 +23,10 @@ from agentbus.contract.settings import Settings
 from agentbus.runtime.worker import SkillOutput, TaskWorker
 from agentbus_orchestrator import Orchestrator
 from agentbus_summarize_worker import SummarizeSkill
+from agentbus_summarize_worker.backends import OpenAISummarizer
 from tests.conftest import Running, stream_agent_events
 from tests.documents import prose_document
+from tests.local_http import LocalHttpServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -224,3 +227,47 @@ async def test_cli_cancel(bus: Bus, settings: Settings, running: Running) -> Non
     async with AgentBusClient(s.nats) as client:
         state = await client.status(job_id)
     assert state is not None and state.error == "canceled: from the CLI"
+
+
+class HangingOpenAI(LocalHttpServer):
+    """An OpenAI-compatible endpoint that never answers; notes when the client hangs up."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.arrived = asyncio.Event()
+        self.hung_up = asyncio.Event()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_post("/v1/chat/completions", self.completions)
+
+    async def completions(self, request: web.Request) -> web.Response:
+        await request.read()
+        self.arrived.set()
+        for _ in range(600):
+            if request.transport is None or request.transport.is_closing():
+                self.hung_up.set()
+                break
+            await asyncio.sleep(0.01)
+        return web.json_response({}, status=500)
+
+
+async def test_cancelling_the_skill_aborts_the_openai_request() -> None:
+    """What a cancel does to a running task of the openai backend: the skill coroutine is
+    cancelled, and with it the HTTP request (the server sees the connection close)."""
+    server = HangingOpenAI()
+    await server.start()
+    backend = OpenAISummarizer(base_url=server.url, model="tiny", timeout_s=30.0)
+    try:
+        call = asyncio.ensure_future(backend.summarize("Rivers and tides. " * 20, max_chars=200))
+        await asyncio.wait_for(server.arrived.wait(), 10)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        await asyncio.wait_for(server.hung_up.wait(), 5)
+    finally:
+        await backend.aclose()
+        await server.stop()
