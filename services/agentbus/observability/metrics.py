@@ -48,7 +48,7 @@ __all__ = [
     "SUMMARIZER_TOKENS",
     "TASKS_CANCELED",
     "TASKS_PROCESSED",
-    "TASK_CANCEL_STAGES",
+    "TASK_CANCEL_OUTCOMES",
     "TASK_OUTCOMES",
     "TASK_SECONDS",
     "WORKER_FREE_SLOTS",
@@ -128,12 +128,12 @@ TASKS_PROCESSED: Final = Counter(
     "Tasks handled by workers, by outcome (ok, retried, dead_lettered, rejected)",
     ["service", "skill", "outcome"],
 )
-TASK_CANCEL_STAGES: Final = ("queued", "running")
+TASK_CANCEL_OUTCOMES: Final = ("dropped", "interrupted")
 TASKS_CANCELED: Final = Counter(
     "agentbus_tasks_canceled_total",
-    "Tasks of canceled jobs: dropped when pulled (queued, acked without running) or "
-    "interrupted while running",
-    ["service", "skill", "stage"],
+    "Tasks of canceled jobs, by outcome: dropped (pulled from the queue, acked without "
+    "running) or interrupted (running, its coroutine cancelled)",
+    ["service", "skill", "outcome"],
 )
 TASK_SECONDS: Final = Histogram(
     "agentbus_task_duration_seconds",
@@ -258,8 +258,8 @@ def init_worker(service: str, *, skill: str, backend: str) -> None:
     TASK_SECONDS.labels(service, skill)
     for outcome in TASK_OUTCOMES:
         TASKS_PROCESSED.labels(service, skill, outcome)
-    for stage in TASK_CANCEL_STAGES:
-        TASKS_CANCELED.labels(service, skill, stage)
+    for outcome in TASK_CANCEL_OUTCOMES:
+        TASKS_CANCELED.labels(service, skill, outcome)
     for kind in ("prompt", "completion"):
         SUMMARIZER_TOKENS.labels(service, backend, kind)
 

@@ -299,15 +299,18 @@ class TaskWorker(AgentService):
         """A task of a canceled job, dropped before it ran (`queued`) or interrupted
         (`running`): acked without a result (the job records nothing more), counted."""
         assert self.bus is not None
-        await self._ack(msg)
-        self.bus.emit_soon(
+        # the event is stored before the ack (a redelivery records it once: stable id);
+        # the drops of many slots share a publish (the emitter's group commit)
+        await self.bus.emit_soon(
             EventKind.TASK_CANCELED,
             job_id=t.job_id,
             task_id=t.task_id,
             event_id=_stable_id(t.job_id, t.task_id, "canceled"),
             data={"stage": stage, "level": t.level},
         )
-        metrics.TASKS_CANCELED.labels(self.bus.service, self.skill.name, stage).inc()
+        await self._ack(msg)
+        outcome = "interrupted" if stage == "running" else "dropped"
+        metrics.TASKS_CANCELED.labels(self.bus.service, self.skill.name, outcome).inc()
         self.task_counts[f"canceled_{stage}"] += 1
 
     async def _ack(self, msg: Msg) -> None:
