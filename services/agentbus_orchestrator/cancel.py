@@ -11,9 +11,10 @@ every other); around it, in this order:
    of its running ones. Core NATS, not a stream: it reaches every subscriber within a
    round trip, and whoever was not subscribed (a replica started or reconnected after
    it) learns the same from the job state, which is written first;
-3. the job message, the job's timer, is acked (`Collector.end_timer`), the job's parts
-   and its objects in the documents bucket are removed, `job.canceled` is emitted;
-4. the requester gets one line (`CancelReply`).
+3. the requester gets one line (`CancelReply`): the job is canceled once 1 and 2 are
+   done, so the answer does not wait for the clean-up;
+4. the job message, the job's timer, is acked (`Collector.end_timer`), `job.canceled` is
+   emitted, the job's parts and its objects in the documents bucket are removed.
 
 A job not taken in yet (its message still queued) gets a canceled state in its place: the
 intake then finds a finished job and acks the message without running anything. A cancel
@@ -76,8 +77,9 @@ class Canceller:
             await self._reply(msg, CancelReply(job_id="unknown", canceled=False, error=str(e)))
             return
         with log_context(job_id=req.job_id):
+            written: JobState | None = None
             try:
-                reply = await self.cancel(req.job_id, reason=req.reason)
+                reply, written = await self.cancel(req.job_id, reason=req.reason)
             except Exception as e:  # one line to the requester; the service carries on
                 log.exception("cancel of job %s failed", req.job_id)
                 reply = CancelReply(
@@ -86,12 +88,16 @@ class Canceller:
                     error=f"cancel of job {req.job_id} failed: {type(e).__name__}: {e}",
                 )
             await self._reply(msg, reply)
+            if written is not None:
+                await self._clean_up(written, reason=req.reason)
 
     async def _reply(self, msg: Msg, reply: CancelReply) -> None:
         if msg.reply:
             await self.bus.nc.publish(msg.reply, encode(reply, sender=self.bus.agent_id))
 
-    async def cancel(self, job_id: str, *, reason: str) -> CancelReply:
+    async def cancel(self, job_id: str, *, reason: str) -> tuple[CancelReply, JobState | None]:
+        """Write the canceled state and broadcast it; returns the reply and the state
+        written (None when this call changed nothing), whose clean-up is `_clean_up`."""
         before: JobState | None = None
 
         def change(state: JobState) -> JobState | None:
@@ -104,24 +110,24 @@ class Canceller:
         except UnknownJob:
             tombstone = lifecycle.canceled_before_intake(job_id, reason=reason, now=utcnow())
             if await self.store.create(tombstone) is not None:
-                await self._canceled(tombstone, reason=reason)
-                return CancelReply(
+                await self._broadcast(job_id, reason)
+                reply = CancelReply(
                     job_id=job_id,
                     canceled=True,
                     status=JobStatus.CANCELED.value,
                     detail=f"job {job_id} canceled before the orchestrator took it in",
                 )
+                return reply, tombstone
             written, current = await self.store.transition(job_id, change, cached=False)
         assert before is not None
         verdict = lifecycle.cancel_detail(before, written)
-        if written is not None:
-            await self._canceled(written, reason=reason)
-        elif current.status is JobStatus.CANCELED:
+        if written is not None or current.status is JobStatus.CANCELED:
             await self._broadcast(job_id, reason)
-        return CancelReply(
+        reply = CancelReply(
             job_id=job_id, canceled=verdict.canceled, status=verdict.status.value,
             detail=verdict.detail,
         )  # fmt: skip
+        return reply, written
 
     async def _broadcast(self, job_id: str, reason: str) -> None:
         note = JobCanceled(job_id=job_id, reason=reason)
@@ -130,8 +136,7 @@ class Canceller:
         )
         await self.bus.nc.flush()
 
-    async def _canceled(self, state: JobState, *, reason: str) -> None:
-        await self._broadcast(state.job_id, reason)
+    async def _clean_up(self, state: JobState, *, reason: str) -> None:
         await self.collector.end_timer(state)
         metrics.JOBS_CANCELED.labels(self.service).inc()
         try:
