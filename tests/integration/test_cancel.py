@@ -6,6 +6,7 @@ gone, and the workers then serve another job normally; `agentbus cancel` from th
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sys
 import time
@@ -16,17 +17,19 @@ import pytest
 from aiohttp import web
 
 from agentbus.bus.core import Bus
+from agentbus.bus.topology import provision
 from agentbus.client.api import AgentBusClient
-from agentbus.contract import subjects
+from agentbus.contract import permissions, subjects
 from agentbus.contract.messages import EventKind, JobStatus, TaskAssign
-from agentbus.contract.settings import Settings
+from agentbus.contract.settings import LimitsSettings, Settings
 from agentbus.runtime.worker import SkillOutput, TaskWorker
 from agentbus_orchestrator import Orchestrator
 from agentbus_summarize_worker import SummarizeSkill
 from agentbus_summarize_worker.backends import OpenAISummarizer
-from tests.conftest import Running, stream_agent_events
+from tests.conftest import Running, make_settings, stream_agent_events
 from tests.documents import prose_document
 from tests.local_http import LocalHttpServer
+from tests.security import SecureNats, settings_as
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -277,3 +280,59 @@ async def test_cancelling_the_skill_aborts_the_openai_request() -> None:
     finally:
         await backend.aclose()
         await server.stop()
+
+
+async def test_cancel_with_each_service_on_its_own_user(
+    secure: SecureNats, tmp_path: Path, running: Running, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Least privilege holds for cancel: the client asks, the orchestrator broadcasts and
+    removes the job's document, a worker reads the job state, without a violation."""
+    caplog.set_level(logging.WARNING)
+    s = _slow(make_settings(secure.url, tmp_path))
+    s = s.model_copy(
+        update={"orchestrator": s.orchestrator.model_copy(update={"chunk_chars": 400})}
+    )
+    prov = await Bus.connect(
+        secure.nats_settings(permissions.PROVISIONER), agent_id="provisioner", service="provision"
+    )
+    await provision(prov.js, s)
+    await prov.close()
+    await running.start(Orchestrator, settings_as(secure, s, "orchestrator"), "orch-s1")
+    worker = await running.start(
+        lambda st: TaskWorker(st, SummarizeSkill(st)), settings_as(secure, s, "worker"), "w-s1"
+    )
+    assert isinstance(worker, TaskWorker) and worker.cancels is not None
+    text = prose_document(5, 100 * 400)
+    async with AgentBusClient(
+        secure.nats_settings(permissions.CLIENT), limits=LimitsSettings(inline_limit_bytes=1024)
+    ) as client:
+        job_id = await client.submit(text)
+        await _until(lambda: _mid_map(client, job_id), timeout_s=30, what="results recorded")
+        reply = await client.cancel(job_id, reason="least privilege")
+        assert reply.canceled, reply
+        await _until(lambda: worker.cancels.seen(job_id), timeout_s=5, what="worker saw it")
+    admin = await Bus.connect(
+        secure.nats_settings(permissions.ADMIN), agent_id="admin", service="admin"
+    )
+    try:
+        store = await admin.js.object_store(subjects.DOCUMENTS_BUCKET)
+
+        async def removed() -> bool:
+            try:
+                await store.get_info(f"{job_id}.txt")
+            except nats.js.errors.NotFoundError:
+                return True
+            return False
+
+        await _until(removed, timeout_s=10, what="the document removed by the orchestrator")
+    finally:
+        await admin.close()
+    # a worker that had not met the job reads its state: a late joiner drops its tasks
+    late = await running.start(
+        lambda st: TaskWorker(st, SummarizeSkill(st)), settings_as(secure, s, "worker"), "w-s2"
+    )
+    assert isinstance(late, TaskWorker) and late.cancels is not None
+    assert await late.cancels.canceled(job_id)
+    violations = [r.getMessage() for r in caplog.records if "violation" in r.getMessage().lower()]
+    assert violations == []
+    assert "violation" not in secure.server.log.lower(), secure.server.log
