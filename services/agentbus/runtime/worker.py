@@ -213,7 +213,7 @@ class TaskWorker(AgentService):
                 return
             cancels = self.cancels
             assert cancels is not None
-            if await cancels.canceled(t.job_id):
+            if cancels.check(t.job_id):
                 await self._canceled(msg, t, stage="queued")
                 return
             # The started event goes out while the skill runs (a round trip less in every
