@@ -336,3 +336,45 @@ async def test_cancel_with_each_service_on_its_own_user(
     violations = [r.getMessage() for r in caplog.records if "violation" in r.getMessage().lower()]
     assert violations == []
     assert "violation" not in secure.server.log.lower(), secure.server.log
+
+
+async def test_a_worker_started_after_the_cancel_runs_nothing_of_the_job(
+    bus: Bus, settings: Settings, running: Running
+) -> None:
+    """A late joiner missed the broadcast: it reads the job's state when it first meets
+    the job (beside that first task, which the read interrupts) and drops the rest."""
+    s = _slow(settings)
+    s = s.model_copy(
+        update={"orchestrator": s.orchestrator.model_copy(update={"chunk_chars": 400})}
+    )
+    await running.start(Orchestrator, s, "orch-c5")
+    async with AgentBusClient(s.nats) as client:
+        job_id = await client.submit(prose_document(8, 60 * 400))
+
+        async def taken_in() -> bool:
+            state = await client.status(job_id)
+            return state is not None and state.chunks > 0
+
+        await _until(taken_in, timeout_s=15, what="the job taken in")
+        assert (await client.cancel(job_id)).canceled
+        starts: list[tuple[str, str, float]] = []
+
+        def worker(st: Settings) -> TaskWorker:
+            skill = WatchedSkill(st)
+            skill.starts = starts
+            return TaskWorker(st, skill)
+
+        late = await running.start(worker, s, "worker-late")
+        assert isinstance(late, TaskWorker)
+
+        async def drained() -> bool:
+            info = await bus.js.stream_info(subjects.TASKS_STREAM)
+            return info.state.messages == 0
+
+        await _until(drained, timeout_s=30, what="the job's tasks dropped by the late worker")
+        state = await client.status(job_id)
+        assert state is not None and state.status is JobStatus.CANCELED
+        assert state.level_done == 0  # nothing ran to completion
+        assert len(starts) <= s.worker.concurrency  # at most the first pull, interrupted
+        assert late.task_counts["ok"] == 0
+        assert late.task_counts["canceled_queued"] + late.task_counts["canceled_running"] >= 50
