@@ -175,6 +175,10 @@ class Collector:
             elif Outcome.FAILED in outcomes and written.status is JobStatus.FAILED:
                 await self.job_failed(job_id, written.error or "task failed", category="task")
                 await self.end_timer(written)
+        if current.status is JobStatus.CANCELED:
+            # parts stored just before the transition found the job canceled: removed
+            # again (the cancel dropped the job's parts; these came after)
+            await self._purge_parts(job_id, results)
         if (
             lifecycle.level_complete(current)
             and current.level_tasks > 1
@@ -210,6 +214,13 @@ class Collector:
                 )
 
         await asyncio.gather(*(put(r) for r in results if r.ok))
+
+    async def _purge_parts(self, job_id: str, results: Sequence[TaskResult]) -> None:
+        kv = await self.bus.kv(subjects.JOB_PARTS_BUCKET)
+        await asyncio.gather(
+            *(kv.purge(part_key(job_id, r.level, r.index)) for r in results if r.ok),
+            return_exceptions=True,
+        )
 
     async def _read_parts(self, state: JobState) -> list[str]:
         kv = await self.bus.kv(subjects.JOB_PARTS_BUCKET)
@@ -392,6 +403,13 @@ class Collector:
                 job_id=state.job_id,
                 event_id=f"{state.job_id}-completed",
                 data={"summary_chars": len(state.summary or ""), "levels": state.level + 1},
+            )
+        elif state.status is JobStatus.CANCELED:
+            await self.bus.emit(
+                EventKind.JOB_CANCELED,
+                job_id=state.job_id,
+                event_id=f"{state.job_id}-canceled",
+                data={"reason": state.error or ""},
             )
         elif state.status is JobStatus.FAILED:
             await self.bus.emit(

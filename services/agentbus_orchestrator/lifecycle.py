@@ -16,6 +16,8 @@ keys in the job-parts bucket.
     level complete ──> plan_next: COMPLETED (fits, or one part) or REDUCING (level + 1)
     fail / deadline ──> FAILED with the reason (a failed job still records successes,
                         so a replayed dead letter can take it on to completion)
+    cancel ──> CANCELED (from any unfinished state, or a tombstone for a job not taken
+               in yet): final, records nothing more, starts no level, never resumed
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from agentbus.contract.chunking import pack
 from agentbus.contract.messages import DocumentRef, JobState, JobStatus
 
 __all__ = [
+    "CancelVerdict",
     "Completion",
     "DeadlineVerdict",
     "NextLevel",
@@ -39,6 +42,9 @@ __all__ = [
     "ResultKey",
     "bits_count",
     "bits_has",
+    "cancel",
+    "cancel_detail",
+    "canceled_before_intake",
     "check_deadline",
     "complete",
     "fail",
@@ -175,7 +181,7 @@ class ResultKey:
 def resumable(state: JobState) -> bool:
     """Not finished for good: running, or failed by a task (whose dead letter, replayed,
     can still succeed and take the job on)."""
-    if state.status is JobStatus.COMPLETED:
+    if state.status in (JobStatus.COMPLETED, JobStatus.CANCELED):
         return False
     return state.status is not JobStatus.FAILED or state.failed_by in (None, TASK_FAILURE)
 
@@ -346,6 +352,67 @@ def fail(state: JobState, *, reason: str, failed_by: str, now: datetime) -> JobS
             "failed_by": failed_by,
             "updated_at": now,
         }
+    )
+
+
+def _cancel_error(reason: str) -> str:
+    return f"canceled: {reason}" if reason else "canceled"
+
+
+def cancel(state: JobState, *, reason: str, now: datetime) -> JobState | None:
+    """Cancel a job that is not finished; None for a finished one (completed, failed or
+    already canceled: it keeps its outcome, so a repeated cancel changes nothing).
+
+    A canceled job records nothing more (`resumable` is False: every later result is a
+    duplicate), so no level completes and no reduce starts after it; the timer and the
+    state of the current level are kept for the I/O around it (ack the job message)."""
+    if state.status.terminal:
+        return None
+    return state.model_copy(
+        update={
+            "status": JobStatus.CANCELED,
+            "error": _cancel_error(reason),
+            "failed_by": None,
+            "updated_at": now,
+        }
+    )
+
+
+def canceled_before_intake(job_id: str, *, reason: str, now: datetime) -> JobState:
+    """The state of a job canceled before the orchestrator took it in (its message still
+    queued): created in its place, it makes the intake ack the message and run nothing."""
+    return JobState(
+        job_id=job_id,
+        status=JobStatus.CANCELED,
+        error=_cancel_error(reason),
+        created_at=now,
+        updated_at=now,
+    )
+
+
+@dataclass(frozen=True)
+class CancelVerdict:
+    """What a cancel request did: `canceled` only for the call that canceled the job."""
+
+    canceled: bool
+    status: JobStatus
+    detail: str
+
+
+def cancel_detail(before: JobState, after: JobState | None) -> CancelVerdict:
+    """The one line a cancel answers, from the state before and the written one (None: the
+    transition declined, the job had finished)."""
+    if after is not None:
+        done = f"level {before.level}: {before.level_done}/{before.level_tasks} task(s) done"
+        return CancelVerdict(True, after.status, f"job {before.job_id} canceled ({done})")
+    if before.status is JobStatus.CANCELED:
+        return CancelVerdict(
+            False, before.status, f"job {before.job_id} was already canceled: nothing changed"
+        )
+    return CancelVerdict(
+        False,
+        before.status,
+        f"job {before.job_id} already {before.status.value}: nothing to cancel, nothing changed",
     )
 
 

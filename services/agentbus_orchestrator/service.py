@@ -52,6 +52,7 @@ from agentbus.observability.logs import log_context
 from agentbus.runtime.service import AgentService
 from agentbus_orchestrator import lifecycle
 from agentbus_orchestrator.advisories import MAX_DELIVERIES_ADVISORY, on_max_deliveries
+from agentbus_orchestrator.cancel import Canceller
 from agentbus_orchestrator.collect import Collector
 from agentbus_orchestrator.lifecycle import Outcome, task_id_for
 from agentbus_orchestrator.state import JobStore, StateConflict, UnknownJob
@@ -115,6 +116,12 @@ class Orchestrator(AgentService):
             MAX_DELIVERIES_ADVISORY,
             queue=subjects.ORCHESTRATOR_CONSUMER,  # one replica handles each advisory
             cb=functools.partial(on_max_deliveries, bus, self.collector),
+        )
+        canceller = Canceller(bus, self._store, self._collector, service=self.name)
+        await bus.nc.subscribe(
+            subjects.JOBS_CANCEL,
+            queue=subjects.ORCHESTRATOR_CONSUMER,  # one replica answers each cancel
+            cb=canceller.on_request,
         )
         return [
             ConsumerLoop(
@@ -280,6 +287,10 @@ class Orchestrator(AgentService):
         try:
             text = await self._document_text(job)
         except DocumentRejected as e:
+            existing = await self.store.load(job.job_id)
+            if existing is not None and existing[0].status is JobStatus.CANCELED:
+                await msg.ack()  # canceled before intake: its document is gone on purpose
+                return
             await bus.dead_letter(msg, reason=str(e), stream=subjects.JOBS_STREAM)
             await self._fail_new(job, str(e), category="rejected")
             return

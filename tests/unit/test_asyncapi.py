@@ -19,12 +19,15 @@ from agentbus.contract import subjects
 from agentbus.contract.asyncapi import build_asyncapi, render_asyncapi, subject_template
 from agentbus.contract.messages import (
     AgentEvent,
+    CancelReply,
+    CancelRequest,
     Command,
     CommandReply,
     DocumentRef,
     EventKind,
     HistoryQuery,
     HistoryReply,
+    JobCanceled,
     JobSubmit,
     Payload,
     SummarizeReply,
@@ -211,6 +214,9 @@ def samples() -> list[Payload]:
         SummarizeReply(ok=False, error="no", worker_id="w"),
         Command(command="pause"),
         CommandReply(agent_id="a", service="worker", ok=True, state="paused"),
+        CancelRequest(job_id="j", reason="not needed"),
+        CancelReply(job_id="j", canceled=True, status="canceled", detail="job j canceled"),
+        JobCanceled(job_id="j"),
     ]
 
 

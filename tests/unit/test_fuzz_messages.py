@@ -19,12 +19,15 @@ from agentbus.contract.messages import (
     MESSAGE_TYPES,
     AgentEvent,
     AgentEventBatch,
+    CancelReply,
+    CancelRequest,
     Command,
     CommandReply,
     DocumentRef,
     EventKind,
     HistoryQuery,
     HistoryReply,
+    JobCanceled,
     JobState,
     JobStatus,
     JobSubmit,
@@ -89,6 +92,9 @@ SAMPLES: dict[type[Payload], Payload] = {
     SummarizeReply: SummarizeReply(ok=True, summary="S", worker_id="w-1"),
     Command: Command(command="ping"),
     CommandReply: CommandReply(agent_id="a-1", service="worker", ok=True, state="running"),
+    CancelRequest: CancelRequest(job_id="job-1", reason="not needed"),
+    CancelReply: CancelReply(job_id="job-1", canceled=False, status="completed", detail="d"),
+    JobCanceled: JobCanceled(job_id="job-1", reason=""),
 }
 TYPES = sorted(MESSAGE_TYPES.values(), key=lambda t: t.MSG_TYPE)
 

@@ -18,7 +18,13 @@ from agentbus.contract import subjects
 from agentbus.contract.errors import AgentBusError, DocumentRejected
 from agentbus.contract.messages import DocumentRef
 
-__all__ = ["check_document", "fetch_document", "read_document", "store_document"]
+__all__ = [
+    "check_document",
+    "delete_documents",
+    "fetch_document",
+    "read_document",
+    "store_document",
+]
 
 _CAP_SETTING = "AGENTBUS_LIMITS__MAX_DOCUMENT_BYTES"
 
@@ -124,3 +130,25 @@ async def fetch_document(
     if len(data) != ref.size_bytes or hashlib.sha256(data).hexdigest() != ref.sha256:
         raise DocumentRejected(f"object {ref.bucket}/{ref.name} does not match its reference")
     return data
+
+
+async def delete_documents(js: JetStreamContext, names: list[str]) -> list[str]:
+    """Remove the objects `names` from the documents bucket (a canceled job's document and
+    summary); a missing one is no error. Returns the names actually removed; a failure is
+    `AgentBusError` naming the object."""
+    store = await js.object_store(subjects.DOCUMENTS_BUCKET)
+    removed: list[str] = []
+    for name in names:
+        try:
+            info = await store.get_info(name)
+            if info.deleted:
+                continue
+            await store.delete(name)
+        except nats.js.errors.NotFoundError:
+            continue
+        except (nats.errors.Error, TimeoutError) as e:
+            raise AgentBusError(
+                f"cannot delete {name} from object store {subjects.DOCUMENTS_BUCKET}: {e}"
+            ) from e
+        removed.append(name)
+    return removed

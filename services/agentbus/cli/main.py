@@ -27,7 +27,7 @@ from agentbus.cli import ops as cli_ops
 from agentbus.cli.dlq import dlq_app
 from agentbus.contract import plugins, subjects
 from agentbus.contract.errors import AgentBusError, ConfigError, DocumentRejected
-from agentbus.contract.messages import AgentEvent, JobState
+from agentbus.contract.messages import AgentEvent, CancelReply, JobState
 from agentbus.contract.settings import Settings, load_settings
 from agentbus.dev.stack import STATE_FILE, Stack
 from agentbus.dev.supervise import StackSupervisor
@@ -418,6 +418,33 @@ def status(job_id: str) -> None:
     if state is None:
         raise _fail(f"no job {job_id} in KV bucket {subjects.JOBS_BUCKET}")
     out.print_json(state.model_dump_json())
+
+
+@app.command()
+def cancel(
+    job_id: str,
+    reason: Annotated[str, typer.Option("--reason", help="why (kept in the job state)")] = "",
+    as_json: Annotated[bool, typer.Option("--json", help="the reply as JSON")] = False,
+) -> None:
+    """Cancel a job: queued tasks dropped, running ones interrupted, no reduce after.
+    Idempotent: a finished job is left as it is (one line says so, exit 0)."""
+    from agentbus.client.api import AgentBusClient
+
+    try:
+        subjects.check_token(job_id, field="job_id")
+    except ValueError as e:
+        raise _fail(str(e), EXIT_USAGE) from None
+    settings = _settings()
+
+    async def go() -> CancelReply:
+        async with AgentBusClient(settings.nats) as client:
+            return await client.cancel(job_id, reason=reason)
+
+    reply = _run(go())
+    if as_json:
+        out.print_json(reply.model_dump_json())
+    else:
+        out.print(reply.detail, highlight=False, soft_wrap=True)
 
 
 def _event_line(ev: AgentEvent) -> str:

@@ -37,9 +37,12 @@ from agentbus.contract.messages import (
     HISTORY_PAGE_EVENTS,
     MAX_HISTORY_PAGE_EVENTS,
     AgentEvent,
+    CancelReply,
+    CancelRequest,
     HistoryQuery,
     HistoryReply,
     JobState,
+    JobStatus,
     JobSubmit,
     decode,
     decode_job_state,
@@ -211,7 +214,8 @@ class AgentBusClient:
         if last.summary is None and last.summary_ref is not None:
             last.summary = await self.fetch_summary(last)
         if raise_on_failure and last.error is not None and last.summary is None:
-            raise JobFailed(f"job {job_id} failed: {last.error}")
+            verb = "was" if last.status is JobStatus.CANCELED else "failed:"
+            raise JobFailed(f"job {job_id} {verb} {last.error}")
         return last
 
     async def fetch_summary(self, state: JobState) -> str | None:
@@ -220,6 +224,41 @@ class AgentBusClient:
         if state.summary is not None or state.summary_ref is None:
             return state.summary
         return (await fetch_document(self.bus.js, state.summary_ref)).decode()
+
+    # --- cancel ----------------------------------------------------------------------
+
+    async def cancel(
+        self, job_id: str, *, reason: str = "", timeout_s: float = 10.0
+    ) -> CancelReply:
+        """Cancel a job: asks an orchestrator on `jobs.cancel`, which writes the terminal
+        status `canceled` and tells every worker (queued tasks dropped, running ones
+        interrupted, no reduce after it, the job's documents removed). Idempotent: a job
+        already finished or canceled is left as it is, and the reply says so
+        (`canceled` is True only for the call that canceled it; `detail` is one line).
+        Raises `BusError` when no orchestrator answers or the cancel failed."""
+        job_id = subjects.check_token(job_id, field="job_id")
+        subject = subjects.JOBS_CANCEL
+        request = CancelRequest(job_id=job_id, reason=reason[:512])
+        try:
+            msg = await self.bus.nc.request(
+                subject, encode(request, sender=self.client_id), timeout=timeout_s
+            )
+        except nats.errors.NoRespondersError as e:
+            raise BusError(
+                f"no orchestrator answers on {subject}: job {job_id} not canceled"
+            ) from e
+        except (TimeoutError, nats.errors.TimeoutError) as e:
+            raise BusError(
+                f"no answer on {subject} within {timeout_s}s: job {job_id} may or may not "
+                "be canceled (cancel is idempotent: ask again)"
+            ) from e
+        try:
+            reply = decode(msg.data, CancelReply).payload
+        except MessageDecodeError as e:
+            raise BusError(f"bad reply on {subject}: {e}") from e
+        if reply.error:
+            raise BusError(reply.error)
+        return reply
 
     # --- request/reply (at-most-once, low latency) -------------------------------------
 

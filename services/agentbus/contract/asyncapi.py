@@ -162,6 +162,26 @@ def _channels() -> list[_Channel]:
              "queue_group": subjects.ARCHIVER_QUEUE},
         ),
         _Channel(
+            "jobsCancel", subjects.JOBS_CANCEL, "Cancel requests",
+            "Core request/reply answered by one orchestrator replica: the job's state "
+            "becomes `canceled` (terminal; a finished job is left as it is), the cancel is "
+            "broadcast to the workers, the job's timer acked and its documents removed. "
+            "Idempotent; the reply says what changed in one line.",
+            ["CancelRequest"],
+            {"kind": "core", "pattern": "request-reply", "subjects": [subjects.JOBS_CANCEL],
+             "queue_group": subjects.ORCHESTRATOR_CONSUMER},
+        ),
+        _Channel(
+            "jobCanceled", t(subjects.job_canceled), "Cancel broadcasts",
+            "Sent by the orchestrator once a job's state says canceled; every worker replica "
+            "subscribes (no queue group): running tasks of the job are interrupted, queued "
+            "ones dropped when pulled. A worker that missed it (started or reconnected "
+            "later) reads the job state the first time it meets the job.",
+            ["JobCanceled"],
+            {"kind": "core", "pattern": "broadcast",
+             "subjects": [subjects.JOBS_CANCELED_WILDCARD]},
+        ),
+        _Channel(
             "agentCommands", t(subjects.agent_commands), "Control commands",
             "ping, pause (stop pulling new work, finish in-flight), resume, drain (finish and "
             "exit); every service listens on its own subject.",
@@ -184,8 +204,8 @@ def _channels() -> list[_Channel]:
         _Channel(
             "replies", None, "Replies",
             "The requester's inbox (`_INBOX.>`); the address is set per request.",
-            ["SummarizeReply", "HistoryReply", "CommandReply", "MicroPing", "MicroInfo",
-             "MicroStats"],
+            ["SummarizeReply", "HistoryReply", "CommandReply", "CancelReply", "MicroPing",
+             "MicroInfo", "MicroStats"],
             {"kind": "core", "pattern": "reply"},
         ),
     ]  # fmt: skip
@@ -234,6 +254,15 @@ _OPERATIONS: Final = (
                "Ask for a job's archived events.", ["HistoryReply"]),
     _Operation("serveHistory", "receive", "rpcHistory", ["HistoryQuery"], "archiver",
                "Answer from the archive.", ["HistoryReply"]),
+    _Operation("cancelJob", "send", "jobsCancel", ["CancelRequest"], "client",
+               "Cancel a job (idempotent).", ["CancelReply"]),
+    _Operation("serveCancel", "receive", "jobsCancel", ["CancelRequest"], "orchestrator",
+               "Write the canceled state, broadcast it, ack the job's timer, remove its "
+               "documents, reply.", ["CancelReply"]),
+    _Operation("broadcastCancel", "send", "jobCanceled", ["JobCanceled"], "orchestrator",
+               "Tell every worker that a job is canceled."),
+    _Operation("receiveCancel", "receive", "jobCanceled", ["JobCanceled"], "worker",
+               "Interrupt the job's running tasks; drop its queued ones when pulled."),
     _Operation("sendCommand", "send", "agentCommands", ["Command"], "operator (agentbus ctl)",
                "Control one service replica.", ["CommandReply"]),
     _Operation("receiveCommand", "receive", "agentCommands", ["Command"], "every service",

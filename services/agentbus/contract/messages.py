@@ -37,6 +37,8 @@ __all__ = [
     "SCHEMA_VERSION",
     "AgentEvent",
     "AgentEventBatch",
+    "CancelReply",
+    "CancelRequest",
     "Command",
     "CommandReply",
     "DocumentRef",
@@ -44,6 +46,7 @@ __all__ = [
     "EventKind",
     "HistoryQuery",
     "HistoryReply",
+    "JobCanceled",
     "JobState",
     "JobStatus",
     "JobSubmit",
@@ -160,10 +163,12 @@ class EventKind(StrEnum):
     JOB_REDUCING = "job.reducing"
     JOB_COMPLETED = "job.completed"
     JOB_FAILED = "job.failed"
+    JOB_CANCELED = "job.canceled"
     TASK_STARTED = "task.started"
     TASK_COMPLETED = "task.completed"
     TASK_RETRIED = "task.retried"
     TASK_DEAD_LETTERED = "task.dead_lettered"
+    TASK_CANCELED = "task.canceled"
     MESSAGE_REJECTED = "message.rejected"
     AGENT_STARTED = "agent.started"
     AGENT_STOPPED = "agent.stopped"
@@ -270,6 +275,39 @@ class CommandReply(Payload):
     detail: str = ""
 
 
+CancelReason = Annotated[str, StringConstraints(max_length=512)]
+
+
+class CancelRequest(Payload):
+    """Cancel a job (`jobs.cancel`, answered by one orchestrator replica). Idempotent."""
+
+    MSG_TYPE: ClassVar[str] = "job.cancel"
+    job_id: Token
+    reason: CancelReason = ""
+
+
+class CancelReply(Payload):
+    """What a cancel did: `canceled` is True only for the call that canceled the job; a
+    job already finished (or canceled) keeps its state, `status` says which, `detail` is
+    one line for a person; `error` is set when the request could not be served."""
+
+    MSG_TYPE: ClassVar[str] = "job.cancel_reply"
+    job_id: Token
+    canceled: bool
+    status: str | None = None
+    detail: str = ""
+    error: str | None = None
+
+
+class JobCanceled(Payload):
+    """Broadcast on `jobs.canceled.{job_id}` once the job's state says canceled: every
+    worker drops the job's queued tasks and interrupts its running ones."""
+
+    MSG_TYPE: ClassVar[str] = "job.canceled"
+    job_id: Token
+    reason: CancelReason = ""
+
+
 MESSAGE_TYPES: Final[dict[str, type[Payload]]] = {
     m.MSG_TYPE: m
     for m in (
@@ -284,6 +322,9 @@ MESSAGE_TYPES: Final[dict[str, type[Payload]]] = {
         SummarizeReply,
         Command,
         CommandReply,
+        CancelRequest,
+        CancelReply,
+        JobCanceled,
     )
 }
 
@@ -383,10 +424,12 @@ class JobStatus(StrEnum):
     REDUCING = "reducing"
     COMPLETED = "completed"
     FAILED = "failed"
+    CANCELED = "canceled"
+    """Stopped on request (`AgentBusClient.cancel`): final, never resumed."""
 
     @property
     def terminal(self) -> bool:
-        return self in (JobStatus.COMPLETED, JobStatus.FAILED)
+        return self in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELED)
 
 
 class JobState(BaseModel):

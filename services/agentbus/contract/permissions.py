@@ -211,6 +211,11 @@ def _obj_write(bucket: str) -> list[str]:
     return [f"{_JS}.STREAM.INFO.{_OBJ_STREAM_PREFIX}{bucket}", f"$O.{bucket}.>"]
 
 
+def _obj_delete(bucket: str) -> list[str]:
+    """Delete an object: a rollup of its meta subject, a purge of its chunks."""
+    return [f"$O.{bucket}.M.>", f"{_JS}.STREAM.PURGE.{_OBJ_STREAM_PREFIX}{bucket}"]
+
+
 def _service_common(user: str) -> tuple[list[str], list[str]]:
     """Publish and subscribe subjects every service user needs: events, control commands."""
     publish = list(subjects.AGENT_EVENTS_SUBJECTS)
@@ -294,14 +299,27 @@ def build_permissions(
             subjects.dlq_subject(subjects.TASKS_STREAM),
             f"{_JS}.STREAM.MSG.GET.{subjects.TASKS_STREAM}",
             f"{_JS}.STREAM.MSG.DELETE.{subjects.TASKS_STREAM}",
+            # cancel: broadcast it to every worker, remove the job's documents
+            subjects.JOBS_CANCELED_WILDCARD,
+            *_obj_delete(subjects.DOCUMENTS_BUCKET),
         ],
-        [*sub, f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{subjects.TASKS_STREAM}.*"],
+        [
+            *sub,
+            f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{subjects.TASKS_STREAM}.*",
+            subjects.JOBS_CANCEL,
+        ],
         allow_responses=True,
     )
 
     pub, sub = _service_common(WORKER)
-    worker_pub = [*pub, "results.*.*", subjects.dlq_subject(subjects.TASKS_STREAM)]
-    worker_sub = [*sub, "$SRV.>"]
+    # cancels: the broadcast, and the job's state for a job first seen (late joiners)
+    worker_pub = [
+        *pub,
+        "results.*.*",
+        subjects.dlq_subject(subjects.TASKS_STREAM),
+        *_kv_read(subjects.JOBS_BUCKET),
+    ]
+    worker_sub = [*sub, "$SRV.>", subjects.JOBS_CANCELED_WILDCARD]
     for skill in skills:
         worker_pub += _pull(subjects.TASKS_STREAM, subjects.workers_consumer(skill))
         worker_sub.append(f"rpc.{skill}")
@@ -331,6 +349,7 @@ def build_permissions(
         "submits documents, watches job state, reads history",
         [
             subjects.JOBS_SUBJECT,
+            subjects.JOBS_CANCEL,
             subjects.RPC_HISTORY,
             *(f"rpc.{skill}" for skill in skills),
             *_kv_read(subjects.JOBS_BUCKET),

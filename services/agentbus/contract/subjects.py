@@ -21,6 +21,8 @@ __all__ = [
     "DLQ_SUBJECTS",
     "DOCUMENTS_BUCKET",
     "JOBS_BUCKET",
+    "JOBS_CANCEL",
+    "JOBS_CANCELED_WILDCARD",
     "JOBS_STREAM",
     "JOBS_SUBJECT",
     "JOB_PARTS_BUCKET",
@@ -43,6 +45,7 @@ __all__ = [
     "agent_results",
     "check_token",
     "dlq_subject",
+    "job_canceled",
     "job_results_wildcard",
     "result_subject",
     "rpc_queue",
@@ -97,6 +100,11 @@ SUMMARIZE_SKILL: Final = "summarize"
 RPC_SUMMARIZE: Final = "rpc.summarize"
 RPC_HISTORY: Final = "rpc.history"
 AGENT_COMMANDS_WILDCARD: Final = "agent.*.commands"
+JOBS_CANCEL: Final = "jobs.cancel"
+"""Cancel requests (core request/reply, queue group `orchestrator`): the orchestrator
+writes the canceled state (the pure lifecycle decides) and answers one line."""
+JOBS_CANCELED_WILDCARD: Final = "jobs.canceled.*"
+"""Cancel broadcasts, subscribed by every worker replica (no queue group)."""
 
 
 def check_token(value: str, *, field: str) -> str:
@@ -117,6 +125,11 @@ def workers_consumer(skill: str) -> str:
 
 def result_subject(job_id: str, task_id: str) -> str:
     return f"results.{check_token(job_id, field='job_id')}.{check_token(task_id, field='task_id')}"
+
+
+def job_canceled(job_id: str) -> str:
+    """`jobs.canceled.{job_id}`: the broadcast that a job was canceled (core NATS)."""
+    return f"jobs.canceled.{check_token(job_id, field='job_id')}"
 
 
 def job_results_wildcard(job_id: str) -> str:

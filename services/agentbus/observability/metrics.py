@@ -27,6 +27,7 @@ __all__ = [
     "EVENTS_EMITTED",
     "EVENT_MESSAGES",
     "HANDLER_ERRORS",
+    "JOBS_CANCELED",
     "JOBS_COMPLETED",
     "JOBS_FAILED",
     "JOBS_SUBMITTED",
@@ -45,7 +46,9 @@ __all__ = [
     "RPC_REQUESTS",
     "RPC_SECONDS",
     "SUMMARIZER_TOKENS",
+    "TASKS_CANCELED",
     "TASKS_PROCESSED",
+    "TASK_CANCEL_OUTCOMES",
     "TASK_OUTCOMES",
     "TASK_SECONDS",
     "WORKER_FREE_SLOTS",
@@ -78,6 +81,9 @@ JOBS_FAILED: Final = Counter(
     "agentbus_jobs_failed_total",
     "Jobs marked failed, by reason (intake, rejected, task, timeout)",
     ["service", "reason"],
+)
+JOBS_CANCELED: Final = Counter(
+    "agentbus_jobs_canceled_total", "Jobs canceled on request (AgentBusClient.cancel)", ["service"]
 )
 JOB_SECONDS: Final = Histogram(
     "agentbus_job_duration_seconds",
@@ -120,6 +126,13 @@ RPC_SECONDS: Final = Histogram(
 TASKS_PROCESSED: Final = Counter(
     "agentbus_tasks_processed_total",
     "Tasks handled by workers, by outcome (ok, retried, dead_lettered, rejected)",
+    ["service", "skill", "outcome"],
+)
+TASK_CANCEL_OUTCOMES: Final = ("dropped", "interrupted")
+TASKS_CANCELED: Final = Counter(
+    "agentbus_tasks_canceled_total",
+    "Tasks of canceled jobs, by outcome: dropped (pulled from the queue, acked without "
+    "running) or interrupted (running, its coroutine cancelled)",
     ["service", "skill", "outcome"],
 )
 TASK_SECONDS: Final = Histogram(
@@ -231,6 +244,7 @@ def init_consumer(service: str, *, stream: str, consumer: str) -> None:
 def init_orchestrator(service: str) -> None:
     JOBS_SUBMITTED.labels(service)
     JOBS_COMPLETED.labels(service)
+    JOBS_CANCELED.labels(service)
     JOB_SECONDS.labels(service)
     JOB_STATE_WRITES.labels(service)
     JOB_STATE_CONFLICTS.labels(service)
@@ -244,6 +258,8 @@ def init_worker(service: str, *, skill: str, backend: str) -> None:
     TASK_SECONDS.labels(service, skill)
     for outcome in TASK_OUTCOMES:
         TASKS_PROCESSED.labels(service, skill, outcome)
+    for outcome in TASK_CANCEL_OUTCOMES:
+        TASKS_CANCELED.labels(service, skill, outcome)
     for kind in ("prompt", "completion"):
         SUMMARIZER_TOKENS.labels(service, backend, kind)
 

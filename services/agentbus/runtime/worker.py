@@ -34,6 +34,7 @@ from agentbus.contract.settings import Settings
 from agentbus.contract.version import agentbus_version
 from agentbus.observability import metrics, telemetry
 from agentbus.observability.logs import log_context
+from agentbus.runtime.cancels import CancelWatch
 from agentbus.runtime.rpc import SkillEndpoint
 from agentbus.runtime.service import AgentService
 
@@ -85,8 +86,12 @@ class TaskWorker(AgentService):
         """Serves `rpc.{skill}` and the nats.micro registration (`AGENTBUS_WORKER__RPC`)."""
         self._beating: dict[int, Msg] = {}
         self._beat: asyncio.Task[None] | None = None
+        self.cancels: CancelWatch | None = None
+        """Canceled jobs: the broadcast, and the job state for a job first met."""
 
     async def setup(self, bus: Bus) -> list[ConsumerLoop]:
+        self.cancels = CancelWatch(bus)
+        await self.cancels.start()
         if self.settings.worker.rpc:
             self.endpoint = SkillEndpoint(
                 bus, self.skill, version=agentbus_version(),
@@ -144,6 +149,8 @@ class TaskWorker(AgentService):
         return rpc_done and tasks_done
 
     async def teardown(self) -> None:
+        if self.cancels is not None:
+            await self.cancels.stop()
         if self._beat is not None:
             self._beat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -204,6 +211,11 @@ class TaskWorker(AgentService):
             if attempt > self.max_deliver:
                 await self._give_up(msg, t, f"over max_deliver ({attempt} > {self.max_deliver})")
                 return
+            cancels = self.cancels
+            assert cancels is not None
+            if cancels.check(t.job_id):
+                await self._canceled(msg, t, stage="queued")
+                return
             # The started event goes out while the skill runs (a round trip less in every
             # slot); it is confirmed before any outcome of the task is published.
             announced = bus.emit_soon(
@@ -213,8 +225,10 @@ class TaskWorker(AgentService):
                 data={"attempt": attempt, "level": t.level, "chars": len(t.text)},
             )
             started = time.perf_counter()
+            run = asyncio.ensure_future(self.skill.run(t))
             try:
-                out = await self.skill.run(t)
+                with cancels.book.running(t.job_id, run):
+                    out = await run
             except SkillError as e:
                 await announced
                 await self._failed(msg, t, attempt, str(e), retryable=e.retryable)
@@ -225,6 +239,15 @@ class TaskWorker(AgentService):
                 await self._failed(msg, t, attempt, f"{type(e).__name__}: {e}", retryable=True)
                 return
             except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if (
+                    run.cancelled()
+                    and cancels.seen(t.job_id)
+                    and not (current is not None and current.cancelling())
+                ):  # the job was canceled, not this worker stopped
+                    await announced
+                    await self._canceled(msg, t, stage="running")
+                    return
                 announced.cancel()
                 raise
             await announced
@@ -271,6 +294,24 @@ class TaskWorker(AgentService):
             metrics.TASKS_PROCESSED.labels(bus.service, self.skill.name, "ok").inc()
             self.task_counts["ok"] += 1
             log.debug("task done in %.3fs (attempt %d)", elapsed, attempt)
+
+    async def _canceled(self, msg: Msg, t: TaskAssign, *, stage: str) -> None:
+        """A task of a canceled job, dropped before it ran (`queued`) or interrupted
+        (`running`): acked without a result (the job records nothing more), counted."""
+        assert self.bus is not None
+        # the event is stored before the ack (a redelivery records it once: stable id);
+        # the drops of many slots share a publish (the emitter's group commit)
+        await self.bus.emit_soon(
+            EventKind.TASK_CANCELED,
+            job_id=t.job_id,
+            task_id=t.task_id,
+            event_id=_stable_id(t.job_id, t.task_id, "canceled"),
+            data={"stage": stage, "level": t.level},
+        )
+        await self._ack(msg)
+        outcome = "interrupted" if stage == "running" else "dropped"
+        metrics.TASKS_CANCELED.labels(self.bus.service, self.skill.name, outcome).inc()
+        self.task_counts[f"canceled_{stage}"] += 1
 
     async def _ack(self, msg: Msg) -> None:
         # Not waiting for the server's confirmation keeps a round trip out of every slot:
