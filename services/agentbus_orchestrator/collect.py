@@ -32,6 +32,8 @@ from agentbus.contract.messages import (
     EventKind,
     JobState,
     JobStatus,
+    StreamItem,
+    StreamKind,
     TaskAssign,
     TaskResult,
 )
@@ -58,6 +60,23 @@ _SUCCESS: Final = (Outcome.RECORDED, Outcome.DUPLICATE)
 
 def part_key(job_id: str, level: int, index: int) -> str:
     return f"{job_id}.{level}.{index}"
+
+
+def _recorded(view: JobState, r: TaskResult) -> bool:
+    """Is `r` already recorded in (or behind) the known state `view`?"""
+    if view.level == r.level:
+        return lifecycle.bits_has(view, r.index)
+    return r.level < view.level
+
+
+def _final_item(state: JobState) -> StreamItem:
+    """The last live partial result of a finished job."""
+    if state.status is JobStatus.COMPLETED:
+        return StreamItem(
+            job_id=state.job_id, kind=StreamKind.COMPLETED, level=state.level,
+            text=state.summary or "", summary_ref=state.summary_ref,
+        )  # fmt: skip
+    return StreamItem(job_id=state.job_id, kind=StreamKind.FAILED, error=(state.error or "")[:1000])
 
 
 def _key(r: TaskResult) -> ResultKey:
@@ -133,7 +152,12 @@ class Collector:
             # (a UTF-8 character is at most 4 bytes: most summaries skip the encode)
             if r.ok and len(r.summary) * 4 > limit and len(r.summary.encode()) > limit
         }
-        await self._store_parts(job_id, results)
+        # the chunk items are stored before the transition that records their results
+        # (side by side with the parts: no extra round trip), so any job's final item
+        # comes after every chunk item in its stream
+        await asyncio.gather(
+            self._store_parts(job_id, results), *self._chunk_items(job_id, results, refs)
+        )
         outcomes: list[Outcome] = []
         completed_by: list[TaskResult] = []
 
@@ -188,6 +212,25 @@ class Collector:
             self.bus.js, name=f"{job_id}.summary.txt", data=summary.encode()
         )
 
+    def _chunk_items(
+        self, job_id: str, results: Sequence[TaskResult], refs: dict[int, DocumentRef]
+    ) -> list[asyncio.Future[None]]:
+        """Publish each new summary of `results` as a live partial result."""
+        known = self.store.known(job_id)
+        view = known[0] if known is not None else None
+        out = []
+        for i, r in enumerate(results):
+            if not r.ok or (view is not None and _recorded(view, r)):
+                continue
+            count = view.level_tasks if view is not None and view.level == r.level else None
+            item = StreamItem(
+                job_id=job_id, kind=StreamKind.CHUNK, level=r.level, index=r.index, count=count,
+                text="" if i in refs else r.summary, summary_ref=refs.get(i),
+                worker_id=r.worker_id,
+            )  # fmt: skip
+            out.append(self.bus.progress_soon(item))
+        return out
+
     async def _store_parts(self, job_id: str, results: Sequence[TaskResult]) -> None:
         """Store the summaries of a multi-task level's results under their own keys, before
         the transition that records them (first writer wins: a re-run never replaces a
@@ -196,10 +239,9 @@ class Collector:
         view = known[0] if known is not None else None
 
         async def put(r: TaskResult) -> None:
-            if view is not None and view.level == r.level:
-                if view.level_tasks == 1 or lifecycle.bits_has(view, r.index):
-                    return
-            elif view is not None and r.level < view.level:
+            if view is not None and (
+                _recorded(view, r) or (view.level == r.level and view.level_tasks == 1)
+            ):
                 return
             # stored by an earlier delivery: kept
             with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):
@@ -248,8 +290,18 @@ class Collector:
             "orchestrator reduce",
             attributes={"agentbus.job_id": state.job_id, "agentbus.level": plan.level},
         ):
-            await self.publish_level(
-                state.job_id, state.skill, plan.level, plan.groups, plan.max_chars
+            await asyncio.gather(
+                self.publish_level(
+                    state.job_id, state.skill, plan.level, plan.groups, plan.max_chars
+                ),
+                self.bus.progress_soon(
+                    StreamItem(
+                        job_id=state.job_id,
+                        kind=StreamKind.REDUCE,
+                        level=plan.level,
+                        count=len(plan.groups),
+                    )
+                ),
             )
         level = state.level
         written, _ = await self.store.transition(
@@ -333,6 +385,7 @@ class Collector:
         log.warning("job timer ack not confirmed after %d tries: %s", _TIMER_ACK_TRIES, reply)
 
     async def _on_completed(self, done: JobState, *, levels: int) -> None:
+        await self.bus.progress_soon(_final_item(done))
         await self.end_timer(done)
         seconds = max((done.updated_at - done.created_at).total_seconds(), 0.0)
         summary_chars = len(done.summary) if done.summary is not None else 0
@@ -375,6 +428,9 @@ class Collector:
 
     async def job_failed(self, job_id: str, reason: str, *, category: str) -> None:
         metrics.JOBS_FAILED.labels(self.service, category).inc()
+        await self.bus.progress_soon(
+            StreamItem(job_id=job_id, kind=StreamKind.FAILED, error=reason[:1000])
+        )
         await self.bus.emit(
             EventKind.JOB_FAILED,
             job_id=job_id,
@@ -386,6 +442,8 @@ class Collector:
     async def emit_state(self, state: JobState) -> None:
         """Emit the event of the job's current step again; its id makes this a no-op when
         the event is already in the stream (within the stream's duplicate window)."""
+        if state.status.terminal:  # the final item too, should a crash have lost it
+            await self.bus.progress_soon(_final_item(state))
         if state.status is JobStatus.COMPLETED:
             await self.bus.emit(
                 EventKind.JOB_COMPLETED,

@@ -42,6 +42,8 @@ from agentbus.contract.messages import (
     JobState,
     JobStatus,
     JobSubmit,
+    StreamItem,
+    StreamKind,
     TaskResult,
     decode,
     utcnow,
@@ -345,7 +347,11 @@ class Orchestrator(AgentService):
             event_id=f"{state.job_id}-chunked",
             data={"chunks": state.chunks, "chunk_chars": self.cfg.chunk_chars},
         )
-        return accepted, chunked
+        # the job's live partial results begin with the chunk count (before any task)
+        started = self.bus.progress_soon(
+            StreamItem(job_id=state.job_id, kind=StreamKind.STARTED, count=state.chunks)
+        )
+        return accepted, chunked, started
 
     # --- collection ----------------------------------------------------------------------
 
