@@ -16,9 +16,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 import nats.errors
 import nats.js.errors
@@ -214,13 +214,16 @@ class Collector:
 
     def _chunk_items(
         self, job_id: str, results: Sequence[TaskResult], refs: dict[int, DocumentRef]
-    ) -> list[asyncio.Future[None]]:
-        """Publish each new summary of `results` as a live partial result."""
+    ) -> list[Coroutine[Any, Any, None]]:
+        """Publish each new summary of `results` as a live partial result (but on a
+        one-task level, whose summary is the final item's)."""
         known = self.store.known(job_id)
         view = known[0] if known is not None else None
         out = []
         for i, r in enumerate(results):
             if not r.ok or (view is not None and _recorded(view, r)):
+                continue
+            if view is not None and view.level == r.level and view.level_tasks == 1:
                 continue
             count = view.level_tasks if view is not None and view.level == r.level else None
             item = StreamItem(
@@ -228,7 +231,7 @@ class Collector:
                 text="" if i in refs else r.summary, summary_ref=refs.get(i),
                 worker_id=r.worker_id,
             )  # fmt: skip
-            out.append(self.bus.progress_soon(item))
+            out.append(self.bus.progress(item))
         return out
 
     async def _store_parts(self, job_id: str, results: Sequence[TaskResult]) -> None:
@@ -294,7 +297,7 @@ class Collector:
                 self.publish_level(
                     state.job_id, state.skill, plan.level, plan.groups, plan.max_chars
                 ),
-                self.bus.progress_soon(
+                self.bus.progress(
                     StreamItem(
                         job_id=state.job_id,
                         kind=StreamKind.REDUCE,
@@ -385,17 +388,19 @@ class Collector:
         log.warning("job timer ack not confirmed after %d tries: %s", _TIMER_ACK_TRIES, reply)
 
     async def _on_completed(self, done: JobState, *, levels: int) -> None:
-        await self.bus.progress_soon(_final_item(done))
         await self.end_timer(done)
         seconds = max((done.updated_at - done.created_at).total_seconds(), 0.0)
         summary_chars = len(done.summary) if done.summary is not None else 0
         metrics.JOBS_COMPLETED.labels(self.service).inc()
         metrics.JOB_SECONDS.labels(self.service).observe(seconds)
-        await self.bus.emit(
-            EventKind.JOB_COMPLETED,
-            job_id=done.job_id,
-            event_id=f"{done.job_id}-completed",
-            data={"summary_chars": summary_chars, "levels": levels, "seconds": seconds},
+        await asyncio.gather(
+            self.bus.progress(_final_item(done)),
+            self.bus.emit(
+                EventKind.JOB_COMPLETED,
+                job_id=done.job_id,
+                event_id=f"{done.job_id}-completed",
+                data={"summary_chars": summary_chars, "levels": levels, "seconds": seconds},
+            ),
         )
         if done.chunks > 1 or done.level > 0:
             await self.drop_parts(done.job_id)
@@ -428,7 +433,7 @@ class Collector:
 
     async def job_failed(self, job_id: str, reason: str, *, category: str) -> None:
         metrics.JOBS_FAILED.labels(self.service, category).inc()
-        await self.bus.progress_soon(
+        await self.bus.progress(
             StreamItem(job_id=job_id, kind=StreamKind.FAILED, error=reason[:1000])
         )
         await self.bus.emit(
@@ -443,7 +448,7 @@ class Collector:
         """Emit the event of the job's current step again; its id makes this a no-op when
         the event is already in the stream (within the stream's duplicate window)."""
         if state.status.terminal:  # the final item too, should a crash have lost it
-            await self.bus.progress_soon(_final_item(state))
+            await self.bus.progress(_final_item(state))
         if state.status is JobStatus.COMPLETED:
             await self.bus.emit(
                 EventKind.JOB_COMPLETED,

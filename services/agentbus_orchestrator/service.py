@@ -348,8 +348,10 @@ class Orchestrator(AgentService):
             data={"chunks": state.chunks, "chunk_chars": self.cfg.chunk_chars},
         )
         # the job's live partial results begin with the chunk count (before any task)
-        started = self.bus.progress_soon(
-            StreamItem(job_id=state.job_id, kind=StreamKind.STARTED, count=state.chunks)
+        started = asyncio.ensure_future(
+            self.bus.progress(
+                StreamItem(job_id=state.job_id, kind=StreamKind.STARTED, count=state.chunks)
+            )
         )
         return accepted, chunked, started
 

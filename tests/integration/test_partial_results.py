@@ -4,6 +4,8 @@ cursor after a dropped connection, and replayed once the job has finished."""
 from __future__ import annotations
 
 import asyncio
+import json
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +18,7 @@ from agentbus.runtime.worker import TaskWorker
 from agentbus_orchestrator import Orchestrator
 from agentbus_summarize_worker import SummarizeSkill
 from tests.conftest import Running
+from tests.integration.rpc_helpers import cli
 
 pytestmark = pytest.mark.integration
 
@@ -41,7 +44,9 @@ def _document(paragraphs: int) -> str:
     )
 
 
-async def _read_all(client: AgentBusClient, job_id: str, *, after: int | None = None) -> list:
+async def _read_all(
+    client: AgentBusClient, job_id: str, *, after: int | None = None
+) -> list[PartialResult]:
     return [item async for item in client.stream(job_id, after=after)]
 
 
@@ -119,3 +124,25 @@ async def test_stream_rejects_bad_job_id_and_cursor(bus: Bus, settings: Settings
             client.stream("no.dots")
         with pytest.raises(ValueError, match="after=-1"):
             await anext(client.stream("job-1", after=-1))
+
+
+@pytest.mark.timeout(90)
+async def test_submit_follow_prints_json_lines(
+    bus: Bus, settings: Settings, running: Running, tmp_path: Path
+) -> None:
+    s = _small_chunks(settings)
+    await running.start(Orchestrator, s, "orch-1")
+    await running.start(lambda st: TaskWorker(st, SummarizeSkill(st)), s, "worker-1")
+    (tmp_path / "rivers.txt").write_text(_document(12))
+    code, out, err = await cli(s, tmp_path, "submit", "--follow", "--json", "rivers.txt")
+    assert code == 0, err
+    lines = [json.loads(line) for line in out.splitlines()]
+    kinds = [line["kind"] for line in lines]
+    assert kinds[0] == "started" and kinds[-1] == "completed" and "chunk" in kinds
+    assert [line["cursor"] for line in lines] == sorted({line["cursor"] for line in lines})
+    async with AgentBusClient(s.nats) as client:
+        state = await client.status(lines[0]["job_id"])
+    assert state is not None and lines[-1]["text"] == state.summary
+
+    code, _, err = await cli(s, tmp_path, "submit", "--follow", "a.txt", "b.txt")
+    assert code == 2 and "exactly one FILE" in err

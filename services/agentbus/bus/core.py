@@ -302,9 +302,14 @@ class Bus:
         stored.add_done_callback(self._count_emitted)
         return stored
 
+    async def progress(self, item: StreamItem) -> None:
+        """Publish a live partial result on `progress.{job_id}` and wait until it is
+        stored (`agentbus.bus.progress`)."""
+        await self._progress.publish(item)
+
     def progress_soon(self, item: StreamItem) -> asyncio.Future[None]:
-        """Publish a live partial result on `progress.{job_id}` (`agentbus.bus.progress`)
-        without waiting: the future completes once the stream has stored it."""
+        """Queue a live partial result (token deltas) without waiting: the future
+        completes once the stream has stored it."""
         return self._progress.send(item)
 
     def _count_emitted(self, stored: asyncio.Future[None]) -> None:

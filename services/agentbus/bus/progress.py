@@ -1,11 +1,12 @@
 """Publishing a job's live partial results (`progress.{job_id}`, the PROGRESS stream).
 
-Items of one job go out in rounds, one round in flight per job: what is queued while a
-round is being confirmed goes in the next one, all its publishes pipelined (confirmed
-together, not one round trip each). Token deltas of one task queued in the same round
-are joined into one item (`join_deltas`), so a fast token stream costs one publish per
-round trip, not one per token, and the hot path (results, reduce) pays no extra round
-trip: `Collector.record` confirms its chunk items side by side with its part writes.
+The items a step waits for anyway (a chunk summary, a reduce level, the final item) are
+published directly (`publish`): the hot path pays no extra round trip, as
+`Collector.record` confirms its chunk items side by side with its part writes, and no
+queue or task. Token deltas are queued (`send`) and go out in rounds, one round in flight
+per job: what is queued while a round is being confirmed goes in the next one, and the
+deltas of one task in a round are joined into one item (`join_deltas`), so a fast token
+stream costs one publish per round trip, not one per token.
 
 Items that must not be missed (chunks, reduce levels, the final item) carry a
 deterministic `Nats-Msg-Id` (`{job_id}:p:...`), so a step that is retried records its
@@ -88,8 +89,15 @@ class ProgressPublisher:
         self._sender = sender
         self._lanes: dict[str, _Lane] = {}
 
+    async def publish(self, item: StreamItem) -> None:
+        """Publish `item` and wait until the stream has stored it: the path of the items
+        a step waits for anyway (chunks, levels, the final item), with no task or queue
+        of its own; the caller's order is the stream's."""
+        await self._publish(subjects.job_progress(item.job_id), item)
+
     def send(self, item: StreamItem) -> asyncio.Future[None]:
-        """Queue `item`; the future completes once the stream has stored it."""
+        """Queue `item` (token deltas, without waiting); the future completes once the
+        stream has stored it. Items queued for one job go out in their order."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
         done.add_done_callback(_retrieved)

@@ -1,0 +1,80 @@
+"""Live partial results, pure parts: message ids, delta joining, the follow view."""
+
+from __future__ import annotations
+
+import pytest
+
+from agentbus.bus.progress import join_deltas, progress_msg_id
+from agentbus.cli.follow import FollowView
+from agentbus.client.stream import PartialResult
+from agentbus.contract import subjects
+from agentbus.contract.messages import StreamItem, StreamKind, decode, encode
+
+pytestmark = pytest.mark.unit
+
+
+def _item(kind: StreamKind, **kw: object) -> StreamItem:
+    return StreamItem(job_id="job-1", kind=kind, **kw)
+
+
+def test_subject_and_ids() -> None:
+    assert subjects.job_progress("job-1") == "progress.job-1"
+    with pytest.raises(ValueError, match="job_id"):
+        subjects.job_progress("a.b")
+    assert progress_msg_id(_item(StreamKind.CHUNK, level=1, index=7)) == "job-1:p:c1.7"
+    assert progress_msg_id(_item(StreamKind.REDUCE, level=2)) == "job-1:p:r2"
+    assert progress_msg_id(_item(StreamKind.COMPLETED)) == "job-1:p:completed"
+    a, b = (progress_msg_id(_item(StreamKind.DELTA, index=0)) for _ in range(2))
+    assert a != b  # deltas are best effort, never deduplicated against each other
+
+
+def test_item_round_trips() -> None:
+    item = _item(StreamKind.CHUNK, level=0, index=3, count=9, text="s", worker_id="w-1")
+    assert decode(encode(item, sender="orch-1"), StreamItem).payload == item
+    assert StreamKind.COMPLETED.final and StreamKind.FAILED.final
+    assert not StreamKind.CHUNK.final
+
+
+def test_join_deltas_joins_one_tasks_deltas_in_order() -> None:
+    items = [
+        _item(StreamKind.DELTA, index=0, text="Hel"),
+        _item(StreamKind.DELTA, index=1, text="Oth"),
+        _item(StreamKind.DELTA, index=0, text="lo"),
+        _item(StreamKind.CHUNK, index=0, text="Hello"),
+        _item(StreamKind.DELTA, index=0, text="again"),
+        _item(StreamKind.DELTA, index=1, text="er"),
+    ]
+    joined = join_deltas(items)
+    assert [(i.kind, i.index, i.text, pos) for i, pos in joined] == [
+        (StreamKind.DELTA, 0, "Hello", [0, 2]),
+        (StreamKind.DELTA, 1, "Other", [1, 5]),
+        (StreamKind.CHUNK, 0, "Hello", [3]),
+        (StreamKind.DELTA, 0, "again", [4]),
+    ]
+    assert sorted(p for _, pos in joined for p in pos) == list(range(len(items)))
+
+
+def test_follow_view_folds_items() -> None:
+    view = FollowView(title="doc")
+    assert view.status_line() == "queued"
+    seq = iter(range(1, 100))
+
+    def apply(kind: StreamKind, **kw: object) -> None:
+        view.apply(PartialResult.of(_item(kind, **kw), cursor=next(seq)))
+
+    apply(StreamKind.STARTED, count=3)
+    apply(StreamKind.DELTA, index=0, text="Riv")
+    apply(StreamKind.DELTA, index=0, text="ers")
+    assert view.writing == {(0, 0): "Rivers"}
+    apply(StreamKind.CHUNK, index=0, text="Rivers flood.")
+    assert view.writing == {} and view.status_line() == "map: 1/3 · 3 chunk(s)"
+    apply(StreamKind.REDUCE, level=1, count=1)
+    assert view.status_line() == "reduce level 1: 0/1 · 3 chunk(s)"
+    apply(StreamKind.COMPLETED, level=1, text="Final.")
+    assert view.summary == "Final." and view.status_line() == "completed" and view.cursor == 6
+    view.render()  # renders without a terminal
+
+
+def test_partial_result_json() -> None:
+    r = PartialResult.of(_item(StreamKind.FAILED, error="boom"), cursor=4)
+    assert r.final and r.as_json() == {"cursor": 4, "kind": "failed", "level": 0, "error": "boom"}
