@@ -29,6 +29,8 @@ from agentbus.contract.messages import (
     JobStatus,
     JobSubmit,
     Payload,
+    StreamItem,
+    StreamKind,
     SummarizeReply,
     SummarizeRequest,
     TaskAssign,
@@ -89,6 +91,7 @@ SAMPLES: dict[type[Payload], Payload] = {
     SummarizeReply: SummarizeReply(ok=True, summary="S", worker_id="w-1"),
     Command: Command(command="ping"),
     CommandReply: CommandReply(agent_id="a-1", service="worker", ok=True, state="running"),
+    StreamItem: StreamItem(job_id="job-1", kind=StreamKind.CHUNK, index=0, count=2, text="S."),
 }
 TYPES = sorted(MESSAGE_TYPES.values(), key=lambda t: t.MSG_TYPE)
 
