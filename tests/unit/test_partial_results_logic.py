@@ -78,3 +78,17 @@ def test_follow_view_folds_items() -> None:
 def test_partial_result_json() -> None:
     r = PartialResult.of(_item(StreamKind.FAILED, error="boom"), cursor=4)
     assert r.final and r.as_json() == {"cursor": 4, "kind": "failed", "level": 0, "error": "boom"}
+
+
+def test_join_deltas_restart_drops_what_came_before() -> None:
+    items = [
+        _item(StreamKind.DELTA, index=0, text="Riv"),
+        _item(StreamKind.DELTA, index=0, text="Rivers", restart=True),
+        _item(StreamKind.DELTA, index=0, text=" flood"),
+    ]
+    ((joined, positions),) = join_deltas(items)
+    assert (joined.text, joined.restart, positions) == ("Rivers flood", True, [0, 1, 2])
+    view = FollowView(title="doc")
+    for cursor, item in enumerate(items, start=1):
+        view.apply(PartialResult.of(item, cursor=cursor))
+    assert view.writing == {(0, 0): "Rivers flood"}

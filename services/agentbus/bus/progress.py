@@ -66,6 +66,9 @@ def join_deltas(items: list[StreamItem]) -> list[tuple[StreamItem, list[int]]]:
         if item.kind is StreamKind.DELTA:
             key = (item.level, item.index)
             at = open_delta.get(key)
+            if at is not None and item.restart:  # what it joined so far is dropped
+                out[at] = (item, [*out[at][1], pos])
+                continue
             if at is not None:
                 joined, positions = out[at]
                 out[at] = (

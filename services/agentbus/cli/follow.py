@@ -62,7 +62,8 @@ class FollowView:
                 self.done = set()
             case StreamKind.DELTA:
                 key = (item.level, item.index)
-                self.writing[key] = self.writing.get(key, "") + item.text
+                before = "" if item.restart else self.writing.get(key, "")
+                self.writing[key] = before + item.text
             case StreamKind.CHUNK:
                 self.writing.pop((item.level, item.index), None)
                 if item.level == self.level and item.index is not None:

@@ -45,6 +45,8 @@ class PartialResult:
     summary_ref: DocumentRef | None
     error: str | None
     worker_id: str | None
+    restart: bool = False
+    """On a delta: drop this task's text so far (the backend retried)."""
 
     @property
     def final(self) -> bool:
@@ -55,7 +57,7 @@ class PartialResult:
         return cls(
             cursor=cursor, kind=item.kind, job_id=item.job_id, level=item.level,
             index=item.index, count=item.count, text=item.text, summary_ref=item.summary_ref,
-            error=item.error, worker_id=item.worker_id,
+            error=item.error, worker_id=item.worker_id, restart=item.restart,
         )  # fmt: skip
 
     def as_json(self) -> dict[str, object]:
@@ -70,6 +72,8 @@ class PartialResult:
                 out[name] = value
         if self.text:
             out["text"] = self.text
+        if self.restart:
+            out["restart"] = True
         if self.summary_ref is not None:
             out["summary_ref"] = self.summary_ref.model_dump()
         return out

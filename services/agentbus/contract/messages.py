@@ -191,6 +191,8 @@ class StreamItem(Payload):
     summary_ref: DocumentRef | None = None
     error: str | None = None
     worker_id: Token | None = None
+    restart: bool = False
+    """On a delta: the text of this task so far is dropped (the backend retried)."""
     ts: datetime = Field(default_factory=utcnow)
 
 

@@ -34,6 +34,7 @@ from agentbus.contract.settings import Settings
 from agentbus.contract.version import agentbus_version
 from agentbus.observability import metrics, telemetry
 from agentbus.observability.logs import log_context
+from agentbus.runtime.deltas import collecting
 from agentbus.runtime.rpc import SkillEndpoint
 from agentbus.runtime.service import AgentService
 
@@ -213,8 +214,11 @@ class TaskWorker(AgentService):
                 data={"attempt": attempt, "level": t.level, "chars": len(t.text)},
             )
             started = time.perf_counter()
+            deltas = collecting(bus, t)
             try:
-                out = await self.skill.run(t)
+                with deltas as sink:
+                    out = await self.skill.run(t)
+                await sink.flush()  # the task's deltas come before its result
             except SkillError as e:
                 await announced
                 await self._failed(msg, t, attempt, str(e), retryable=e.retryable)

@@ -340,6 +340,7 @@ class OpenAISummarizer:
         usage: TokenUsage | None = None
         with self._errors():
             stream = await self._client().chat.completions.create(**body)
+        with self._errors(streaming=True):
             async with stream:
                 async for chunk in stream:
                     if chunk.usage is not None:
@@ -358,14 +359,17 @@ class OpenAISummarizer:
         return "".join(parts), finish, usage
 
     @contextlib.contextmanager
-    def _errors(self) -> Iterator[None]:
-        """The SDK's and the transport's errors as `_Transient` or `SummarizerError`."""
+    def _errors(self, *, streaming: bool = False) -> Iterator[None]:
+        """The SDK's and the transport's errors as `_Transient` or `SummarizerError`;
+        `streaming`: while reading a stream that has begun."""
+        broke = "the stream broke off: " if streaming else ""
         try:
             yield
         except openai.APITimeoutError as e:
-            raise _Transient(f"no answer within {self.timeout_s:g}s", None) from e
+            raise _Transient(f"{broke}no answer within {self.timeout_s:g}s", None) from e
         except openai.APIConnectionError as e:
-            raise _Transient(f"request failed: {e.__cause__ or e}", None) from e
+            what = broke or "request failed: "
+            raise _Transient(f"{what}{e.__cause__ or e}", None) from e
         except openai.APIStatusError as e:
             self._raise_status(e)
         except openai.APIError as e:  # an error event in the middle of a stream
