@@ -100,6 +100,8 @@ async def test_stream_live_resume_and_replay(
         middle = full[len(full) // 2].cursor
         replay = await _read_all(watcher, job_id, after=middle)
         assert [_key(i) for i in replay] == [_key(i) for i in full if i.cursor > middle]
+        # resuming after the final item ends at once: nothing more to read
+        assert await asyncio.wait_for(_read_all(watcher, job_id, after=full[-1].cursor), 10) == []
 
 
 @pytest.mark.timeout(60)

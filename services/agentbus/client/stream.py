@@ -105,19 +105,41 @@ async def read_partial_results(
         )
     except (nats.errors.Error, TimeoutError) as e:
         raise BusError(f"cannot read {subject}: {e or type(e).__name__}") from e
+    position = after or 0
     try:
         while True:
             try:
                 msg = await sub.next_msg(timeout=_POLL_S)
             except nats.errors.TimeoutError:
+                # a quiet spell: is the reader already past the job's final item?
+                if await _ended_before(js, subject, position, max_bytes=max_bytes):
+                    return
                 continue
+            position = int(msg.metadata.sequence.stream)
             try:
                 item = decode(msg.data, StreamItem, max_bytes=max_bytes).payload
             except MessageDecodeError:
                 continue  # not ours to stop on: a reader skips what it cannot read
-            yield PartialResult.of(item, cursor=int(msg.metadata.sequence.stream))
+            yield PartialResult.of(item, cursor=position)
             if item.kind.final:
                 return
     finally:
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
+
+
+async def _ended_before(
+    js: JetStreamContext, subject: str, position: int, *, max_bytes: int | None
+) -> bool:
+    """Is the job's last item a final one at or before `position` (a reader resuming
+    after the final item has nothing more to read)?"""
+    try:
+        last = await js.get_last_msg(subjects.PROGRESS_STREAM, subject)
+    except (nats.errors.Error, TimeoutError):
+        return False  # no item yet (or JetStream is busy): keep waiting
+    if last.seq is None or last.seq > position or last.data is None:
+        return False
+    try:
+        return decode(last.data, StreamItem, max_bytes=max_bytes).payload.kind.final
+    except MessageDecodeError:
+        return False
