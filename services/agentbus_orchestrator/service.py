@@ -347,6 +347,10 @@ class Orchestrator(AgentService):
             event_id=f"{state.job_id}-chunked",
             data={"chunks": state.chunks, "chunk_chars": self.cfg.chunk_chars},
         )
+        if state.chunks < 2:
+            # one chunk, one summary: its live partial results are the final item (and
+            # the deltas of a streaming backend), a publish less on the hot path
+            return accepted, chunked
         # the job's live partial results begin with the chunk count (before any task)
         started = asyncio.ensure_future(
             self.bus.progress(

@@ -114,9 +114,9 @@ async def test_stream_of_one_chunk_job_ends_with_its_summary(
         job_id = await client.submit(_document(2), title="short")
         items = await asyncio.wait_for(_read_all(client, job_id), 30)
         state = await client.wait(job_id, timeout_s=10)
-    kinds = [i.kind for i in items]
-    assert kinds[0] is StreamKind.STARTED and kinds[-1] is StreamKind.COMPLETED
-    assert items[-1].text == state.summary
+    # one chunk, one summary: the final item is the whole story (no `started`, no chunk)
+    assert [i.kind for i in items] == [StreamKind.COMPLETED]
+    assert items[-1].text == state.summary and state.chunks == 1
 
 
 @pytest.mark.timeout(30)

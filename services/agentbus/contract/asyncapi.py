@@ -114,7 +114,8 @@ def _channels() -> list[_Channel]:
         ),
         _Channel(
             "jobProgress", t(subjects.job_progress), "Live partial results",
-            "A job's progress and partial results as they happen: `started` (chunk count), "
+            "A job's progress and partial results as they happen: `started` (chunk count, "
+            "jobs of more than one chunk), "
             "each `chunk` summary as it completes, each `reduce` level, token `delta`s when "
             "the backend streams, then one final item (`completed` with the summary, or "
             "`failed`). The stream sequence is the reader's resume cursor; readers use "

@@ -160,7 +160,7 @@ class StreamKind(StrEnum):
     """What a job's live partial result (`progress.{job_id}`) says."""
 
     STARTED = "started"
-    """The job is chunked: `count` chunks."""
+    """The job is chunked: `count` chunks (a job of more than one chunk)."""
     CHUNK = "chunk"
     """One task's summary as it completes (`level`, `index` of `count`)."""
     DELTA = "delta"
