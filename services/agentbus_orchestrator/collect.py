@@ -155,9 +155,11 @@ class Collector:
         # the chunk items are stored before the transition that records their results
         # (side by side with the parts: no extra round trip), so any job's final item
         # comes after every chunk item in its stream
-        await asyncio.gather(
-            self._store_parts(job_id, results), *self._chunk_items(job_id, results, refs)
-        )
+        items = self._chunk_items(job_id, results, refs)
+        if items:
+            await asyncio.gather(self._store_parts(job_id, results), *items)
+        else:  # a one-task level: no task per write
+            await self._store_parts(job_id, results)
         outcomes: list[Outcome] = []
         completed_by: list[TaskResult] = []
 
@@ -393,15 +395,15 @@ class Collector:
         summary_chars = len(done.summary) if done.summary is not None else 0
         metrics.JOBS_COMPLETED.labels(self.service).inc()
         metrics.JOB_SECONDS.labels(self.service).observe(seconds)
-        await asyncio.gather(
-            self.bus.progress(_final_item(done)),
-            self.bus.emit(
-                EventKind.JOB_COMPLETED,
-                job_id=done.job_id,
-                event_id=f"{done.job_id}-completed",
-                data={"summary_chars": summary_chars, "levels": levels, "seconds": seconds},
-            ),
+        # the event and the final item travel side by side (no task of their own)
+        emitted = self.bus.emit_soon(
+            EventKind.JOB_COMPLETED,
+            job_id=done.job_id,
+            event_id=f"{done.job_id}-completed",
+            data={"summary_chars": summary_chars, "levels": levels, "seconds": seconds},
         )
+        await self.bus.progress(_final_item(done))
+        await emitted
         if done.chunks > 1 or done.level > 0:
             await self.drop_parts(done.job_id)
         log.debug("job completed in %.3fs", seconds)
