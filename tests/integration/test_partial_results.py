@@ -148,3 +148,29 @@ async def test_submit_follow_prints_json_lines(
 
     code, _, err = await cli(s, tmp_path, "submit", "--follow", "a.txt", "b.txt")
     assert code == 2 and "exactly one FILE" in err
+
+
+@pytest.mark.timeout(90)
+async def test_stream_of_failed_job_ends_with_the_reason(
+    bus: Bus, settings: Settings, running: Running
+) -> None:
+    s = settings.model_copy(
+        update={
+            "summarizer": settings.summarizer.model_copy(
+                update={
+                    "backend": "simulated",
+                    "simulated_latency_ms": 1,
+                    "simulated_fail_rate": 1.0,
+                }
+            )
+        }
+    )
+    await running.start(Orchestrator, s, "orch-1")
+    await running.start(lambda st: TaskWorker(st, SummarizeSkill(st)), s, "worker-1")
+    async with AgentBusClient(s.nats) as client:
+        job_id = await client.submit(_document(2), title="doomed")
+        items = await asyncio.wait_for(_read_all(client, job_id), 60)
+        state = await client.wait(job_id, timeout_s=10)
+    assert state.status is JobStatus.FAILED
+    assert [i.kind for i in items][-1] is StreamKind.FAILED
+    assert state.error and items[-1].error == state.error[:1000]
