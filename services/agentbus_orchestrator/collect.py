@@ -16,9 +16,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Coroutine, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Final
 
 import nats.errors
 import nats.js.errors
@@ -40,7 +40,7 @@ from agentbus.contract.messages import (
 from agentbus.contract.messages import utcnow as _utcnow
 from agentbus.contract.settings import Settings
 from agentbus.observability import metrics, telemetry
-from agentbus_orchestrator import lifecycle
+from agentbus_orchestrator import lifecycle, progress
 from agentbus_orchestrator.lifecycle import Completion, Outcome, ResultKey
 from agentbus_orchestrator.state import JobStore
 
@@ -60,23 +60,6 @@ _SUCCESS: Final = (Outcome.RECORDED, Outcome.DUPLICATE)
 
 def part_key(job_id: str, level: int, index: int) -> str:
     return f"{job_id}.{level}.{index}"
-
-
-def _recorded(view: JobState, r: TaskResult) -> bool:
-    """Is `r` already recorded in (or behind) the known state `view`?"""
-    if view.level == r.level:
-        return lifecycle.bits_has(view, r.index)
-    return r.level < view.level
-
-
-def _final_item(state: JobState) -> StreamItem:
-    """The last live partial result of a finished job."""
-    if state.status is JobStatus.COMPLETED:
-        return StreamItem(
-            job_id=state.job_id, kind=StreamKind.COMPLETED, level=state.level,
-            text=state.summary or "", summary_ref=state.summary_ref,
-        )  # fmt: skip
-    return StreamItem(job_id=state.job_id, kind=StreamKind.FAILED, error=(state.error or "")[:1000])
 
 
 def _key(r: TaskResult) -> ResultKey:
@@ -155,7 +138,9 @@ class Collector:
         # the chunk items are stored before the transition that records their results
         # (side by side with the parts: no extra round trip), so any job's final item
         # comes after every chunk item in its stream
-        items = self._chunk_items(job_id, results, refs)
+        known = self.store.known(job_id)
+        view = known[0] if known is not None else None
+        items = [self.bus.progress(i) for i in progress.chunk_items(view, job_id, results, refs)]
         if items:
             await asyncio.gather(self._store_parts(job_id, results), *items)
         else:  # a one-task level: no task per write
@@ -214,28 +199,6 @@ class Collector:
             self.bus.js, name=f"{job_id}.summary.txt", data=summary.encode()
         )
 
-    def _chunk_items(
-        self, job_id: str, results: Sequence[TaskResult], refs: dict[int, DocumentRef]
-    ) -> list[Coroutine[Any, Any, None]]:
-        """Publish each new summary of `results` as a live partial result (but on a
-        one-task level, whose summary is the final item's)."""
-        known = self.store.known(job_id)
-        view = known[0] if known is not None else None
-        out = []
-        for i, r in enumerate(results):
-            if not r.ok or (view is not None and _recorded(view, r)):
-                continue
-            if view is not None and view.level == r.level and view.level_tasks == 1:
-                continue
-            count = view.level_tasks if view is not None and view.level == r.level else None
-            item = StreamItem(
-                job_id=job_id, kind=StreamKind.CHUNK, level=r.level, index=r.index, count=count,
-                text="" if i in refs else r.summary, summary_ref=refs.get(i),
-                worker_id=r.worker_id,
-            )  # fmt: skip
-            out.append(self.bus.progress(item))
-        return out
-
     async def _store_parts(self, job_id: str, results: Sequence[TaskResult]) -> None:
         """Store the summaries of a multi-task level's results under their own keys, before
         the transition that records them (first writer wins: a re-run never replaces a
@@ -245,7 +208,7 @@ class Collector:
 
         async def put(r: TaskResult) -> None:
             if view is not None and (
-                _recorded(view, r) or (view.level == r.level and view.level_tasks == 1)
+                progress.recorded(view, r) or (view.level == r.level and view.level_tasks == 1)
             ):
                 return
             # stored by an earlier delivery: kept
@@ -402,7 +365,7 @@ class Collector:
             event_id=f"{done.job_id}-completed",
             data={"summary_chars": summary_chars, "levels": levels, "seconds": seconds},
         )
-        await self.bus.progress(_final_item(done))
+        await self.bus.progress(progress.final_item(done))
         await emitted
         if done.chunks > 1 or done.level > 0:
             await self.drop_parts(done.job_id)
@@ -450,7 +413,7 @@ class Collector:
         """Emit the event of the job's current step again; its id makes this a no-op when
         the event is already in the stream (within the stream's duplicate window)."""
         if state.status.terminal:  # the final item too, should a crash have lost it
-            await self.bus.progress(_final_item(state))
+            await self.bus.progress(progress.final_item(state))
         if state.status is JobStatus.COMPLETED:
             await self.bus.emit(
                 EventKind.JOB_COMPLETED,

@@ -8,7 +8,20 @@ from agentbus.bus.progress import join_deltas, progress_msg_id
 from agentbus.cli.follow import FollowView
 from agentbus.client.stream import PartialResult
 from agentbus.contract import subjects
-from agentbus.contract.messages import StreamItem, StreamKind, decode, encode
+from agentbus.contract.messages import (
+    DocumentRef,
+    JobState,
+    JobStatus,
+    StreamItem,
+    StreamKind,
+    TaskResult,
+    decode,
+    encode,
+    utcnow,
+)
+from agentbus_orchestrator import lifecycle
+from agentbus_orchestrator.lifecycle import ResultKey
+from agentbus_orchestrator.progress import chunk_items, final_item
 
 pytestmark = pytest.mark.unit
 
@@ -92,3 +105,40 @@ def test_join_deltas_restart_drops_what_came_before() -> None:
     for cursor, item in enumerate(items, start=1):
         view.apply(PartialResult.of(item, cursor=cursor))
     assert view.writing == {(0, 0): "Rivers flood"}
+
+
+def _result(level: int, index: int, *, ok: bool = True) -> TaskResult:
+    return TaskResult(
+        job_id="job-1", task_id=f"{level}-{index}", level=level, index=index, ok=ok,
+        summary=f"summary {level}.{index}", worker_id="w-1", duration_ms=1.0,
+    )  # fmt: skip
+
+
+def test_chunk_items_skip_recorded_failed_and_one_task_levels() -> None:
+    start = JobState(job_id="job-1", status=JobStatus.RUNNING, chunks=4, level_tasks=4)
+    view = lifecycle.record(
+        start, [ResultKey(level=0, index=1, ok=True, task_id="0-1")], now=utcnow()
+    )[0]
+    assert view is not None
+    results = [_result(0, 0), _result(0, 1), _result(0, 2, ok=False), _result(0, 3)]
+    ref = DocumentRef(
+        bucket="documents", name="job-1.summary.txt", size_bytes=300_000, sha256="0" * 64
+    )
+    items = chunk_items(view, "job-1", results, {3: ref})
+    assert [(i.index, i.count, i.text, i.summary_ref) for i in items] == [
+        (0, 4, "summary 0.0", None),  # new
+        (3, 4, "", ref),  # stored by reference
+    ]  # 1 already recorded, 2 failed
+    one_task = JobState(job_id="job-1", status=JobStatus.RUNNING, chunks=1, level_tasks=1)
+    assert chunk_items(one_task, "job-1", [_result(0, 0)], {}) == []
+    (unknown,) = chunk_items(None, "job-1", [_result(1, 0)], {})
+    assert unknown.count is None and unknown.level == 1
+
+
+def test_final_item_of_completed_and_failed_jobs() -> None:
+    done = JobState(job_id="job-1", status=JobStatus.COMPLETED, summary="Final.", level=2)
+    assert (final_item(done).kind, final_item(done).text, final_item(done).level) == (
+        StreamKind.COMPLETED, "Final.", 2,
+    )  # fmt: skip
+    failed = JobState(job_id="job-1", status=JobStatus.FAILED, error="x" * 2000)
+    assert final_item(failed).kind is StreamKind.FAILED and final_item(failed).error == "x" * 1000
