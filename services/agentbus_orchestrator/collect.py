@@ -32,13 +32,15 @@ from agentbus.contract.messages import (
     EventKind,
     JobState,
     JobStatus,
+    StreamItem,
+    StreamKind,
     TaskAssign,
     TaskResult,
 )
 from agentbus.contract.messages import utcnow as _utcnow
 from agentbus.contract.settings import Settings
 from agentbus.observability import metrics, telemetry
-from agentbus_orchestrator import lifecycle
+from agentbus_orchestrator import lifecycle, progress
 from agentbus_orchestrator.lifecycle import Completion, Outcome, ResultKey
 from agentbus_orchestrator.state import JobStore
 
@@ -133,7 +135,16 @@ class Collector:
             # (a UTF-8 character is at most 4 bytes: most summaries skip the encode)
             if r.ok and len(r.summary) * 4 > limit and len(r.summary.encode()) > limit
         }
-        await self._store_parts(job_id, results)
+        # the chunk items are stored before the transition that records their results
+        # (side by side with the parts: no extra round trip), so any job's final item
+        # comes after every chunk item in its stream
+        known = self.store.known(job_id)
+        view = known[0] if known is not None else None
+        items = [self.bus.progress(i) for i in progress.chunk_items(view, job_id, results, refs)]
+        if items:
+            await asyncio.gather(self._store_parts(job_id, results), *items)
+        else:  # a one-task level: no task per write
+            await self._store_parts(job_id, results)
         outcomes: list[Outcome] = []
         completed_by: list[TaskResult] = []
 
@@ -200,10 +211,9 @@ class Collector:
         view = known[0] if known is not None else None
 
         async def put(r: TaskResult) -> None:
-            if view is not None and view.level == r.level:
-                if view.level_tasks == 1 or lifecycle.bits_has(view, r.index):
-                    return
-            elif view is not None and r.level < view.level:
+            if view is not None and (
+                progress.recorded(view, r) or (view.level == r.level and view.level_tasks == 1)
+            ):
                 return
             # stored by an earlier delivery: kept
             with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):
@@ -259,8 +269,18 @@ class Collector:
             "orchestrator reduce",
             attributes={"agentbus.job_id": state.job_id, "agentbus.level": plan.level},
         ):
-            await self.publish_level(
-                state.job_id, state.skill, plan.level, plan.groups, plan.max_chars
+            await asyncio.gather(
+                self.publish_level(
+                    state.job_id, state.skill, plan.level, plan.groups, plan.max_chars
+                ),
+                self.bus.progress(
+                    StreamItem(
+                        job_id=state.job_id,
+                        kind=StreamKind.REDUCE,
+                        level=plan.level,
+                        count=len(plan.groups),
+                    )
+                ),
             )
         level = state.level
         written, _ = await self.store.transition(
@@ -349,12 +369,15 @@ class Collector:
         summary_chars = len(done.summary) if done.summary is not None else 0
         metrics.JOBS_COMPLETED.labels(self.service).inc()
         metrics.JOB_SECONDS.labels(self.service).observe(seconds)
-        await self.bus.emit(
+        # the event and the final item travel side by side (no task of their own)
+        emitted = self.bus.emit_soon(
             EventKind.JOB_COMPLETED,
             job_id=done.job_id,
             event_id=f"{done.job_id}-completed",
             data={"summary_chars": summary_chars, "levels": levels, "seconds": seconds},
         )
+        await self.bus.progress(progress.final_item(done))
+        await emitted
         if done.chunks > 1 or done.level > 0:
             await self.drop_parts(done.job_id)
         log.debug("job completed in %.3fs", seconds)
@@ -386,6 +409,9 @@ class Collector:
 
     async def job_failed(self, job_id: str, reason: str, *, category: str) -> None:
         metrics.JOBS_FAILED.labels(self.service, category).inc()
+        await self.bus.progress(
+            StreamItem(job_id=job_id, kind=StreamKind.FAILED, error=reason[:1000])
+        )
         await self.bus.emit(
             EventKind.JOB_FAILED,
             job_id=job_id,
@@ -397,6 +423,8 @@ class Collector:
     async def emit_state(self, state: JobState) -> None:
         """Emit the event of the job's current step again; its id makes this a no-op when
         the event is already in the stream (within the stream's duplicate window)."""
+        if state.status.terminal:  # the final item too, should a crash have lost it
+            await self.bus.progress(progress.final_item(state))
         if state.status is JobStatus.COMPLETED:
             await self.bus.emit(
                 EventKind.JOB_COMPLETED,

@@ -42,6 +42,8 @@ from agentbus.contract.messages import (
     JobState,
     JobStatus,
     JobSubmit,
+    StreamItem,
+    StreamKind,
     TaskResult,
     decode,
     utcnow,
@@ -356,7 +358,17 @@ class Orchestrator(AgentService):
             event_id=f"{state.job_id}-chunked",
             data={"chunks": state.chunks, "chunk_chars": self.cfg.chunk_chars},
         )
-        return accepted, chunked
+        if state.chunks < 2:
+            # one chunk, one summary: its live partial results are the final item (and
+            # the deltas of a streaming backend), a publish less on the hot path
+            return accepted, chunked
+        # the job's live partial results begin with the chunk count (before any task)
+        started = asyncio.ensure_future(
+            self.bus.progress(
+                StreamItem(job_id=state.job_id, kind=StreamKind.STARTED, count=state.chunks)
+            )
+        )
+        return accepted, chunked, started
 
     # --- collection ----------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ from agentbus.contract.errors import SkillError
 from agentbus.contract.messages import TaskAssign
 from agentbus.contract.settings import Settings
 from agentbus.contract.subjects import SUMMARIZE_SKILL
+from agentbus.runtime.deltas import task_delta_sink
 from agentbus.runtime.skills import SkillFactory
 from agentbus.runtime.worker import SkillOutput
 from agentbus_summarize_worker.backends import Summarizer, make_summarizer
@@ -25,7 +26,9 @@ class SummarizeSkill:
 
     async def run(self, task: TaskAssign) -> SkillOutput:
         try:
-            summary = await self.summarizer.summarize(task.text, max_chars=task.max_chars)
+            summary = await self.summarizer.summarize(
+                task.text, max_chars=task.max_chars, on_delta=task_delta_sink()
+            )
         except SummarizerError as e:
             raise SkillError(f"{self.backend}: {e}", retryable=e.retryable) from e
         if len(summary.text) > task.max_chars:

@@ -1,9 +1,11 @@
 """The OpenAI-compatible backend against a local HTTP server that speaks the protocol
-(`POST /v1/chat/completions`), including 429 and 5xx answers, and in a running worker."""
+(`POST /v1/chat/completions`, plain and streamed as server-sent events), including 429
+and 5xx answers and streams that break off, and in a running worker."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -18,7 +20,7 @@ from prometheus_client import REGISTRY
 from agentbus.bus.core import Bus
 from agentbus.client.api import AgentBusClient
 from agentbus.contract.errors import ConfigError
-from agentbus.contract.messages import EventKind, JobStatus
+from agentbus.contract.messages import EventKind, JobStatus, StreamKind
 from agentbus.contract.settings import Settings, SummarizerSettings
 from agentbus.runtime.worker import TaskWorker
 from agentbus_orchestrator import Orchestrator
@@ -41,6 +43,10 @@ class Answer:
     headers: dict[str, str] = field(default_factory=dict)
     body: str | None = None
     delay_s: float = 0.0
+    break_after: int | None = None
+    """Streamed: drop the connection after this many content chunks."""
+    error_after: int | None = None
+    """Streamed: send an error event after this many content chunks."""
 
 
 class FakeOpenAI(LocalHttpServer):
@@ -54,7 +60,7 @@ class FakeOpenAI(LocalHttpServer):
         self.auth: list[str | None] = []
         self.url = ""
 
-    async def _handle(self, request: web.Request) -> web.Response:
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.requests.append(body)
         self.auth.append(request.headers.get("Authorization"))
@@ -66,6 +72,8 @@ class FakeOpenAI(LocalHttpServer):
         if answer.status != 200:
             error = {"error": {"message": f"scripted {answer.status}", "type": "test"}}
             return web.json_response(error, status=answer.status, headers=answer.headers)
+        if body.get("stream"):
+            return await self._stream(request, body, answer)
         completion: dict[str, Any] = {
             "id": f"chatcmpl-{len(self.requests)}",
             "object": "chat.completion",
@@ -82,6 +90,44 @@ class FakeOpenAI(LocalHttpServer):
         if answer.usage is not None:
             completion["usage"] = {**answer.usage, "total_tokens": sum(answer.usage.values())}
         return web.json_response(completion, headers=answer.headers)
+
+    async def _stream(
+        self, request: web.Request, body: dict[str, Any], answer: Answer
+    ) -> web.StreamResponse:
+        """The answer as server-sent events: one chunk per word, usage last when asked."""
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", **answer.headers})
+        await resp.prepare(request)
+
+        async def event(data: dict[str, Any] | str) -> None:
+            text = data if isinstance(data, str) else json.dumps(data)
+            await resp.write(f"data: {text}\n\n".encode())
+
+        def chunk(delta: dict[str, str], finish: str | None) -> dict[str, Any]:
+            return {
+                "id": f"chatcmpl-{len(self.requests)}", "object": "chat.completion.chunk",
+                "created": 0, "model": body["model"],
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            }  # fmt: skip
+
+        await event(chunk({"role": "assistant", "content": ""}, None))
+        words = answer.content.split(" ")
+        for i, word in enumerate(words):
+            if i == answer.break_after:
+                assert request.transport is not None
+                request.transport.close()  # mid-stream: the connection just drops
+                return resp
+            if i == answer.error_after:
+                await event({"error": {"message": "scripted mid-stream error", "type": "test"}})
+                await resp.write_eof()
+                return resp
+            await event(chunk({"content": word if i == 0 else " " + word}, None))
+        await event(chunk({}, "stop"))
+        if answer.usage is not None and (body.get("stream_options") or {}).get("include_usage"):
+            usage = {**answer.usage, "total_tokens": sum(answer.usage.values())}
+            await event({**chunk({}, None), "choices": [], "usage": usage})
+        await event("[DONE]")
+        await resp.write_eof()
+        return resp
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/chat/completions", self._handle)
@@ -307,3 +353,103 @@ async def test_worker_records_token_usage(
     assert len(completed) == 1
     assert completed[0].data["usage"] == {"prompt_tokens": 120, "completion_tokens": 9}
     assert (_tokens("prompt") - before[0], _tokens("completion") - before[1]) == (120, 9)
+
+
+class Deltas:
+    """A `DeltaSink` that records what it is given."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, bool]] = []
+
+    def __call__(self, text: str, *, restart: bool = False) -> None:
+        self.calls.append((text, restart))
+
+    def text(self) -> str:
+        out = ""
+        for piece, restart in self.calls:
+            out = piece if restart else out + piece
+        return out
+
+
+async def test_streamed_summary_forwards_deltas_and_usage(fake_openai: FakeOpenAI) -> None:
+    fake_openai.default = Answer(content="Rivers flood every spring and farmers plant rice.")
+    backend, sleep = make_backend(fake_openai, api_key="sk-test")
+    deltas = Deltas()
+    try:
+        out = await backend.summarize("text " * 50, max_chars=200, on_delta=deltas)
+    finally:
+        await backend.aclose()
+    assert out.text == "Rivers flood every spring and farmers plant rice."
+    assert len(deltas.calls) == 8 and deltas.text() == out.text
+    assert not any(restart for _, restart in deltas.calls)
+    assert out.usage is not None and out.usage.completion_tokens == 7
+    (req,) = fake_openai.requests
+    assert req["stream"] is True and req["stream_options"] == {"include_usage": True}
+    assert fake_openai.auth == ["Bearer sk-test"] and sleep.delays == []
+
+
+@pytest.mark.parametrize("failure", ["break_after", "error_after"])
+async def test_stream_failing_midway_is_retried_from_the_start(
+    fake_openai: FakeOpenAI, failure: str
+) -> None:
+    content = "Rivers flood every spring and farmers plant rice."
+    broken = Answer(content=content)
+    setattr(broken, failure, 3)
+    fake_openai.script = [broken]
+    fake_openai.default = Answer(content=content)
+    backend, sleep = make_backend(fake_openai, max_retries=2)
+    deltas = Deltas()
+    try:
+        out = await backend.summarize("text " * 50, max_chars=200, on_delta=deltas)
+    finally:
+        await backend.aclose()
+    assert out.text == content and len(fake_openai.requests) == 2 and len(sleep.delays) == 1
+    # three words of the first try, then the second try from its start
+    assert [t for t, _ in deltas.calls[:3]] == ["Rivers", " flood", " every"]
+    assert deltas.calls[3] == ("Rivers", True)
+    assert deltas.text() == content
+
+
+async def test_stream_that_keeps_breaking_gives_up_retryable(fake_openai: FakeOpenAI) -> None:
+    fake_openai.default = Answer(content="one two three four", break_after=2)
+    backend, _ = make_backend(fake_openai, max_retries=1)
+    try:
+        with pytest.raises(SummarizerError, match="stream broke off") as info:
+            await backend.summarize("text " * 50, max_chars=200, on_delta=Deltas())
+    finally:
+        await backend.aclose()
+    assert info.value.retryable is True and len(fake_openai.requests) == 2
+
+
+@pytest.mark.timeout(60)
+async def test_job_streams_token_deltas_to_its_readers(
+    bus: Bus, settings: Settings, running: Any, fake_openai: FakeOpenAI
+) -> None:
+    content = "Rivers flood in spring and farmers plant rice after the water recedes."
+    fake_openai.script = [Answer(content=content, break_after=4)]  # one retried stream
+    fake_openai.default = Answer(content=content)
+    s = settings.model_copy(
+        update={
+            "summarizer": SummarizerSettings(
+                backend="openai", openai_base_url=fake_openai.url, openai_model="tiny",
+                openai_backoff_s=0.01,
+            )
+        }
+    )  # fmt: skip
+    await running.start(Orchestrator, s, "orch-openai")
+    await running.start(lambda st: TaskWorker(st, SummarizeSkill(st)), s, "worker-openai")
+    async with AgentBusClient(s.nats) as client:
+        job_id = await client.submit("The river floods every spring. " * 10)
+        items = [item async for item in client.stream(job_id)]
+    assert items[-1].kind is StreamKind.COMPLETED
+    assert items[-1].text == content
+    deltas = [i for i in items if i.kind is StreamKind.DELTA]
+    assert deltas and all(i.level == 0 and i.index == 0 for i in deltas)
+    assert any(i.restart for i in deltas)  # the broken stream's text was dropped
+    text = ""
+    for d in deltas:
+        text = d.text if d.restart else text + d.text
+    assert text == content
+    # every delta before the final item, in cursor order
+    assert max(d.cursor for d in deltas) < items[-1].cursor
+    assert [i.cursor for i in items] == sorted(i.cursor for i in items)

@@ -32,6 +32,8 @@ from agentbus.contract.messages import (
     JobStatus,
     JobSubmit,
     Payload,
+    StreamItem,
+    StreamKind,
     SummarizeReply,
     SummarizeRequest,
     TaskAssign,
@@ -95,6 +97,7 @@ SAMPLES: dict[type[Payload], Payload] = {
     CancelRequest: CancelRequest(job_id="job-1", reason="not needed"),
     CancelReply: CancelReply(job_id="job-1", canceled=False, status="completed", detail="d"),
     JobCanceled: JobCanceled(job_id="job-1", reason=""),
+    StreamItem: StreamItem(job_id="job-1", kind=StreamKind.CHUNK, index=0, count=2, text="S."),
 }
 TYPES = sorted(MESSAGE_TYPES.values(), key=lambda t: t.MSG_TYPE)
 

@@ -26,6 +26,7 @@ from nats.js.kv import KeyValue
 from agentbus.bus.connect import connect_nats
 from agentbus.bus.emitter import DEFAULT_MAX_EVENTS_PER_MESSAGE, EventEmitter
 from agentbus.bus.headers import delivery_count, header_safe, headers_size, kept_headers
+from agentbus.bus.progress import ProgressPublisher
 from agentbus.bus.publisher import JetStreamPublisher
 from agentbus.contract import subjects
 from agentbus.contract.errors import BusError
@@ -39,7 +40,14 @@ from agentbus.contract.headers import (
     DLQ_HEADER_TRUNCATED,
     MSG_ID_HEADER,
 )
-from agentbus.contract.messages import AgentEvent, EventKind, Payload, encode, new_id
+from agentbus.contract.messages import (
+    AgentEvent,
+    EventKind,
+    Payload,
+    StreamItem,
+    encode,
+    new_id,
+)
 from agentbus.contract.settings import NatsSettings
 from agentbus.observability import metrics, telemetry
 
@@ -128,6 +136,7 @@ class Bus:
             )
             - _HEADERS_ALLOWANCE_BYTES,
         )
+        self._progress = ProgressPublisher(self.publish_raw, sender=agent_id)
 
     @classmethod
     async def connect(
@@ -293,6 +302,16 @@ class Bus:
         stored.add_done_callback(self._count_emitted)
         return stored
 
+    async def progress(self, item: StreamItem) -> None:
+        """Publish a live partial result on `progress.{job_id}` and wait until it is
+        stored (`agentbus.bus.progress`)."""
+        await self._progress.publish(item)
+
+    def progress_soon(self, item: StreamItem) -> asyncio.Future[None]:
+        """Queue a live partial result (token deltas) without waiting: the future
+        completes once the stream has stored it."""
+        return self._progress.send(item)
+
     def _count_emitted(self, stored: asyncio.Future[None]) -> None:
         if not stored.cancelled() and stored.exception() is None:
             metrics.EVENTS_EMITTED.labels(self.service).inc()
@@ -368,6 +387,8 @@ class Bus:
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._emitter.close(), timeout_s)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._progress.close(), timeout_s)
         await self._publisher.close()
         try:
             await asyncio.wait_for(self.nc.drain(), timeout_s)

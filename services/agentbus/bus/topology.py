@@ -96,6 +96,15 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
             max_msg_size=max_msg,
         ),
         stream(subjects.DLQ_STREAM, [subjects.DLQ_SUBJECTS], limits, max_age_s=t.dlq_max_age_s),
+        # live partial results: replayable for progress_max_age_s, read by ephemeral
+        # ordered consumers (no durable)
+        stream(
+            subjects.PROGRESS_STREAM,
+            [subjects.PROGRESS_SUBJECTS],
+            limits,
+            max_age_s=t.progress_max_age_s,
+            max_msg_size=max_msg,
+        ),
     ]
 
 

@@ -349,9 +349,26 @@ def submit(
     sync: Annotated[
         bool, typer.Option("--sync", help="Request/reply on rpc.summarize: fast, at-most-once")
     ] = False,
+    follow: Annotated[
+        bool,
+        typer.Option(
+            "--follow", "-f", help="Print partial results as they arrive (one FILE; --json: lines)"
+        ),
+    ] = False,
 ) -> None:
     """Submit documents, wait, and print each summary."""
     settings = _settings()
+    if follow:
+        from agentbus.cli.follow import follow_file
+
+        if len(files) != 1 or sync:
+            raise _fail("--follow takes exactly one FILE (and no --sync)", EXIT_USAGE)
+        followed = follow_file(
+            settings, files[0], summary_chars=summary_chars, as_json=as_json, out=out
+        )
+        if not _run(followed):
+            raise typer.Exit(EXIT_ERROR)
+        return
     if sync:
         coro = cli_ops.submit_sync(settings, files, timeout_s=timeout, summary_chars=summary_chars)
         if cli_ops.print_sync_records(_run(coro), as_json=as_json):

@@ -25,6 +25,7 @@ import nats.js.errors
 from agentbus.bus.core import Bus
 from agentbus.bus.documents import check_document, fetch_document, read_document, store_document
 from agentbus.client.rpc import RpcResult, fan_out, request_summary
+from agentbus.client.stream import PartialResult, read_partial_results
 from agentbus.contract import subjects
 from agentbus.contract.errors import (
     BusError,
@@ -202,6 +203,16 @@ class AgentBusClient:
         finally:
             with contextlib.suppress(Exception):
                 await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py's KV watcher is untyped
+
+    def stream(self, job_id: str, *, after: int | None = None) -> AsyncIterator[PartialResult]:
+        """The job's live partial results (`progress.{job_id}`), in order, until its final
+        item (`completed` or `failed`): each has a `.cursor`, a `.kind` and its content.
+        `after=cursor` resumes right after that item (nothing missed, nothing repeated);
+        a finished job replays within the PROGRESS stream's retention."""
+        subjects.check_token(job_id, field="job_id")
+        return read_partial_results(
+            self.bus.js, job_id, after=after, max_bytes=self.limits.max_message_bytes
+        )
 
     async def wait(
         self, job_id: str, *, timeout_s: float = 300.0, raise_on_failure: bool = False

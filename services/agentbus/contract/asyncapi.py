@@ -113,6 +113,20 @@ def _channels() -> list[_Channel]:
              "consumer": subjects.ORCHESTRATOR_RESULTS_CONSUMER},
         ),
         _Channel(
+            "jobProgress", t(subjects.job_progress), "Live partial results",
+            "A job's progress and partial results as they happen: `started` (chunk count, "
+            "jobs of more than one chunk), "
+            "each `chunk` summary as it completes, each `reduce` level, token `delta`s when "
+            "the backend streams, then one final item (`completed` with the summary, or "
+            "`failed`). The stream sequence is the reader's resume cursor; readers use "
+            "ephemeral ordered consumers (deliver by start sequence, filtered on the job's "
+            "subject). Nats-Msg-Id is `{job_id}:p:...` (a fresh id for deltas).",
+            ["StreamItem"],
+            {"kind": "jetstream", "stream": subjects.PROGRESS_STREAM, "retention": "limits",
+             "subjects": [subjects.PROGRESS_SUBJECTS], "consumer": "ephemeral ordered",
+             "retention_setting": "AGENTBUS_TOPOLOGY__PROGRESS_MAX_AGE_S"},
+        ),
+        _Channel(
             "agentEvents", t(subjects.agent_events), "Agent events",
             "Every step of every service, archived exactly once by the event-archiver (the "
             "event id is its key). Events emitted side by side share one message "
@@ -236,6 +250,13 @@ _OPERATIONS: Final = (
                "Publish a task's result (or its failure)."),
     _Operation("receiveResult", "receive", "taskResults", ["TaskResult"], "orchestrator",
                "Collect results; reduce; write the final summary to the jobs KV bucket."),
+    _Operation("publishProgress", "send", "jobProgress", ["StreamItem"],
+               "orchestrator (chunks, levels, final), worker (token deltas)",
+               "Publish a job's live partial result; chunk items are stored before the "
+               "result is recorded, so the final item is the last."),
+    _Operation("followJob", "receive", "jobProgress", ["StreamItem"], "client",
+               "Read a job's items in order from a cursor until its final item "
+               "(`AgentBusClient.stream`, `agentbus submit --follow`)."),
     _Operation("emitEvent", "send", "agentEvents", _EVENTS, "every service",
                "Record a step."),
     _Operation("emitResultEvent", "send", "agentResults", _EVENTS, "worker",
@@ -278,7 +299,7 @@ _OPERATIONS: Final = (
 _ENVELOPED: Final[tuple[type[Payload], ...]] = tuple(MESSAGE_TYPES.values())
 
 _JETSTREAM_MESSAGES: Final = frozenset(
-    {"JobSubmit", "TaskAssign", "TaskResult", "AgentEvent", "AgentEventBatch"}
+    {"JobSubmit", "TaskAssign", "TaskResult", "AgentEvent", "AgentEventBatch", "StreamItem"}
 )
 
 

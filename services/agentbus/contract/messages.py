@@ -51,6 +51,8 @@ __all__ = [
     "JobStatus",
     "JobSubmit",
     "Payload",
+    "StreamItem",
+    "StreamKind",
     "SummarizeReply",
     "SummarizeRequest",
     "TaskAssign",
@@ -155,6 +157,46 @@ class TaskResult(Payload):
     worker_id: Token
     duration_ms: float = Field(ge=0)
     usage: TokenUsage | None = None
+
+
+class StreamKind(StrEnum):
+    """What a job's live partial result (`progress.{job_id}`) says."""
+
+    STARTED = "started"
+    """The job is chunked: `count` chunks (a job of more than one chunk)."""
+    CHUNK = "chunk"
+    """One task's summary as it completes (`level`, `index` of `count`)."""
+    DELTA = "delta"
+    """Tokens of a summary still being written (`level`, `index`), when the backend
+    streams; consecutive deltas of one task concatenate to its text."""
+    REDUCE = "reduce"
+    """A reduce level starts: `level`, `count` tasks."""
+    COMPLETED = "completed"
+    """The final summary (`text`, or `summary_ref` above the inline limit). The last item."""
+    FAILED = "failed"
+    """The job failed (`error`). The last item."""
+
+    @property
+    def final(self) -> bool:
+        return self in (StreamKind.COMPLETED, StreamKind.FAILED)
+
+
+class StreamItem(Payload):
+    """One live partial result of a job, on `progress.{job_id}` (see `StreamKind`)."""
+
+    MSG_TYPE: ClassVar[str] = "job.stream"
+    job_id: Token
+    kind: StreamKind
+    level: int = Field(default=0, ge=0, le=64)
+    index: int | None = Field(default=None, ge=0)
+    count: int | None = Field(default=None, ge=0)
+    text: str = ""
+    summary_ref: DocumentRef | None = None
+    error: str | None = None
+    worker_id: Token | None = None
+    restart: bool = False
+    """On a delta: the text of this task so far is dropped (the backend retried)."""
+    ts: datetime = Field(default_factory=utcnow)
 
 
 class EventKind(StrEnum):
@@ -325,6 +367,7 @@ MESSAGE_TYPES: Final[dict[str, type[Payload]]] = {
         CancelRequest,
         CancelReply,
         JobCanceled,
+        StreamItem,
     )
 }
 

@@ -6,10 +6,13 @@ provisioner's create/update calls, and the orchestrator's removal of a task JetS
 gave up on):
 
 - `orchestrator`: pulls `JOBS/orchestrator` and `RESULTS/orchestrator-results`, publishes
-  tasks, reads and writes the `jobs` and `job-parts` KV buckets, reads the documents;
-- `worker`: pulls `TASKS/{skill}-workers`, publishes results, answers `rpc.{skill}`;
+  tasks and live partial results (`progress.*`), reads and writes the `jobs` and
+  `job-parts` KV buckets, reads the documents;
+- `worker`: pulls `TASKS/{skill}-workers`, publishes results and token deltas
+  (`progress.*`), answers `rpc.{skill}`;
 - `archiver`: pulls `AGENT_EVENTS/event-archiver`, answers `rpc.history`;
-- `client`: publishes `jobs.submit`, writes documents, reads (watches) job state, asks
+- `client`: publishes `jobs.submit`, writes documents, reads (watches) job state and
+  live partial results (ordered consumers on `PROGRESS`), asks
   `rpc.history` and `rpc.{skill}`;
 - `provisioner`: creates and updates the streams, consumers, KV buckets and object store;
 - `admin`: everything (operators: `agentbus events`, DLQ inspection, replays).
@@ -287,6 +290,7 @@ def build_permissions(
             *_pull(subjects.JOBS_STREAM, subjects.ORCHESTRATOR_CONSUMER),
             *_pull(subjects.RESULTS_STREAM, subjects.ORCHESTRATOR_RESULTS_CONSUMER),
             subjects.TASKS_SUBJECTS,
+            subjects.PROGRESS_SUBJECTS,
             subjects.dlq_subject(subjects.JOBS_STREAM),
             subjects.dlq_subject(subjects.RESULTS_STREAM),
             *_kv_read(subjects.JOBS_BUCKET),
@@ -316,6 +320,7 @@ def build_permissions(
     worker_pub = [
         *pub,
         "results.*.*",
+        subjects.PROGRESS_SUBJECTS,  # token deltas of the summaries being written
         subjects.dlq_subject(subjects.TASKS_STREAM),
         *_kv_read(subjects.JOBS_BUCKET),
     ]
@@ -353,6 +358,8 @@ def build_permissions(
             subjects.RPC_HISTORY,
             *(f"rpc.{skill}" for skill in skills),
             *_kv_read(subjects.JOBS_BUCKET),
+            # live partial results: ordered consumers on progress.{job_id}
+            *_stream_read(subjects.PROGRESS_STREAM),
             *_obj_read(subjects.DOCUMENTS_BUCKET),
             *_obj_write(subjects.DOCUMENTS_BUCKET),
         ],

@@ -173,6 +173,8 @@ class TopologySettings(_Section):
     ack_wait_s: PositiveFloat = 30.0
     max_deliver: int = Field(default=5, ge=1)
     jobs_ttl_s: PositiveFloat = 7 * 24 * 3600.0
+    progress_max_age_s: PositiveFloat = 24 * 3600.0
+    """How long a job's live partial results (PROGRESS stream) can be replayed."""
 
 
 class WorkerSettings(_Section):

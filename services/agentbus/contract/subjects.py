@@ -28,6 +28,8 @@ __all__ = [
     "JOB_PARTS_BUCKET",
     "ORCHESTRATOR_CONSUMER",
     "ORCHESTRATOR_RESULTS_CONSUMER",
+    "PROGRESS_STREAM",
+    "PROGRESS_SUBJECTS",
     "RESULTS_STREAM",
     "RESULTS_SUBJECTS",
     "RPC_HISTORY",
@@ -46,6 +48,7 @@ __all__ = [
     "check_token",
     "dlq_subject",
     "job_canceled",
+    "job_progress",
     "job_results_wildcard",
     "result_subject",
     "rpc_queue",
@@ -75,7 +78,19 @@ AGENT_WILDCARD: Final = "agent.>"
 DLQ_STREAM: Final = "DLQ"
 DLQ_SUBJECTS: Final = "dlq.>"
 
-ALL_STREAMS: Final = (JOBS_STREAM, TASKS_STREAM, RESULTS_STREAM, AGENT_EVENTS_STREAM, DLQ_STREAM)
+PROGRESS_STREAM: Final = "PROGRESS"
+PROGRESS_SUBJECTS: Final = "progress.*"
+"""Live partial results, one subject per job (`progress.{job_id}`): chunk summaries,
+reduce levels, token deltas, the final item. The stream sequence is a reader's cursor."""
+
+ALL_STREAMS: Final = (
+    JOBS_STREAM,
+    TASKS_STREAM,
+    RESULTS_STREAM,
+    AGENT_EVENTS_STREAM,
+    DLQ_STREAM,
+    PROGRESS_STREAM,
+)
 
 # --- durable consumers and queue groups ---------------------------------------------
 ORCHESTRATOR_CONSUMER: Final = "orchestrator"
@@ -134,6 +149,11 @@ def job_canceled(job_id: str) -> str:
 
 def job_results_wildcard(job_id: str) -> str:
     return f"results.{check_token(job_id, field='job_id')}.>"
+
+
+def job_progress(job_id: str) -> str:
+    """`progress.{job_id}`: the job's live partial results (PROGRESS stream)."""
+    return f"progress.{check_token(job_id, field='job_id')}"
 
 
 def agent_events(agent_id: str) -> str:

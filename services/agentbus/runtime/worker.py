@@ -35,6 +35,7 @@ from agentbus.contract.version import agentbus_version
 from agentbus.observability import metrics, telemetry
 from agentbus.observability.logs import log_context
 from agentbus.runtime.cancels import CancelWatch
+from agentbus.runtime.deltas import collecting
 from agentbus.runtime.rpc import SkillEndpoint
 from agentbus.runtime.service import AgentService
 
@@ -225,10 +226,12 @@ class TaskWorker(AgentService):
                 data={"attempt": attempt, "level": t.level, "chars": len(t.text)},
             )
             started = time.perf_counter()
-            run = asyncio.ensure_future(self.skill.run(t))
+            with collecting(bus, t) as sink:  # the skill's task copies this context
+                run = asyncio.ensure_future(self.skill.run(t))
             try:
                 with cancels.book.running(t.job_id, run):
                     out = await run
+                await sink.flush()  # the task's deltas come before its result
             except SkillError as e:
                 await announced
                 await self._failed(msg, t, attempt, str(e), retryable=e.retryable)

@@ -12,7 +12,7 @@ from typing import Protocol
 
 from agentbus.contract.messages import TokenUsage
 
-__all__ = ["Summarizer", "Summary"]
+__all__ = ["DeltaSink", "Summarizer", "Summary"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,14 +23,24 @@ class Summary:
     usage: TokenUsage | None = None
 
 
+class DeltaSink(Protocol):
+    """Takes the text of a summary as the model writes it (token deltas, in order);
+    `restart=True` drops what came before (the backend retried the request)."""
+
+    def __call__(self, text: str, *, restart: bool = False) -> None: ...
+
+
 class Summarizer(Protocol):
     """A summarizer backend."""
 
     name: str
     """Short backend name, used in metrics labels and events (`extractive`, `openai`)."""
 
-    async def summarize(self, text: str, *, max_chars: int) -> Summary:
-        """Summarize `text` in at most `max_chars` characters.
+    async def summarize(
+        self, text: str, *, max_chars: int, on_delta: DeltaSink | None = None
+    ) -> Summary:
+        """Summarize `text` in at most `max_chars` characters; a backend that streams
+        passes the text to `on_delta` as it is written (others ignore it).
 
         Raises `ValueError` if `max_chars < 1` and `SummarizerError` if the backend fails.
         """

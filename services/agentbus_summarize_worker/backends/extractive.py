@@ -31,7 +31,7 @@ from functools import lru_cache
 from typing import Final
 
 from agentbus.contract.chunking import split_sentences, truncate
-from agentbus_summarize_worker.backends.base import Summary
+from agentbus_summarize_worker.backends.base import DeltaSink, Summary
 
 __all__ = [
     "MAX_GRAPH_SENTENCES",
@@ -361,7 +361,9 @@ class ExtractiveSummarizer:
         self._thread_threshold_chars = thread_threshold_chars
         self._max_graph_sentences = max_graph_sentences
 
-    async def summarize(self, text: str, *, max_chars: int) -> Summary:
+    async def summarize(
+        self, text: str, *, max_chars: int, on_delta: DeltaSink | None = None
+    ) -> Summary:
         if max_chars < 1:
             raise ValueError(f"max_chars must be at least 1, got {max_chars}")
         if len(text) > self._thread_threshold_chars:

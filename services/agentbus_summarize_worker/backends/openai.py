@@ -1,12 +1,20 @@
 """A summarizer backend for any OpenAI-compatible `/v1/chat/completions` server
-(vLLM, Ollama, llama.cpp's server, LocalAI, OpenAI itself).
+(vLLM, Ollama, llama.cpp's server, LocalAI, OpenAI itself), on the official `openai` SDK
+(`AsyncOpenAI`): HTTP, timeouts, error types and streaming (SSE) are the SDK's.
 
-One summary is one chat completion. Transient failures (HTTP 429, 5xx, timeouts,
-connection errors) are retried with exponential backoff and jitter, honouring the
-server's `Retry-After`; a `Retry-After` longer than `openai_backoff_max_s` ends the
-attempt with a retryable error instead, so a worker slot is not held for minutes (the
-task goes back to JetStream with its own backoff). Any other 4xx is a non-retryable
-error naming the status, the URL, the model and the server's message.
+One summary is one chat completion. Given a `DeltaSink` (a worker publishing live partial
+results), the request streams (`stream: true`, usage in the last chunk) and each token
+delta is passed on as it arrives; a stream that breaks off is a transient failure.
+
+Retries stay ours (the SDK's are off, `max_retries=0`), measured against what a work-queue
+worker needs: the SDK honours a `Retry-After` of up to 60 s by sleeping in-process, which
+holds a worker slot (and the task's ack deadline) that long, and its sleep cannot be
+observed or bounded per task. Here transient failures (HTTP 429, 5xx, timeouts,
+connection errors, a broken stream) are retried with exponential backoff and jitter,
+honouring `Retry-After`; one longer than `openai_backoff_max_s` ends the attempt with a
+retryable error instead, so the task goes back to JetStream with its own backoff. Any
+other 4xx is a non-retryable error naming the status, the URL, the model and the
+server's message.
 
 The summary always fits the budget: a model that overshoots is cut at a word boundary.
 Token usage from the response's `usage` is returned with the summary (the worker puts
@@ -21,19 +29,21 @@ import json
 import logging
 import random
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
-import aiohttp
+import httpx2
+import openai
+from openai import AsyncOpenAI
 
 from agentbus.contract.chunking import truncate
 from agentbus.contract.errors import ConfigError
 from agentbus.contract.messages import TokenUsage
 from agentbus.contract.settings import SummarizerSettings
-from agentbus_summarize_worker.backends.base import Summary
+from agentbus_summarize_worker.backends.base import DeltaSink, Summary
 from agentbus_summarize_worker.errors import SummarizerError
 
 __all__ = ["OpenAISummarizer", "parse_retry_after", "system_prompt"]
@@ -177,7 +187,8 @@ class OpenAISummarizer:
             )
         if not model:
             raise ConfigError("AGENTBUS_SUMMARIZER__OPENAI_MODEL is empty")
-        self.url: Final = base_url.rstrip("/") + "/chat/completions"
+        self.base_url: Final = base_url.rstrip("/")
+        self.url: Final = self.base_url + "/chat/completions"
         self.model: Final = model
         self._api_key = api_key
         self.timeout_s = timeout_s
@@ -188,7 +199,7 @@ class OpenAISummarizer:
         self.max_tokens = max_tokens
         self._sleep = sleep
         self._random = random.Random()  # jitter, not security
-        self._session: aiohttp.ClientSession | None = None
+        self._sdk: AsyncOpenAI | None = None
         self.requests = 0
         """HTTP requests sent (every try counts)."""
 
@@ -216,19 +227,21 @@ class OpenAISummarizer:
             max_tokens=settings.openai_max_tokens,
         )
 
-    def _session_for_loop(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            headers = {"Content-Type": "application/json", "Accept": "application/json"}
-            if self._api_key:
-                headers["Authorization"] = f"Bearer {self._api_key}"
-            self._session = aiohttp.ClientSession(
-                headers=headers, timeout=aiohttp.ClientTimeout(total=self.timeout_s)
+    def _client(self) -> AsyncOpenAI:
+        if self._sdk is None:
+            self._sdk = AsyncOpenAI(
+                base_url=self.base_url,
+                # never OPENAI_API_KEY from the environment: the key is ours to configure;
+                # without one, each request omits the Authorization header (`_auth`)
+                api_key=self._api_key or "unused",
+                timeout=self.timeout_s,
+                max_retries=0,  # ours: see the module docstring
             )
-        return self._session
+        return self._sdk
 
-    def _request_body(self, text: str, max_chars: int) -> dict[str, Any]:
+    def _request_body(self, text: str, max_chars: int, *, stream: bool) -> dict[str, Any]:
         max_tokens = min(self.max_tokens, max_chars // _CHARS_PER_TOKEN + _MAX_TOKENS_MARGIN)
-        return {
+        body: dict[str, Any] = {
             "model": self.model,
             "messages": [
                 {"role": "system", "content": system_prompt(max_chars)},
@@ -236,8 +249,13 @@ class OpenAISummarizer:
             ],
             "temperature": self.temperature,
             "max_tokens": max_tokens,
-            "stream": False,
+            "stream": stream,
         }
+        if stream:
+            body["stream_options"] = {"include_usage": True}
+        if not self._api_key:  # local servers need no key: send none
+            body["extra_headers"] = {"Authorization": openai.Omit()}
+        return body
 
     def _backoff(self, retry: int) -> float:
         """Exponential backoff with jitter for the `retry`-th retry (0-based)."""
@@ -247,14 +265,19 @@ class OpenAISummarizer:
     def _where(self) -> str:
         return f"{self.url} (model {self.model})"
 
-    async def summarize(self, text: str, *, max_chars: int) -> Summary:
+    async def summarize(
+        self, text: str, *, max_chars: int, on_delta: DeltaSink | None = None
+    ) -> Summary:
         if max_chars < 1:
             raise ValueError(f"max_chars must be at least 1, got {max_chars}")
-        body = self._request_body(text, max_chars)
+        body = self._request_body(text, max_chars, stream=on_delta is not None)
         retry = 0
         while True:
             try:
-                data = await self._post(body)
+                if on_delta is None:
+                    content, finish, usage = await self._complete(body)
+                else:
+                    content, finish, usage = await self._stream(body, on_delta, restart=retry > 0)
             except _Transient as e:
                 if retry >= self.max_retries:
                     raise SummarizerError(
@@ -276,13 +299,6 @@ class OpenAISummarizer:
                 retry += 1
                 await self._sleep(delay)
                 continue
-            try:
-                content, finish = _content(data)
-            except ValueError as e:
-                raise SummarizerError(
-                    f"{self._where()}: not an OpenAI-compatible chat completion: {e}",
-                    retryable=False,
-                ) from e
             summary = fit(content, max_chars=max_chars)
             if not summary:
                 raise SummarizerError(
@@ -290,54 +306,99 @@ class OpenAISummarizer:
                     f"(finish_reason={finish})",
                     retryable=True,
                 )
-            return Summary(text=summary, usage=_usage(data))
+            return Summary(text=summary, usage=usage)
 
-    async def _post(self, body: dict[str, Any]) -> Any:
-        """One POST; the decoded JSON of a 2xx, `_Transient` to retry, else `SummarizerError`."""
-        session = self._session_for_loop()
+    async def _complete(self, body: dict[str, Any]) -> tuple[str, str | None, TokenUsage | None]:
+        """One request without streaming: (content, finish_reason, usage)."""
         self.requests += 1
+        with self._errors():
+            raw = await self._client().chat.completions.with_raw_response.create(**body)
+        text = raw.http_response.text
         try:
-            async with session.post(self.url, json=body) as resp:
-                raw = await resp.read()
-                status = resp.status
-                retry_after = parse_retry_after(resp.headers.get("Retry-After"))
-        except TimeoutError as e:
-            raise _Transient(f"no answer within {self.timeout_s:g}s", None) from e
-        except aiohttp.ClientError as e:
-            raise _Transient(f"request failed: {e or type(e).__name__}", None) from e
-        text = raw.decode("utf-8", errors="replace")
-        if status in RETRYABLE_STATUS or status >= 500:
-            raise _Transient(f"HTTP {status}: {_server_message(text)}", retry_after)
-        if status >= 400:
-            hint = ""
-            if status in (401, 403):
-                hint = f" (check {_KEY_SETTING} or {_KEY_FILE_SETTING})"
-            elif status == 404:
-                hint = (
-                    " (check AGENTBUS_SUMMARIZER__OPENAI_BASE_URL and "
-                    "AGENTBUS_SUMMARIZER__OPENAI_MODEL)"
-                )
-            raise SummarizerError(
-                f"{self._where()}: HTTP {status}: {_server_message(text)}{hint}", retryable=False
-            )
-        if status >= 300:
-            raise SummarizerError(
-                f"{self._where()}: unexpected HTTP {status} (a redirect? check "
-                "AGENTBUS_SUMMARIZER__OPENAI_BASE_URL)",
-                retryable=False,
-            )
-        try:
-            return json.loads(text)
+            data = json.loads(text)
         except ValueError as e:
             raise SummarizerError(
                 f"{self._where()}: the response is not JSON: {_server_message(text)}",
                 retryable=False,
             ) from e
+        try:
+            content, finish = _content(data)
+        except ValueError as e:
+            raise SummarizerError(
+                f"{self._where()}: not an OpenAI-compatible chat completion: {e}",
+                retryable=False,
+            ) from e
+        return content, finish, _usage(data)
+
+    async def _stream(
+        self, body: dict[str, Any], on_delta: DeltaSink, *, restart: bool
+    ) -> tuple[str, str | None, TokenUsage | None]:
+        """One streamed request, each delta passed to `on_delta` as it arrives."""
+        self.requests += 1
+        parts: list[str] = []
+        finish: str | None = None
+        usage: TokenUsage | None = None
+        with self._errors():
+            stream = await self._client().chat.completions.create(**body)
+        with self._errors(streaming=True):
+            async with stream:
+                async for chunk in stream:
+                    if chunk.usage is not None:
+                        usage = TokenUsage(
+                            prompt_tokens=chunk.usage.prompt_tokens or 0,
+                            completion_tokens=chunk.usage.completion_tokens or 0,
+                        )
+                    for choice in chunk.choices or ():
+                        piece = choice.delta.content if choice.delta is not None else None
+                        if piece:
+                            parts.append(piece)
+                            on_delta(piece, restart=restart and len(parts) == 1)
+                        finish = choice.finish_reason or finish
+        if finish is None:
+            raise _Transient("the stream ended before the model finished", None)
+        return "".join(parts), finish, usage
+
+    @contextlib.contextmanager
+    def _errors(self, *, streaming: bool = False) -> Iterator[None]:
+        """The SDK's and the transport's errors as `_Transient` or `SummarizerError`;
+        `streaming`: while reading a stream that has begun."""
+        broke = "the stream broke off: " if streaming else ""
+        try:
+            yield
+        except openai.APITimeoutError as e:
+            raise _Transient(f"{broke}no answer within {self.timeout_s:g}s", None) from e
+        except openai.APIConnectionError as e:
+            what = broke or "request failed: "
+            raise _Transient(f"{what}{e.__cause__ or e}", None) from e
+        except openai.APIStatusError as e:
+            self._raise_status(e)
+        except openai.APIError as e:  # an error event in the middle of a stream
+            raise _Transient(f"the stream broke off: {e.message}", None) from e
+        except httpx2.HTTPError as e:  # the connection dropped while streaming
+            raise _Transient(f"the stream broke off: {e or type(e).__name__}", None) from e
+
+    def _raise_status(self, e: openai.APIStatusError) -> NoReturn:
+        status = e.status_code
+        text = e.response.text
+        retry_after = parse_retry_after(e.response.headers.get("Retry-After"))
+        if status in RETRYABLE_STATUS or status >= 500:
+            raise _Transient(f"HTTP {status}: {_server_message(text)}", retry_after) from e
+        hint = ""
+        if status in (401, 403):
+            hint = f" (check {_KEY_SETTING} or {_KEY_FILE_SETTING})"
+        elif status == 404:
+            hint = (
+                " (check AGENTBUS_SUMMARIZER__OPENAI_BASE_URL and "
+                "AGENTBUS_SUMMARIZER__OPENAI_MODEL)"
+            )
+        raise SummarizerError(
+            f"{self._where()}: HTTP {status}: {_server_message(text)}{hint}", retryable=False
+        ) from e
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._sdk is not None:
+            await self._sdk.close()
+            self._sdk = None
 
 
 class _Transient(Exception):

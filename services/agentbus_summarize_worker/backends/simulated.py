@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Final
 
 from agentbus.contract.chunking import split_sentences, truncate
-from agentbus_summarize_worker.backends.base import Summary
+from agentbus_summarize_worker.backends.base import DeltaSink, Summary
 from agentbus_summarize_worker.errors import SummarizerError
 
 __all__ = ["CRASH_EXIT_CODE", "MARKER_SCAN_CHARS", "Faults", "SimulatedSummarizer", "lead_summary"]
@@ -132,7 +132,9 @@ class SimulatedSummarizer:
         self.calls = 0
         """Number of `summarize` calls that got past the latency (success or failure)."""
 
-    async def summarize(self, text: str, *, max_chars: int) -> Summary:
+    async def summarize(
+        self, text: str, *, max_chars: int, on_delta: DeltaSink | None = None
+    ) -> Summary:
         if max_chars < 1:
             raise ValueError(f"max_chars must be at least 1, got {max_chars}")
         try:
