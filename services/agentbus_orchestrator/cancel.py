@@ -46,7 +46,7 @@ from agentbus.contract.messages import (
 )
 from agentbus.observability import metrics
 from agentbus.observability.logs import log_context
-from agentbus_orchestrator import lifecycle
+from agentbus_orchestrator import lifecycle, progress
 from agentbus_orchestrator.collect import Collector
 from agentbus_orchestrator.state import JobStore, UnknownJob
 
@@ -138,6 +138,10 @@ class Canceller:
 
     async def _clean_up(self, state: JobState, *, reason: str) -> None:
         await self.collector.end_timer(state)
+        try:  # the live stream's last item: a reader following the job ends here
+            await self.bus.progress(progress.final_item(state))
+        except AgentBusError as e:
+            log.warning("final progress item of canceled job %s not stored: %s", state.job_id, e)
         metrics.JOBS_CANCELED.labels(self.service).inc()
         try:
             await self.bus.emit(

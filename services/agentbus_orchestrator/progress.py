@@ -59,12 +59,17 @@ def chunk_items(
 
 
 def final_item(state: JobState) -> StreamItem:
-    """The last live partial result of a finished job: `completed` or `failed`."""
+    """The last live partial result of a finished job: `completed`, `failed` or
+    `canceled`."""
     if state.status is JobStatus.COMPLETED:
         return StreamItem(
             job_id=state.job_id, kind=StreamKind.COMPLETED, level=state.level,
             text=state.summary or "", summary_ref=state.summary_ref,
         )  # fmt: skip
+    if state.status is JobStatus.CANCELED:
+        return StreamItem(
+            job_id=state.job_id, kind=StreamKind.CANCELED, error=(state.error or "")[:_ERROR_CHARS]
+        )
     return StreamItem(
         job_id=state.job_id, kind=StreamKind.FAILED, error=(state.error or "")[:_ERROR_CHARS]
     )

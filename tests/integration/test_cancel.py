@@ -20,7 +20,7 @@ from agentbus.bus.core import Bus
 from agentbus.bus.topology import provision
 from agentbus.client.api import AgentBusClient
 from agentbus.contract import permissions, subjects
-from agentbus.contract.messages import EventKind, JobStatus, TaskAssign
+from agentbus.contract.messages import EventKind, JobStatus, StreamKind, TaskAssign
 from agentbus.contract.settings import LimitsSettings, Settings
 from agentbus.runtime.worker import SkillOutput, TaskWorker
 from agentbus_orchestrator import Orchestrator
@@ -378,3 +378,36 @@ async def test_a_worker_started_after_the_cancel_runs_nothing_of_the_job(
         assert len(starts) <= s.worker.concurrency  # at most the first pull, interrupted
         assert late.task_counts["ok"] == 0
         assert late.task_counts["canceled_queued"] + late.task_counts["canceled_running"] >= 50
+
+
+async def test_a_followed_job_ends_its_live_stream_with_the_cancel(
+    bus: Bus, settings: Settings, running: Running
+) -> None:
+    """A reader of `client.stream` is not left waiting for a `completed` that will never
+    come: the cancel is the stream's last item, with its reason."""
+    s = _slow(settings)
+    s = s.model_copy(
+        update={"orchestrator": s.orchestrator.model_copy(update={"chunk_chars": 400})}
+    )
+    await running.start(Orchestrator, s, "orch-c6")
+    await running.start(lambda st: TaskWorker(st, SummarizeSkill(st)), s, "worker-c6")
+    async with AgentBusClient(s.nats) as client:
+        job_id = await client.submit(prose_document(9, 40 * 400))
+
+        async def follow() -> list[StreamKind]:
+            return [item.kind async for item in client.stream(job_id)]
+
+        reader = asyncio.create_task(follow())
+
+        async def some_done() -> bool:
+            state = await client.status(job_id)
+            return state is not None and state.level_done >= 2
+
+        await _until(some_done, timeout_s=30, what="two chunks summarized")
+        assert (await client.cancel(job_id, reason="changed my mind")).canceled
+        kinds = await asyncio.wait_for(reader, timeout=30)
+        replay = [item async for item in client.stream(job_id)]
+    assert kinds[0] is StreamKind.STARTED and StreamKind.CHUNK in kinds
+    assert kinds[-1] is StreamKind.CANCELED and kinds.count(StreamKind.CANCELED) == 1
+    assert replay[-1].kind is StreamKind.CANCELED
+    assert replay[-1].error is not None and "changed my mind" in replay[-1].error

@@ -107,6 +107,16 @@ def test_join_deltas_restart_drops_what_came_before() -> None:
     assert view.writing == {(0, 0): "Rivers flood"}
 
 
+def test_the_follow_view_ends_on_a_cancel_with_its_reason() -> None:
+    view = FollowView(title="doc")
+    view.apply(PartialResult.of(_item(StreamKind.DELTA, index=0, text="Riv"), cursor=1))
+    final = _item(StreamKind.CANCELED, index=None, text="")
+    final = final.model_copy(update={"error": "changed my mind"})
+    view.apply(PartialResult.of(final, cursor=2))
+    assert final.kind.final and view.writing == {} and view.cursor == 2
+    assert view.status_line() == "canceled: changed my mind"
+
+
 def _result(level: int, index: int, *, ok: bool = True) -> TaskResult:
     return TaskResult(
         job_id="job-1", task_id=f"{level}-{index}", level=level, index=index, ok=ok,

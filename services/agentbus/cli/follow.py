@@ -50,6 +50,7 @@ class FollowView:
     writing: dict[tuple[int, int | None], str] = field(default_factory=dict)
     summary: str | None = None
     error: str | None = None
+    canceled: str | None = None
     cursor: int | None = None
 
     def apply(self, item: PartialResult) -> None:
@@ -75,12 +76,17 @@ class FollowView:
             case StreamKind.FAILED:
                 self.writing.clear()
                 self.error = item.error or "failed"
+            case StreamKind.CANCELED:
+                self.writing.clear()
+                self.canceled = item.error or "no reason given"
 
     def status_line(self) -> str:
         if self.summary is not None:
             return "completed"
         if self.error is not None:
             return f"failed: {self.error}"
+        if self.canceled is not None:
+            return f"canceled: {self.canceled}"
         if self.chunks is None:
             return "queued"
         step = "map" if self.level == 0 else f"reduce level {self.level}"

@@ -175,10 +175,12 @@ class StreamKind(StrEnum):
     """The final summary (`text`, or `summary_ref` above the inline limit). The last item."""
     FAILED = "failed"
     """The job failed (`error`). The last item."""
+    CANCELED = "canceled"
+    """The job was canceled (`error`: the reason given, if any). The last item."""
 
     @property
     def final(self) -> bool:
-        return self in (StreamKind.COMPLETED, StreamKind.FAILED)
+        return self in (StreamKind.COMPLETED, StreamKind.FAILED, StreamKind.CANCELED)
 
 
 class StreamItem(Payload):
