@@ -28,6 +28,7 @@ from agentbus.cli.dlq import dlq_app
 from agentbus.contract import plugins, subjects
 from agentbus.contract.errors import AgentBusError, ConfigError, DocumentRejected
 from agentbus.contract.messages import AgentEvent, JobState
+from agentbus.contract.priority import Priority
 from agentbus.contract.settings import Settings, load_settings
 from agentbus.dev.stack import STATE_FILE, Stack
 from agentbus.dev.supervise import StackSupervisor
@@ -274,6 +275,7 @@ async def _submit_files(
     timeout_s: float,
     summary_chars: int | None,
     progress: bool,
+    priority: Priority = Priority.NORMAL,
 ) -> list[dict[str, Any]]:
     from agentbus.bus.documents import read_document
     from agentbus.client.api import AgentBusClient
@@ -292,8 +294,9 @@ async def _submit_files(
         jobs: list[tuple[int, str]] = []
         for i, text in texts.items():
             job_id = await client.submit(
-                text, title=files[i].name, summary_chars=summary_chars, name=str(files[i])
-            )
+                text, title=files[i].name, summary_chars=summary_chars, name=str(files[i]),
+                priority=priority,
+            )  # fmt: skip
             jobs.append((i, job_id))
 
         bar = Progress(
@@ -349,6 +352,10 @@ def submit(
     sync: Annotated[
         bool, typer.Option("--sync", help="Request/reply on rpc.summarize: fast, at-most-once")
     ] = False,
+    priority: Annotated[
+        Priority,
+        typer.Option(help="Workers take high before normal before low (low is never starved)"),
+    ] = Priority.NORMAL,
 ) -> None:
     """Submit documents, wait, and print each summary."""
     settings = _settings()
@@ -360,7 +367,12 @@ def submit(
     progress = len(files) > 1 and err.is_terminal and not as_json
     records = _run(
         _submit_files(
-            settings, files, timeout_s=timeout, summary_chars=summary_chars, progress=progress
+            settings,
+            files,
+            timeout_s=timeout,
+            summary_chars=summary_chars,
+            progress=progress,
+            priority=priority,
         )
     )
     failures = _print_records(records, as_json=as_json)

@@ -7,7 +7,8 @@ gave up on):
 
 - `orchestrator`: pulls `JOBS/orchestrator` and `RESULTS/orchestrator-results`, publishes
   tasks, reads and writes the `jobs` and `job-parts` KV buckets, reads the documents;
-- `worker`: pulls `TASKS/{skill}-workers`, publishes results, answers `rpc.{skill}`;
+- `worker`: pulls `TASKS/{skill}-workers` (and `-high`, `-low`: one consumer per
+  priority), publishes results, answers `rpc.{skill}`;
 - `archiver`: pulls `AGENT_EVENTS/event-archiver`, answers `rpc.history`;
 - `client`: publishes `jobs.submit`, writes documents, reads (watches) job state, asks
   `rpc.history` and `rpc.{skill}`;
@@ -47,6 +48,7 @@ from typing import Any, Final
 
 from agentbus.contract import plugins, subjects
 from agentbus.contract.errors import PermissionsError
+from agentbus.contract.priority import PRIORITIES, task_consumer
 from agentbus.contract.settings import NATS_PASSWORD_ENV_PREFIX
 
 __all__ = [
@@ -236,7 +238,7 @@ def _provision_streams(skills: Sequence[str]) -> list[str]:
         (subjects.JOBS_STREAM, subjects.ORCHESTRATOR_CONSUMER),
         (subjects.RESULTS_STREAM, subjects.ORCHESTRATOR_RESULTS_CONSUMER),
         (subjects.AGENT_EVENTS_STREAM, subjects.ARCHIVER_CONSUMER),
-        *((subjects.TASKS_STREAM, subjects.workers_consumer(s)) for s in skills),
+        *((subjects.TASKS_STREAM, task_consumer(s, p)) for s in skills for p in PRIORITIES),
     ]
     for stream, durable in durables:
         out += [
@@ -282,6 +284,7 @@ def build_permissions(
             *_pull(subjects.JOBS_STREAM, subjects.ORCHESTRATOR_CONSUMER),
             *_pull(subjects.RESULTS_STREAM, subjects.ORCHESTRATOR_RESULTS_CONSUMER),
             subjects.TASKS_SUBJECTS,
+            subjects.TASKS_PRIORITY_SUBJECTS,
             subjects.dlq_subject(subjects.JOBS_STREAM),
             subjects.dlq_subject(subjects.RESULTS_STREAM),
             *_kv_read(subjects.JOBS_BUCKET),
@@ -303,7 +306,8 @@ def build_permissions(
     worker_pub = [*pub, "results.*.*", subjects.dlq_subject(subjects.TASKS_STREAM)]
     worker_sub = [*sub, "$SRV.>"]
     for skill in skills:
-        worker_pub += _pull(subjects.TASKS_STREAM, subjects.workers_consumer(skill))
+        for priority in PRIORITIES:  # one consumer per priority
+            worker_pub += _pull(subjects.TASKS_STREAM, task_consumer(skill, priority))
         worker_sub.append(f"rpc.{skill}")
     users[WORKER] = _user(
         WORKER,

@@ -46,6 +46,7 @@ __all__ = [
     "RPC_SECONDS",
     "SUMMARIZER_TOKENS",
     "TASKS_PROCESSED",
+    "TASKS_PULLED",
     "TASK_OUTCOMES",
     "TASK_SECONDS",
     "WORKER_FREE_SLOTS",
@@ -140,6 +141,11 @@ WORKER_IN_FLIGHT: Final = Gauge(
 )
 WORKER_FREE_SLOTS: Final = Gauge(
     "agentbus_worker_free_slots", "Free handler slots", ["service", "consumer"]
+)
+TASKS_PULLED: Final = Counter(
+    "agentbus_tasks_pulled_total",
+    "Tasks a worker pulled, by the priority of their consumer (high, normal, low)",
+    ["service", "priority"],
 )
 REDELIVERIES: Final = Counter(
     "agentbus_redeliveries_total",
