@@ -1,4 +1,5 @@
-"""`python -m bench [pipeline|rpc|scaling|archiver|memory|docsize] [options]` (see `--help`)."""
+"""`python -m bench [pipeline|rpc|scaling|archiver|memory|priority|docsize] [options]` (see
+`--help`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any, Final
 
 from bench.common import wait_for_quiet, write_result
 
-BENCHMARKS: Final = ("pipeline", "rpc", "scaling", "archiver", "memory")
+BENCHMARKS: Final = ("pipeline", "rpc", "scaling", "archiver", "memory", "priority")
 ON_REQUEST: Final = ("docsize",)
 """Run only when named (each takes many minutes)."""
 

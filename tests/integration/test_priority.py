@@ -8,7 +8,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from nats.js.api import ConsumerConfig, StreamConfig
+from nats.js.api import ConsumerConfig, RetentionPolicy, StreamConfig
 
 from agentbus.bus.core import Bus
 from agentbus.bus.priority_pull import PriorityConsumerLoop
@@ -114,7 +114,7 @@ async def test_provision_adds_priority_consumers_to_an_older_topology(tmp_path: 
                 StreamConfig(
                     name=subjects.TASKS_STREAM,
                     subjects=[subjects.TASKS_SUBJECTS],
-                    retention="workqueue",
+                    retention=RetentionPolicy.WORK_QUEUE,
                 )
             )
             await b.js.add_consumer(
