@@ -1,17 +1,20 @@
 """A consumer loop over one durable consumer per priority (high, normal, low).
 
 Each round asks `agentbus.contract.priority.plan_pulls` which priorities to pull, in which
-order and for how many slots (high first; a lower priority that waited its patience
-goes first for its owed slots), and pulls them with immediate requests (`no_wait`, no
-`expires`: the server answers at once, `404` when empty), never asking for more than the
-free slots. A priority found empty rests for `EMPTY_REST_S` before it is asked again, so
-a backlog of one priority costs no extra round trip per task.
+order and for how many slots (high first; a lower priority that waited its patience goes
+first for its owed slots), never asking for more than the free slots. Priorities before
+normal in the plan are pulled with immediate requests (`no_wait` without `expires`: the
+server answers at once, `404` when empty); normal, the usual work, with the long-poll of
+`ConsumerLoop` (it answers at once when normal has work, else waits), so a stream of
+normal tasks costs one request per pull, as before priorities. A priority found empty
+rests `EMPTY_REST_S` before it is asked again, and low is asked only when it is due or
+normal is empty: a backlog of one priority costs no extra round trip per task.
 
-When every priority is empty the replica waits on all of them at once: one long-poll per
-priority, their batches adding up to the free slots (so it never receives more than it
-can start). The first to deliver cancels the others (their reply subjects are
-unsubscribed; the server drops a request nobody listens for), and the loop goes back to
-ordered immediate pulls.
+While normal is drained, a one-slot *watch* long-polls high beside it (that slot is held
+for high: never more messages than free slots); high's first task cuts the normal wait
+short (its request is cancelled: its reply subject is unsubscribed, and the server drops
+a pull request nobody listens for) and the next round pulls the rest of high at once.
+An idle replica asks low again at least every `LOW_CHECK_S`.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from agentbus.contract.priority import (
 )
 from agentbus.observability import metrics
 
-__all__ = ["EMPTY_REST_S", "PARTIAL_WAIT_S", "PriorityConsumerLoop"]
+__all__ = ["EMPTY_REST_S", "LOW_CHECK_S", "PARTIAL_WAIT_S", "PriorityConsumerLoop"]
 
 log = logging.getLogger("agentbus.bus")
 
@@ -49,7 +52,9 @@ EMPTY_REST_S: Final = 0.02
 high-priority task waits at most this much longer to be noticed during a backlog."""
 
 PARTIAL_WAIT_S: Final = 0.1
-"""Longest wait on some priorities only (fewer free slots than priorities)."""
+"""Longest wait on normal alone (no slot to spare for the high-priority watch)."""
+LOW_CHECK_S: Final = 0.25
+"""Longest wait on normal (and high) before low is asked again, on an idle replica."""
 
 
 class PriorityConsumerLoop(ConsumerLoop):
@@ -84,6 +89,9 @@ class PriorityConsumerLoop(ConsumerLoop):
         self._rest_until: dict[Priority, float] = dict.fromkeys(PRIORITIES, 0.0)
         self._counters = {p: metrics.TASKS_PULLED.labels(bus.service, p.value) for p in PRIORITIES}
         self._cancels: set[asyncio.Future[None]] = set()
+        self._watch: asyncio.Task[None] | None = None
+        self._normal_drained = True
+        self._cut_short = False
 
     async def _bind(self) -> Puller:
         await self.close()
@@ -109,56 +117,91 @@ class PriorityConsumerLoop(ConsumerLoop):
             self.skipped = record_empty(self.skipped, priority)
             self._rest_until[priority] = time.monotonic() + EMPTY_REST_S
 
-    async def _round(self, free: int) -> int:
-        """Immediate pulls by plan; how many tasks started."""
+    def pause(self) -> None:
+        """Also ends the high-priority watch: nothing reaches a paused replica."""
+        super().pause()
+        if self.reserved:
+            cancel = asyncio.ensure_future(self._pullers[Priority.HIGH].cancel())
+            self._cancels.add(cancel)
+            cancel.add_done_callback(self._cancels.discard)
+
+    async def wait_paused(self, *, timeout_s: float) -> bool:
+        watch = self._watch
+        if watch is not None:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(watch), timeout_s)
+        return await super().wait_paused(timeout_s=timeout_s) and not self.reserved
+
+    @property
+    def reserved(self) -> int:
+        """Slots held for the high-priority watch (its request is open)."""
+        return 1 if self._watch is not None and not self._watch.done() else 0
+
+    async def _round(self, free: int) -> None:
+        """Immediate pulls by plan up to normal, which is long-polled: it answers at once
+        when normal has work, else waits (`_pull_normal`)."""
         now = time.monotonic()
-        resting = frozenset(p for p in PRIORITIES if self._rest_until[p] > now)
+        exclude = {p for p in PRIORITIES if self._rest_until[p] > now}
+        if self.reserved:
+            exclude.add(Priority.HIGH)  # its watch is waiting for it already
         started = 0
-        for priority, owed in plan_pulls(
-            free=free, skipped=self.skipped, patience=self.patience, exclude=resting
-        ):
+        plan = plan_pulls(
+            free=free, skipped=self.skipped, patience=self.patience, exclude=frozenset(exclude)
+        )
+        drained: set[Priority] = set()
+        for priority, owed in plan:
             want = min(owed, free - started)
             if want <= 0:
-                break
+                return
+            if priority in drained:
+                continue
+            if priority is Priority.NORMAL:
+                await self._pull_normal(want)
+                return
             got = await self._pullers[priority].pull(want, expires_s=0, deliver=self._spawn)
             self._took(priority, got)
             started += got
+            if got < want:
+                drained.add(priority)
             if self._stopping.is_set() or self.paused:
-                break
-        return started
+                return
+        if not started:  # nothing anywhere: wait on normal (and high, through its watch)
+            await self._pull_normal(free)
 
-    async def _wait_any(self, free: int) -> None:
-        """Long-poll every priority at once (batches adding up to `free`, high first);
-        the first to deliver cancels the others."""
-        waiting = list(PRIORITIES[: min(free, len(PRIORITIES))])
-        batches = [free - (len(waiting) - 1)] + [1] * (len(waiting) - 1)
-        # fewer free slots than priorities: the ones not waited on are asked again soon
-        expires_s = self.fetch_timeout_s
-        if len(waiting) < len(PRIORITIES):
-            expires_s = min(expires_s, PARTIAL_WAIT_S)
-
-        async def one(priority: Priority, batch: int) -> int:
-            puller = self._pullers[priority]
-
-            def deliver(msg: Msg) -> None:
-                self._spawn(msg)
-                for other in waiting:
-                    if other is not priority:
-                        cancel = asyncio.ensure_future(self._pullers[other].cancel())
-                        self._cancels.add(cancel)
-                        cancel.add_done_callback(self._cancels.discard)
-
-            got = await puller.pull(batch, expires_s=expires_s, deliver=deliver)
-            if got:
-                self._took(priority, got)
-            return got
-
-        results = await asyncio.gather(
-            *(one(p, b) for p, b in zip(waiting, batches, strict=True)), return_exceptions=True
+    async def _pull_normal(self, want: int) -> None:
+        """Long-poll normal. Once normal is drained (its last pull got less than asked),
+        a one-slot watch waits on high beside it, and high's first task cuts this wait
+        short; low is asked again when the wait ends, within `LOW_CHECK_S`."""
+        if self._normal_drained and want >= 2 and not self.reserved and not self.paused:
+            self._watch = asyncio.create_task(self._watch_high())
+            want -= 1
+        expires_s = min(self.fetch_timeout_s, LOW_CHECK_S if self.reserved else PARTIAL_WAIT_S)
+        self._cut_short = False
+        got = await self._pullers[Priority.NORMAL].pull(
+            want, expires_s=expires_s, deliver=self._spawn
         )
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
+        if got or not self._cut_short:
+            self._took(Priority.NORMAL, got)
+        self._normal_drained = got < want
+
+    async def _watch_high(self) -> None:
+        def deliver(msg: Msg) -> None:
+            self._spawn(msg)
+            self._cut_short = True
+            cancel = asyncio.ensure_future(self._pullers[Priority.NORMAL].cancel())
+            self._cancels.add(cancel)
+            cancel.add_done_callback(self._cancels.discard)
+
+        try:
+            got = await self._pullers[Priority.HIGH].pull(
+                1, expires_s=self.fetch_timeout_s, deliver=deliver
+            )
+            if got:
+                self._took(Priority.HIGH, got)
+        except (AgentBusError, nats.errors.Error, OSError, TimeoutError) as e:
+            log.info("watch on %s ended: %s", self.durables[Priority.HIGH], e)
+        finally:
+            self._freed.set()
 
     async def _guarded(self, free: int) -> None:
         try:
@@ -171,8 +214,7 @@ class PriorityConsumerLoop(ConsumerLoop):
                 return
             self._idle.clear()
             try:
-                if not await self._round(free) and not self.paused:
-                    await self._wait_any(free)
+                await self._round(free)
             finally:
                 self._idle.set()
         except (AgentBusError, nats.errors.Error, OSError, TimeoutError) as e:
@@ -195,13 +237,16 @@ class PriorityConsumerLoop(ConsumerLoop):
             await self._resumed.wait()
             if self._stopping.is_set():
                 break
-            free = self.concurrency - len(self._inflight)
+            free = self.concurrency - len(self._inflight) - self.reserved
             if free <= 0:
                 self._freed.clear()
                 await self._freed.wait()
                 continue
             await self._guarded(free)
-        for cancel in list(self._cancels):
-            with contextlib.suppress(asyncio.CancelledError):
-                await cancel
+        watch = self._watch
+        if watch is not None and not watch.done() and Priority.HIGH in self._pullers:
+            await self._pullers[Priority.HIGH].cancel()
+        for pending in [*self._cancels, *([watch] if watch is not None else [])]:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await pending
         self.bound = False

@@ -93,7 +93,8 @@ def plan_pulls(
     """The pulls to make for `free` slots: due priorities first (the most starved, i.e.
     the lowest, first), each for the slots it is owed, then every priority not in
     `exclude` (known empty, or with a request open) from high to low for what is left.
-    The caller pulls in order, subtracting what each pull delivered from `free`."""
+    The caller pulls in order, subtracting what each pull delivered from `free`, and
+    skips a priority that already delivered less than it was asked for."""
     if free <= 0:
         return []
     plan: PullPlan = []
@@ -102,8 +103,9 @@ def plan_pulls(
         if p in exclude or wait <= 0 or skipped.get(p, 0) < wait:
             continue
         plan.append((p, min(free, skipped[p] // wait)))
-    due = {p for p, _ in plan}
-    plan.extend((p, free) for p in PRIORITIES if p not in exclude and p not in due)
+    # then everyone from high to low for the slots left (a due priority too: work
+    # conserving when the others run dry)
+    plan.extend((p, free) for p in PRIORITIES if p not in exclude)
     return plan
 
 

@@ -39,14 +39,19 @@ def simulate(
     longest = dict(ZERO)
     for _ in range(rounds):
         free = free_per_round
+        drained: set[Priority] = set()
         for priority, owed in plan_pulls(free=free, skipped=skipped):
             want = min(owed, free)
             if want <= 0:
                 break
+            if priority in drained:
+                continue
             have = left[priority]
             got = want if have < 0 else min(want, have)
             if have > 0:
                 left[priority] -= got
+            if got < want:
+                drained.add(priority)
             if got == 0:
                 skipped = record_empty(skipped, priority)
                 continue
@@ -73,7 +78,8 @@ def test_a_due_priority_goes_first_for_what_it_is_owed() -> None:
     skipped = {Priority.HIGH: 0, Priority.NORMAL: 4, Priority.LOW: 19}
     plan = plan_pulls(free=8, skipped=skipped)
     assert plan[:2] == [(Priority.LOW, 2), (Priority.NORMAL, 1)]
-    assert plan[2:] == [(Priority.HIGH, 8)]
+    # then all from high to low (due ones too, for slots the others leave)
+    assert plan[2:] == [(Priority.HIGH, 8), (Priority.NORMAL, 8), (Priority.LOW, 8)]
 
 
 def test_excluded_priorities_are_not_pulled_and_no_slots_no_plan() -> None:
@@ -132,18 +138,23 @@ def test_no_priority_with_work_waits_beyond_its_patience(
     free=st.integers(min_value=0, max_value=64),
     exclude=st.frozensets(st.sampled_from(PRIORITIES)),
 )
-def test_plan_is_each_allowed_priority_once_within_the_free_slots(
+def test_plan_is_due_ones_then_every_allowed_priority_within_the_free_slots(
     skipped: dict[Priority, int], free: int, exclude: frozenset[Priority]
 ) -> None:
     plan = plan_pulls(free=free, skipped=skipped, exclude=exclude)
     names = [p for p, _ in plan]
-    assert len(names) == len(set(names))
-    assert set(names) == (set(PRIORITIES) - exclude if free > 0 else set())
+    allowed = set(PRIORITIES) - exclude if free > 0 else set()
+    assert set(names) == allowed
     assert all(1 <= n <= free for _, n in plan)
-    due = [p for p in names if p is not Priority.HIGH and skipped[p] >= DEFAULT_PATIENCE[p]]
-    assert names[: len(due)] == due  # due ones first
+    due = [
+        p
+        for p in reversed(PRIORITIES)
+        if p in allowed and p is not Priority.HIGH and skipped[p] >= DEFAULT_PATIENCE[p]
+    ]
+    assert names[: len(due)] == due  # due ones first, the lowest first
+    assert all(n == min(free, skipped[p] // DEFAULT_PATIENCE[p]) for p, n in plan[: len(due)])
     rest = names[len(due) :]
-    assert rest == sorted(rest, key=PRIORITIES.index)  # then high to low
+    assert rest == [p for p in PRIORITIES if p in allowed]  # then all, high to low
 
 
 def test_wire_names_per_priority() -> None:
