@@ -7,8 +7,9 @@ normal in the plan are pulled with immediate requests (`no_wait` without `expire
 server answers at once, `404` when empty); normal, the usual work, with the long-poll of
 `ConsumerLoop` (it answers at once when normal has work, else waits), so a stream of
 normal tasks costs one request per pull, as before priorities. A priority found empty
-rests `EMPTY_REST_S` before it is asked again, and low is asked only when it is due or
-normal is empty: a backlog of one priority costs no extra round trip per task.
+rests `EMPTY_REST_S` (low `LOW_EMPTY_REST_S`) before it is asked again, and low is
+asked only when it is due or normal is empty: a backlog of one priority costs no extra
+round trip per task.
 
 While normal is drained, a one-slot *watch* long-polls high beside it (that slot is held
 for high: never more messages than free slots); high's first task cuts the normal wait
@@ -43,13 +44,22 @@ from agentbus.contract.priority import (
 )
 from agentbus.observability import metrics
 
-__all__ = ["EMPTY_REST_S", "LOW_CHECK_S", "PARTIAL_WAIT_S", "PriorityConsumerLoop"]
+__all__ = [
+    "EMPTY_REST_S",
+    "LOW_CHECK_S",
+    "LOW_EMPTY_REST_S",
+    "PARTIAL_WAIT_S",
+    "PriorityConsumerLoop",
+]
 
 log = logging.getLogger("agentbus.bus")
 
 EMPTY_REST_S: Final = 0.02
 """A priority found empty is not asked again for this long (while others have work): a
 high-priority task waits at most this much longer to be noticed during a backlog."""
+LOW_EMPTY_REST_S: Final = 0.1
+"""The same for low (asked when due: a busy replica checks an empty low queue at most
+ten times a second)."""
 
 PARTIAL_WAIT_S: Final = 0.1
 """Longest wait on normal alone (no slot to spare for the high-priority watch)."""
@@ -115,7 +125,8 @@ class PriorityConsumerLoop(ConsumerLoop):
             self._counters[priority].inc(count)
         else:
             self.skipped = record_empty(self.skipped, priority)
-            self._rest_until[priority] = time.monotonic() + EMPTY_REST_S
+            rest_s = LOW_EMPTY_REST_S if priority is Priority.LOW else EMPTY_REST_S
+            self._rest_until[priority] = time.monotonic() + rest_s
 
     def pause(self) -> None:
         """Also ends the high-priority watch: nothing reaches a paused replica."""
@@ -193,9 +204,16 @@ class PriorityConsumerLoop(ConsumerLoop):
             cancel.add_done_callback(self._cancels.discard)
 
         try:
-            got = await self._pullers[Priority.HIGH].pull(
-                1, expires_s=self.fetch_timeout_s, deliver=deliver
-            )
+            # renewed while normal stays drained; ends with high's first task (the loop
+            # pulls the rest at once) or once normal has a backlog (high is then asked
+            # between normal pulls)
+            got = 0
+            while not got and self._normal_drained and not self.paused:
+                if self._stopping.is_set():
+                    break
+                got = await self._pullers[Priority.HIGH].pull(
+                    1, expires_s=self.fetch_timeout_s, deliver=deliver
+                )
             if got:
                 self._took(Priority.HIGH, got)
         except (AgentBusError, nats.errors.Error, OSError, TimeoutError) as e:
