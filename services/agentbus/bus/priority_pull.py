@@ -11,7 +11,8 @@ rests `EMPTY_REST_S` (low `LOW_EMPTY_REST_S`) before it is asked again, and low 
 asked only when it is due or normal is empty: a backlog of one priority costs no extra
 round trip per task.
 
-While normal is drained, a one-slot *watch* long-polls high beside it (that slot is held
+While the replica is idle (its last wait on normal ended empty), a one-slot *watch*
+long-polls high beside it (that slot is held
 for high: never more messages than free slots); high's first task cuts the normal wait
 short (its request is cancelled: its reply subject is unsubscribed, and the server drops
 a pull request nobody listens for) and the next round pulls the rest of high at once.
@@ -100,7 +101,7 @@ class PriorityConsumerLoop(ConsumerLoop):
         self._counters = {p: metrics.TASKS_PULLED.labels(bus.service, p.value) for p in PRIORITIES}
         self._cancels: set[asyncio.Future[None]] = set()
         self._watch: asyncio.Task[None] | None = None
-        self._normal_drained = True
+        self._normal_idle = True
         self._cut_short = False
 
     async def _bind(self) -> Puller:
@@ -128,13 +129,20 @@ class PriorityConsumerLoop(ConsumerLoop):
             rest_s = LOW_EMPTY_REST_S if priority is Priority.LOW else EMPTY_REST_S
             self._rest_until[priority] = time.monotonic() + rest_s
 
+    def _cancel(self, priority: Priority) -> None:
+        """End the open request of `priority` (soon, without waiting here)."""
+        puller = self._pullers.get(priority)
+        if puller is None:
+            return
+        cancel = asyncio.ensure_future(puller.cancel())
+        self._cancels.add(cancel)
+        cancel.add_done_callback(self._cancels.discard)
+
     def pause(self) -> None:
         """Also ends the high-priority watch: nothing reaches a paused replica."""
         super().pause()
         if self.reserved:
-            cancel = asyncio.ensure_future(self._pullers[Priority.HIGH].cancel())
-            self._cancels.add(cancel)
-            cancel.add_done_callback(self._cancels.discard)
+            self._cancel(Priority.HIGH)
 
     async def wait_paused(self, *, timeout_s: float) -> bool:
         watch = self._watch
@@ -180,10 +188,10 @@ class PriorityConsumerLoop(ConsumerLoop):
             await self._pull_normal(free)
 
     async def _pull_normal(self, want: int) -> None:
-        """Long-poll normal. Once normal is drained (its last pull got less than asked),
-        a one-slot watch waits on high beside it, and high's first task cuts this wait
+        """Long-poll normal. Once a wait on normal ended empty (the replica is idle), a
+        one-slot watch waits on high beside it, and high's first task cuts this wait
         short; low is asked again when the wait ends, within `LOW_CHECK_S`."""
-        if self._normal_drained and want >= 2 and not self.reserved and not self.paused:
+        if self._normal_idle and want >= 2 and not self.reserved and not self.paused:
             self._watch = asyncio.create_task(self._watch_high())
             want -= 1
         expires_s = min(self.fetch_timeout_s, LOW_CHECK_S if self.reserved else PARTIAL_WAIT_S)
@@ -193,22 +201,24 @@ class PriorityConsumerLoop(ConsumerLoop):
         )
         if got or not self._cut_short:
             self._took(Priority.NORMAL, got)
-        self._normal_drained = got < want
+        self._normal_idle = not got and not self._cut_short
+        if got and self.reserved:
+            # work again: the watch's slot goes back to the pulls (high is asked between
+            # them from now on)
+            self._cancel(Priority.HIGH)
 
     async def _watch_high(self) -> None:
         def deliver(msg: Msg) -> None:
             self._spawn(msg)
             self._cut_short = True
-            cancel = asyncio.ensure_future(self._pullers[Priority.NORMAL].cancel())
-            self._cancels.add(cancel)
-            cancel.add_done_callback(self._cancels.discard)
+            self._cancel(Priority.NORMAL)
 
         try:
-            # renewed while normal stays drained; ends with high's first task (the loop
-            # pulls the rest at once) or once normal has a backlog (high is then asked
-            # between normal pulls)
+            # renewed while the replica stays idle; ends with high's first task (the loop
+            # pulls the rest at once) or once normal has work (high is then asked between
+            # normal pulls)
             got = 0
-            while not got and self._normal_drained and not self.paused:
+            while not got and self._normal_idle and not self.paused:
                 if self._stopping.is_set():
                     break
                 got = await self._pullers[Priority.HIGH].pull(
