@@ -15,8 +15,9 @@ While the replica is idle (its last wait on normal ended empty), a one-slot *wat
 long-polls high beside it (that slot is held
 for high: never more messages than free slots); high's first task cuts the normal wait
 short (its request is cancelled: its reply subject is unsubscribed, and the server drops
-a pull request nobody listens for) and the next round pulls the rest of high at once.
-An idle replica asks low again at least every `LOW_CHECK_S`.
+a pull request nobody listens for) and the next round pulls the rest of high at once;
+when normal work comes instead, the watch is cancelled and its slot goes back to the
+pulls. An idle replica asks low again at least every `LOW_CHECK_S`.
 """
 
 from __future__ import annotations
