@@ -1,5 +1,5 @@
-"""`python -m bench [pipeline|rpc|scaling|archiver|memory|cancel|docsize] [options]`
-(see `--help`)."""
+"""`python -m bench [pipeline|rpc|scaling|archiver|memory|cancel|priority|docsize]
+[options]` (see `--help`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any, Final
 
 from bench.common import wait_for_quiet, write_result
 
-BENCHMARKS: Final = ("pipeline", "rpc", "scaling", "archiver", "memory", "cancel")
+BENCHMARKS: Final = ("pipeline", "rpc", "scaling", "archiver", "memory", "cancel", "priority")
 ON_REQUEST: Final = ("docsize",)
 """Run only when named (each takes many minutes)."""
 

@@ -38,6 +38,7 @@ from agentbus.contract.messages import (
     TaskResult,
 )
 from agentbus.contract.messages import utcnow as _utcnow
+from agentbus.contract.priority import Priority, task_subject
 from agentbus.contract.settings import Settings
 from agentbus.observability import metrics, telemetry
 from agentbus_orchestrator import lifecycle, progress
@@ -271,7 +272,12 @@ class Collector:
         ):
             await asyncio.gather(
                 self.publish_level(
-                    state.job_id, state.skill, plan.level, plan.groups, plan.max_chars
+                    state.job_id,
+                    state.skill,
+                    plan.level,
+                    plan.groups,
+                    plan.max_chars,
+                    priority=state.priority,
                 ),
                 self.bus.progress(
                     StreamItem(
@@ -300,16 +306,25 @@ class Collector:
             )
 
     async def publish_level(
-        self, job_id: str, skill: str, level: int, texts: list[str], max_chars: int
+        self,
+        job_id: str,
+        skill: str,
+        level: int,
+        texts: list[str],
+        max_chars: int,
+        *,
+        priority: Priority = Priority.NORMAL,
     ) -> None:
+        """One task per text, on the subject of the job's priority (map and reduce)."""
         bus = self.bus
-        subject = subjects.task_assign(skill)
+        subject = task_subject(skill, priority)
+        wire_priority = None if priority is Priority.NORMAL else priority
 
         async def one(index: int, text: str) -> None:
             task_id = lifecycle.task_id_for(level, index)
             task = TaskAssign(
                 job_id=job_id, task_id=task_id, level=level, index=index, count=len(texts),
-                text=text, max_chars=max_chars,
+                text=text, max_chars=max_chars, priority=wire_priority,
             )  # fmt: skip
             await bus.publish(
                 subject, task, msg_id=f"{job_id}:{task_id}", stream=subjects.TASKS_STREAM

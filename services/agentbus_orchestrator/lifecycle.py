@@ -32,6 +32,7 @@ from typing import Final
 
 from agentbus.contract.chunking import pack
 from agentbus.contract.messages import DocumentRef, JobState, JobStatus
+from agentbus.contract.priority import Priority
 
 __all__ = [
     "CancelVerdict",
@@ -128,6 +129,7 @@ def intake(
     document_sha256: str | None,
     trace_id: str | None,
     timer: str | None = None,
+    priority: Priority = Priority.NORMAL,
 ) -> JobState:
     """The state of a job whose map tasks (one per chunk) are about to be published."""
     if chunks < 1:
@@ -148,6 +150,7 @@ def intake(
         document_sha256=document_sha256,
         trace_id=trace_id,
         timer=timer,
+        priority=priority,
     )
 
 

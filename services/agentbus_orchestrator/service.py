@@ -48,6 +48,7 @@ from agentbus.contract.messages import (
     decode,
     utcnow,
 )
+from agentbus.contract.priority import Priority
 from agentbus.contract.settings import Settings
 from agentbus.observability import metrics, telemetry
 from agentbus.observability.logs import log_context
@@ -305,7 +306,7 @@ class Orchestrator(AgentService):
             document_chars=document_chars, summary_chars=summary_chars, chunks=len(chunks),
             now=utcnow(), timeout_s=job.timeout_s, document_sha256=self._sha256_of(job),
             trace_id=telemetry.current_trace_id() or telemetry.trace_id_of(msg.headers),
-            timer=msg.reply or None,
+            timer=msg.reply or None, priority=job.priority or Priority.NORMAL,
         )  # fmt: skip
         if reopen:
             await self.store.transition(
@@ -328,7 +329,9 @@ class Orchestrator(AgentService):
         # end - and ack its message, the timer - while they are still on their way.
         for stored in self._emit_intake(state):
             await stored
-        await self.collector.publish_level(job.job_id, job.skill, 0, chunks, per_task)
+        await self.collector.publish_level(
+            job.job_id, job.skill, 0, chunks, per_task, priority=state.priority
+        )
         await self._end_intake(msg, job, state)
         log.debug("job accepted: %d chars in %d chunk(s)", document_chars, len(chunks))
 
@@ -350,6 +353,7 @@ class Orchestrator(AgentService):
                 "title": state.title,
                 "chars": state.document_chars,
                 "summary_chars": state.summary_chars,
+                "priority": state.priority.value,
             },
         )
         chunked = self.bus.emit_soon(

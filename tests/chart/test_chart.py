@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from agentbus.contract import subjects
+from agentbus.contract.priority import PRIORITIES, task_consumer
 from agentbus.contract.settings import env_var_names, load_settings
 from agentbus.observability.health import HEALTH_PATHS
 from tests.chart.render import (
@@ -516,12 +517,17 @@ def test_keda_scales_on_the_workers_consumer_via_the_headless_service(
 ) -> None:
     r = rendered("autoscaling-keda")
     (so,) = r.of_kind("ScaledObject")
-    (trigger,) = so["spec"]["triggers"]
-    meta = trigger["metadata"]
-    assert trigger["type"] == "nats-jetstream"
-    assert meta["stream"] == subjects.TASKS_STREAM
-    assert meta["consumer"] == subjects.workers_consumer(subjects.SUMMARIZE_SKILL)
-    assert meta["lagThreshold"] == "16"
+    triggers = so["spec"]["triggers"]
+    # one trigger per priority's consumer: a backlog of any priority scales the workers
+    assert sorted(t["metadata"]["consumer"] for t in triggers) == sorted(
+        task_consumer(subjects.SUMMARIZE_SKILL, p) for p in PRIORITIES
+    )
+    assert triggers[0]["metadata"]["consumer"] == subjects.workers_consumer("summarize")
+    for trigger in triggers:
+        assert trigger["type"] == "nats-jetstream"
+        assert trigger["metadata"]["stream"] == subjects.TASKS_STREAM
+        assert trigger["metadata"]["lagThreshold"] == "16"
+    meta = triggers[0]["metadata"]
     host, port = meta["natsServerMonitoringEndpoint"].rsplit(":", 1)
     svc_name, ns = host.split(".")[:2]
     assert ns == NAMESPACE and host.endswith(".svc.cluster.local")

@@ -45,6 +45,7 @@ Sample = tuple[str, tuple[tuple[str, str], ...]]
 # label names a metric of ours may carry (plus `le` on histogram buckets)
 ALLOWED_LABELS = {"service", "skill", "stream", "consumer", "outcome", "reason", "backend", "kind"}
 ALLOWED_LABELS |= {"version", "le"}
+ALLOWED_LABELS |= {"priority"}  # high, normal, low (agentbus_tasks_pulled_total)
 
 
 async def _until(check: Callable[[], Awaitable[bool]], *, timeout_s: float, what: str) -> None:
@@ -233,6 +234,9 @@ async def test_metrics_count_a_pipeline_run_exactly_with_bounded_labels(
     assert delta("agentbus_tasks_processed_total", **tasks, outcome="rejected") == 1
     assert delta("agentbus_task_duration_seconds_count", **tasks) == tasks_ok
     assert delta("agentbus_redeliveries_total", **wk, stream="TASKS") == 1
+    # every task of these normal jobs came from the normal consumer
+    assert delta("agentbus_tasks_pulled_total", **wk, priority="normal") >= tasks_ok
+    assert delta("agentbus_tasks_pulled_total", **wk, priority="high") == 0
     assert delta("agentbus_messages_rejected_total", **orch, stream="JOBS") == 1
     assert delta("agentbus_messages_rejected_total", **wk, stream="TASKS") == 1
     assert delta("agentbus_dead_letters_total", **orch, stream="JOBS", reason="undecodable") == 1

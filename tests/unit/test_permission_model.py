@@ -69,7 +69,10 @@ def test_each_service_pulls_only_its_own_consumers() -> None:
         }
 
     assert pulls("orchestrator") == {"JOBS.orchestrator", "RESULTS.orchestrator-results"}
-    assert pulls("worker") == {"TASKS.summarize-workers"}
+    # one consumer per priority (normal keeps the name of old)
+    assert pulls("worker") == {
+        "TASKS.summarize-workers", "TASKS.summarize-workers-high", "TASKS.summarize-workers-low",
+    }  # fmt: skip
     assert pulls("archiver") == {"AGENT_EVENTS.event-archiver"}
     assert pulls("client") == set() and pulls("provisioner") == set()
 
@@ -77,6 +80,7 @@ def test_each_service_pulls_only_its_own_consumers() -> None:
 def test_skills_extend_the_worker_and_provisioner() -> None:
     perms = build_permissions(skills=["summarize", "translate"])
     assert "$JS.API.CONSUMER.MSG.NEXT.TASKS.translate-workers" in perms["worker"].publish
+    assert "$JS.API.CONSUMER.MSG.NEXT.TASKS.translate-workers-high" in perms["worker"].publish
     assert "rpc.translate" in perms["worker"].subscribe
     assert "rpc.translate" in perms["client"].publish
     assert "$JS.API.CONSUMER.INFO.TASKS.translate-workers" in perms["provisioner"].publish

@@ -110,13 +110,16 @@ class Puller:
 
     async def pull(self, batch: int, *, expires_s: float, deliver: Callable[[Msg], None]) -> int:
         """Ask for up to `batch` messages and hand each to `deliver` as it arrives; return
-        how many came once the server has ended the request (or it is lost).
+        how many came once the server has ended the request (or it is lost). With
+        `expires_s` 0 the server answers at once with what it has.
 
         Raises `PullError` naming the consumer when it refuses the request."""
         if self._sub is None:
             await self.start()
         request = self._current = _Request(self._reply, batch, deliver)
-        body = {"batch": batch, "expires": int(expires_s * _NS_PER_S), "no_wait": True}
+        body: dict[str, object] = {"batch": batch, "no_wait": True}
+        if expires_s > 0:  # else: what is there now, at once (`404` when nothing)
+            body["expires"] = int(expires_s * _NS_PER_S)
         try:
             await self._nc.publish(self._api_subject, json.dumps(body).encode(), self._reply)
             try:
@@ -131,6 +134,19 @@ class Puller:
         if request.error is not None:
             raise request.error
         return request.received
+
+    async def cancel(self) -> None:
+        """End the open request now: its reply subject is unsubscribed, and the server
+        drops a pull request nobody listens for any more (a message it had already sent
+        goes unacknowledged and is redelivered after `ack_wait`: a rare race)."""
+        request, sub = self._current, self._sub
+        if request is None:
+            return
+        self._sub = None  # the next request takes a new reply subject
+        request.end()
+        if sub is not None:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
 
     async def _abandon(self, linger_s: float) -> None:
         """Keep the old reply subscription for `linger_s` (late messages are handed back),

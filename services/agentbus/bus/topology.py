@@ -26,6 +26,7 @@ from nats.js.api import (
 
 from agentbus.contract import plugins, subjects
 from agentbus.contract.errors import TopologyError
+from agentbus.contract.priority import PRIORITIES, task_consumer, task_subject
 from agentbus.contract.settings import Settings
 
 __all__ = ["ProvisionReport", "consumer_configs", "provision", "stream_configs"]
@@ -79,7 +80,13 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
     work, limits = RetentionPolicy.WORK_QUEUE, RetentionPolicy.LIMITS
     return [
         stream(subjects.JOBS_STREAM, [subjects.JOBS_SUBJECT], work, max_msg_size=max_msg),
-        stream(subjects.TASKS_STREAM, [subjects.TASKS_SUBJECTS], work, max_msg_size=max_msg),
+        stream(
+            subjects.TASKS_STREAM,
+            # normal-priority tasks keep the subject of old; high and low have their own
+            [subjects.TASKS_SUBJECTS, subjects.TASKS_PRIORITY_SUBJECTS],
+            work,
+            max_msg_size=max_msg,
+        ),
         stream(
             subjects.RESULTS_STREAM,
             [subjects.RESULTS_SUBJECTS],
@@ -157,8 +164,10 @@ def consumer_configs(
         ),
     ]
     for skill in skills:
-        cfg = durable(subjects.workers_consumer(skill), subjects.task_assign(skill))
-        out.append((subjects.TASKS_STREAM, cfg))
+        # one consumer per priority (`agentbus.contract.priority` says why)
+        for priority in PRIORITIES:
+            cfg = durable(task_consumer(skill, priority), task_subject(skill, priority))
+            out.append((subjects.TASKS_STREAM, cfg))
     return out
 
 

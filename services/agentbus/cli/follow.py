@@ -21,6 +21,7 @@ from rich.text import Text
 
 from agentbus.client.stream import PartialResult
 from agentbus.contract.messages import StreamKind
+from agentbus.contract.priority import Priority
 from agentbus.contract.settings import Settings
 
 __all__ = ["FollowView", "follow_file"]
@@ -111,6 +112,7 @@ async def follow_file(
     summary_chars: int | None,
     as_json: bool,
     out: Console,
+    priority: Priority = Priority.NORMAL,
 ) -> bool:
     """Submit `path` and print its live partial results; True when it completed."""
     from agentbus.bus.documents import read_document
@@ -119,7 +121,7 @@ async def follow_file(
     text = read_document(path, max_bytes=settings.limits.max_document_bytes)
     async with AgentBusClient(settings.nats, limits=settings.limits) as client:
         job_id = await client.submit(
-            text, title=path.name, summary_chars=summary_chars, name=str(path)
+            text, title=path.name, summary_chars=summary_chars, name=str(path), priority=priority
         )
         view = FollowView(title=f"{path.name} · job {job_id}")
         if as_json or not out.is_terminal:

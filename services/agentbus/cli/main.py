@@ -28,6 +28,7 @@ from agentbus.cli.dlq import dlq_app
 from agentbus.contract import plugins, subjects
 from agentbus.contract.errors import AgentBusError, ConfigError, DocumentRejected
 from agentbus.contract.messages import AgentEvent, CancelReply, JobState
+from agentbus.contract.priority import Priority
 from agentbus.contract.settings import Settings, load_settings
 from agentbus.dev.stack import STATE_FILE, Stack
 from agentbus.dev.supervise import StackSupervisor
@@ -274,6 +275,7 @@ async def _submit_files(
     timeout_s: float,
     summary_chars: int | None,
     progress: bool,
+    priority: Priority = Priority.NORMAL,
 ) -> list[dict[str, Any]]:
     from agentbus.bus.documents import read_document
     from agentbus.client.api import AgentBusClient
@@ -292,8 +294,9 @@ async def _submit_files(
         jobs: list[tuple[int, str]] = []
         for i, text in texts.items():
             job_id = await client.submit(
-                text, title=files[i].name, summary_chars=summary_chars, name=str(files[i])
-            )
+                text, title=files[i].name, summary_chars=summary_chars, name=str(files[i]),
+                priority=priority,
+            )  # fmt: skip
             jobs.append((i, job_id))
 
         bar = Progress(
@@ -355,6 +358,10 @@ def submit(
             "--follow", "-f", help="Print partial results as they arrive (one FILE; --json: lines)"
         ),
     ] = False,
+    priority: Annotated[
+        Priority,
+        typer.Option(help="Workers take high before normal before low (low is never starved)"),
+    ] = Priority.NORMAL,
 ) -> None:
     """Submit documents, wait, and print each summary."""
     settings = _settings()
@@ -364,8 +371,9 @@ def submit(
         if len(files) != 1 or sync:
             raise _fail("--follow takes exactly one FILE (and no --sync)", EXIT_USAGE)
         followed = follow_file(
-            settings, files[0], summary_chars=summary_chars, as_json=as_json, out=out
-        )
+            settings, files[0], summary_chars=summary_chars, as_json=as_json, out=out,
+            priority=priority,
+        )  # fmt: skip
         if not _run(followed):
             raise typer.Exit(EXIT_ERROR)
         return
@@ -377,7 +385,12 @@ def submit(
     progress = len(files) > 1 and err.is_terminal and not as_json
     records = _run(
         _submit_files(
-            settings, files, timeout_s=timeout, summary_chars=summary_chars, progress=progress
+            settings,
+            files,
+            timeout_s=timeout,
+            summary_chars=summary_chars,
+            progress=progress,
+            priority=priority,
         )
     )
     failures = _print_records(records, as_json=as_json)

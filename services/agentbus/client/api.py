@@ -50,6 +50,7 @@ from agentbus.contract.messages import (
     encode,
     new_id,
 )
+from agentbus.contract.priority import Priority
 from agentbus.contract.settings import LimitsSettings, NatsSettings
 from agentbus.observability import telemetry
 
@@ -108,14 +109,22 @@ class AgentBusClient:
         name: str = "document",
         timeout_s: float | None = None,
         skill: str = subjects.SUMMARIZE_SKILL,
+        priority: Priority | str = Priority.NORMAL,
     ) -> str:
         """Submit one document; returns its job id once JetStream has accepted it.
 
         A job id names one document: submitting the same document under an existing id
         returns that job (nothing new runs); a different one raises `JobExistsError`.
         `timeout_s` is the job's deadline (default: the orchestrator's
-        `AGENTBUS_ORCHESTRATOR__JOB_TIMEOUT_S`). Raises `DocumentRejected` (empty, not
-        UTF-8 text, above the size cap)."""
+        `AGENTBUS_ORCHESTRATOR__JOB_TIMEOUT_S`). `priority` (`high`, `normal`, `low`):
+        workers take a higher priority's tasks first, without starving the lower ones.
+        Raises `DocumentRejected` (empty, not UTF-8 text, above the size cap) and
+        `ValueError` for an unknown priority."""
+        try:
+            level = Priority(priority)
+        except ValueError:
+            choices = ", ".join(p.value for p in Priority)
+            raise ValueError(f"priority {priority!r} is not one of {choices}") from None
         data = text.encode() if isinstance(text, str) else text
         check_document(data, max_bytes=self.limits.max_document_bytes, name=name)
         sha256 = hashlib.sha256(data).hexdigest()
@@ -134,6 +143,7 @@ class AgentBusClient:
         job = JobSubmit(
             job_id=job_id, skill=subjects.check_token(skill, field="skill"), title=title,
             summary_chars=summary_chars, document_sha256=sha256, timeout_s=timeout_s,
+            priority=None if level is Priority.NORMAL else level,
         )  # fmt: skip
         # the job's trace starts here; its context travels in the job message's headers
         attributes = {"agentbus.job_id": job_id, "messaging.destination": subjects.JOBS_SUBJECT}
@@ -152,13 +162,19 @@ class AgentBusClient:
         )
 
     async def submit_file(
-        self, path: Path | str, *, job_id: str | None = None, summary_chars: int | None = None
+        self,
+        path: Path | str,
+        *,
+        job_id: str | None = None,
+        summary_chars: int | None = None,
+        priority: Priority | str = Priority.NORMAL,
     ) -> str:
         path = Path(path)
         data = read_document(path, max_bytes=self.limits.max_document_bytes)
         return await self.submit(
-            data, job_id=job_id, title=path.name, summary_chars=summary_chars, name=str(path)
-        )
+            data, job_id=job_id, title=path.name, summary_chars=summary_chars, name=str(path),
+            priority=priority,
+        )  # fmt: skip
 
     # --- state -----------------------------------------------------------------------
 

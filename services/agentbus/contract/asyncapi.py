@@ -31,6 +31,7 @@ from agentbus.contract.messages import (
     JobState,
     Payload,
 )
+from agentbus.contract.priority import Priority
 from agentbus.contract.subjects import SRV_PREFIX, WORKER_SERVICE, rpc_queue, rpc_subject
 from agentbus.contract.version import agentbus_version
 from agentbus.contract.workers import WorkerStats
@@ -57,6 +58,7 @@ _EVENTS: Final = ["AgentEvent", "AgentEventBatch"]
 
 _PARAMETERS: Final = {
     "skill": f"A worker skill (e.g. `{_SKILL_EXAMPLE}`); one subject token.",
+    "priority": "A job's priority other than normal: `high` or `low`.",
     "job_id": "The job id (a subject token, [A-Za-z0-9_-]{1,128}).",
     "task_id": "The task id within its job: `{level}-{index}`.",
     "agent_id": "The id of one running service replica (AGENTBUS_AGENT_ID).",
@@ -101,6 +103,19 @@ def _channels() -> list[_Channel]:
              "consumer_template": t(subjects.workers_consumer),
              "consumers_named_like_queue": subjects.WORKERS_CONSUMER},
             {"skill": [_SKILL_EXAMPLE]},
+        ),
+        _Channel(
+            "tasksAssignPriority", t(subjects.priority_task_assign), "Task assignment (high, low)",
+            "The tasks of a high or low priority job (map and reduce), in the same stream; "
+            "normal-priority tasks stay on `tasks.{skill}.assign`. One durable consumer per "
+            "priority: workers pull high before normal before low, and a lower priority "
+            "with work is served after a bounded number of higher ones (no starvation).",
+            ["TaskAssign"],
+            {"kind": "jetstream", "stream": subjects.TASKS_STREAM, "retention": "workqueue",
+             "subjects": [subjects.TASKS_PRIORITY_SUBJECTS],
+             "consumer": subjects.priority_workers_consumer(_SKILL_EXAMPLE, Priority.HIGH.value),
+             "consumer_template": t(subjects.priority_workers_consumer)},
+            {"skill": [_SKILL_EXAMPLE], "priority": [Priority.HIGH.value, Priority.LOW.value]},
         ),
         _Channel(
             "taskResults", t(subjects.result_subject), "Task results",
@@ -246,6 +261,11 @@ _OPERATIONS: Final = (
     _Operation("receiveTask", "receive", "tasksAssign", ["TaskAssign"], "worker",
                "Pull tasks for free slots only; in_progress while running; ack after the "
                "result is published."),
+    _Operation("assignPriorityTask", "send", "tasksAssignPriority", ["TaskAssign"],
+               "orchestrator", "Publish a map or reduce task of a high or low priority job."),
+    _Operation("receivePriorityTask", "receive", "tasksAssignPriority", ["TaskAssign"],
+               "worker", "Pull high before normal before low, for free slots only; a lower "
+               "priority with work is served after a bounded number of higher ones."),
     _Operation("sendResult", "send", "taskResults", ["TaskResult"], "worker",
                "Publish a task's result (or its failure)."),
     _Operation("receiveResult", "receive", "taskResults", ["TaskResult"], "orchestrator",

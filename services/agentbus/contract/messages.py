@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from agentbus.contract.errors import MessageDecodeError
+from agentbus.contract.priority import Priority
 
 __all__ = [
     "HARD_MAX_MESSAGE_BYTES",
@@ -125,6 +126,9 @@ class JobSubmit(Payload):
     """SHA-256 of the document's bytes: a job id submitted again must carry the same."""
     timeout_s: float | None = Field(default=None, gt=0, le=30 * 86400)
     """Deadline of this job in seconds from its acceptance (default: the orchestrator's)."""
+    priority: Priority | None = None
+    """high, normal (None: the default) or low; kept by every task of the job."""
+    OMIT_WHEN_NONE: ClassVar[frozenset[str]] = frozenset({"priority"})
 
 
 class TaskAssign(Payload):
@@ -137,6 +141,9 @@ class TaskAssign(Payload):
     count: int = Field(ge=1)
     text: Annotated[str, StringConstraints(min_length=1)]
     max_chars: int = Field(ge=20)
+    priority: Priority | None = None
+    """The job's priority (None: normal); the subject says it too."""
+    OMIT_WHEN_NONE: ClassVar[frozenset[str]] = frozenset({"priority"})
 
 
 class TokenUsage(BaseModel):
@@ -511,6 +518,8 @@ class JobState(BaseModel):
     task goes on when that task's dead letter is replayed and succeeds."""
     timeout_s: float | None = Field(default=None, ge=0)
     """The job's own deadline (seconds from creation); None: the orchestrator's setting."""
+    priority: Priority = Priority.NORMAL
+    """Which tasks (map and reduce) of the job workers take first."""
     timer: Annotated[str, StringConstraints(max_length=256)] | None = None
     """The ack subject of the job's message, which stays pending as the job's timer until
     the job ends (the orchestrator acks it then)."""

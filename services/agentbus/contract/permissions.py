@@ -8,8 +8,8 @@ gave up on):
 - `orchestrator`: pulls `JOBS/orchestrator` and `RESULTS/orchestrator-results`, publishes
   tasks and live partial results (`progress.*`), reads and writes the `jobs` and
   `job-parts` KV buckets, reads the documents;
-- `worker`: pulls `TASKS/{skill}-workers`, publishes results and token deltas
-  (`progress.*`), answers `rpc.{skill}`;
+- `worker`: pulls `TASKS/{skill}-workers` (and `-high`, `-low`: one consumer per
+  priority), publishes results and token deltas (`progress.*`), answers `rpc.{skill}`;
 - `archiver`: pulls `AGENT_EVENTS/event-archiver`, answers `rpc.history`;
 - `client`: publishes `jobs.submit`, writes documents, reads (watches) job state and
   live partial results (ordered consumers on `PROGRESS`), asks
@@ -50,6 +50,7 @@ from typing import Any, Final
 
 from agentbus.contract import plugins, subjects
 from agentbus.contract.errors import PermissionsError
+from agentbus.contract.priority import PRIORITIES, task_consumer
 from agentbus.contract.settings import NATS_PASSWORD_ENV_PREFIX
 
 __all__ = [
@@ -244,7 +245,7 @@ def _provision_streams(skills: Sequence[str]) -> list[str]:
         (subjects.JOBS_STREAM, subjects.ORCHESTRATOR_CONSUMER),
         (subjects.RESULTS_STREAM, subjects.ORCHESTRATOR_RESULTS_CONSUMER),
         (subjects.AGENT_EVENTS_STREAM, subjects.ARCHIVER_CONSUMER),
-        *((subjects.TASKS_STREAM, subjects.workers_consumer(s)) for s in skills),
+        *((subjects.TASKS_STREAM, task_consumer(s, p)) for s in skills for p in PRIORITIES),
     ]
     for stream, durable in durables:
         out += [
@@ -291,6 +292,7 @@ def build_permissions(
             *_pull(subjects.RESULTS_STREAM, subjects.ORCHESTRATOR_RESULTS_CONSUMER),
             subjects.TASKS_SUBJECTS,
             subjects.PROGRESS_SUBJECTS,
+            subjects.TASKS_PRIORITY_SUBJECTS,
             subjects.dlq_subject(subjects.JOBS_STREAM),
             subjects.dlq_subject(subjects.RESULTS_STREAM),
             *_kv_read(subjects.JOBS_BUCKET),
@@ -326,7 +328,8 @@ def build_permissions(
     ]
     worker_sub = [*sub, "$SRV.>", subjects.JOBS_CANCELED_WILDCARD]
     for skill in skills:
-        worker_pub += _pull(subjects.TASKS_STREAM, subjects.workers_consumer(skill))
+        for priority in PRIORITIES:  # one consumer per priority
+            worker_pub += _pull(subjects.TASKS_STREAM, task_consumer(skill, priority))
         worker_sub.append(f"rpc.{skill}")
     users[WORKER] = _user(
         WORKER,

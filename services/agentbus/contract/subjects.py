@@ -36,6 +36,7 @@ __all__ = [
     "RPC_SUMMARIZE",
     "SRV_PREFIX",
     "SUMMARIZE_SKILL",
+    "TASKS_PRIORITY_SUBJECTS",
     "TASKS_STREAM",
     "TASKS_SUBJECTS",
     "TOKEN_RE",
@@ -50,6 +51,8 @@ __all__ = [
     "job_canceled",
     "job_progress",
     "job_results_wildcard",
+    "priority_task_assign",
+    "priority_workers_consumer",
     "result_subject",
     "rpc_queue",
     "rpc_subject",
@@ -66,6 +69,10 @@ JOBS_SUBJECT: Final = "jobs.submit"
 
 TASKS_STREAM: Final = "TASKS"
 TASKS_SUBJECTS: Final = "tasks.*.assign"
+"""Normal-priority tasks (every task of a release before priorities)."""
+TASKS_PRIORITY_SUBJECTS: Final = "tasks.*.assign.*"
+"""High and low priority tasks, `tasks.{skill}.assign.{priority}`, in the same stream
+(`agentbus.contract.priority.task_subject` picks the subject of a priority)."""
 
 RESULTS_STREAM: Final = "RESULTS"
 RESULTS_SUBJECTS: Final = "results.>"
@@ -133,9 +140,19 @@ def task_assign(skill: str) -> str:
     return f"tasks.{check_token(skill, field='skill')}.assign"
 
 
+def priority_task_assign(skill: str, priority: str) -> str:
+    """`tasks.{skill}.assign.{priority}`: the tasks of high (or low) priority jobs."""
+    return f"{task_assign(skill)}.{check_token(priority, field='priority')}"
+
+
 def workers_consumer(skill: str) -> str:
-    """Durable consumer shared by every worker replica of `skill`."""
+    """Durable consumer shared by every worker replica of `skill` (normal priority)."""
     return f"{check_token(skill, field='skill')}-workers"
+
+
+def priority_workers_consumer(skill: str, priority: str) -> str:
+    """`{skill}-workers-{priority}`: the workers' consumer of one other priority."""
+    return f"{workers_consumer(skill)}-{check_token(priority, field='priority')}"
 
 
 def result_subject(job_id: str, task_id: str) -> str:

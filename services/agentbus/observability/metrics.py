@@ -48,6 +48,7 @@ __all__ = [
     "SUMMARIZER_TOKENS",
     "TASKS_CANCELED",
     "TASKS_PROCESSED",
+    "TASKS_PULLED",
     "TASK_CANCEL_OUTCOMES",
     "TASK_OUTCOMES",
     "TASK_SECONDS",
@@ -153,6 +154,11 @@ WORKER_IN_FLIGHT: Final = Gauge(
 )
 WORKER_FREE_SLOTS: Final = Gauge(
     "agentbus_worker_free_slots", "Free handler slots", ["service", "consumer"]
+)
+TASKS_PULLED: Final = Counter(
+    "agentbus_tasks_pulled_total",
+    "Tasks a worker pulled, by the priority of their consumer (high, normal, low)",
+    ["service", "priority"],
 )
 REDELIVERIES: Final = Counter(
     "agentbus_redeliveries_total",

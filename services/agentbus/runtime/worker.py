@@ -1,5 +1,7 @@
-"""The generic task worker: one skill, a shared durable pull consumer on
-`tasks.{skill}.assign`, N concurrent slots per replica.
+"""The generic task worker: one skill, shared durable pull consumers on
+`tasks.{skill}.assign` (normal priority) and `tasks.{skill}.assign.{high,low}`, N
+concurrent slots per replica, high priority first without starving low
+(`agentbus.bus.priority_pull`).
 
 Per task: decode (garbage goes to the DLQ), run the skill while sending `in_progress`
 heartbeats, publish the result, record the event, then ack. A failure naks with backoff;
@@ -27,9 +29,11 @@ from nats.aio.msg import Msg
 from agentbus.bus.consume import ConsumerLoop
 from agentbus.bus.core import Bus
 from agentbus.bus.headers import delivery_count
+from agentbus.bus.priority_pull import PriorityConsumerLoop
 from agentbus.contract import subjects
 from agentbus.contract.errors import BusError, MessageDecodeError, SkillError
 from agentbus.contract.messages import EventKind, TaskAssign, TaskResult, TokenUsage, decode
+from agentbus.contract.priority import PRIORITIES, task_consumer
 from agentbus.contract.settings import Settings
 from agentbus.contract.version import agentbus_version
 from agentbus.observability import metrics, telemetry
@@ -104,10 +108,11 @@ class TaskWorker(AgentService):
             await self.endpoint.start()
         metrics.init_worker(bus.service, skill=self.skill.name, backend=self.skill.backend)
         return [
-            ConsumerLoop(
+            # one consumer per priority, high first without starving low
+            PriorityConsumerLoop(
                 bus,
                 stream=self._stream,
-                durable=subjects.workers_consumer(self.skill.name),
+                durables={p: task_consumer(self.skill.name, p) for p in PRIORITIES},
                 handler=self.handle,
                 concurrency=self.settings.worker.concurrency,
                 fetch_timeout_s=self.settings.worker.fetch_timeout_s,
