@@ -165,19 +165,24 @@ class ConsumerLoop:
             finally:
                 self._idle.set()
         except (AgentBusError, nats.errors.Error, OSError, TimeoutError) as e:
-            if self._stopping.is_set() or self.bus.nc.is_closed:
-                return
-            self.bound = False
-            delay = REBIND_BACKOFF_S[min(self._failures, len(REBIND_BACKOFF_S) - 1)]
-            self._failures += 1
-            log.warning(
-                "consumer %s on %s unavailable (%s); rebinding in %.1fs",
-                self.durable, self.stream, e or type(e).__name__, delay,
-            )  # fmt: skip
-            await self._pause_unless_stopping(delay)
+            await self._unavailable(e, what=f"consumer {self.durable}")
             return
         self.bound = True
         self._failures = 0
+
+    async def _unavailable(self, e: BaseException, *, what: str) -> None:
+        """The consumer could not be bound or pulled: rebind after a growing backoff
+        (nothing to do when stopping or closed)."""
+        if self._stopping.is_set() or self.bus.nc.is_closed:
+            return
+        self.bound = False
+        delay = REBIND_BACKOFF_S[min(self._failures, len(REBIND_BACKOFF_S) - 1)]
+        self._failures += 1
+        log.warning(
+            "%s on %s unavailable (%s); rebinding in %.1fs",
+            what, self.stream, e or type(e).__name__, delay,
+        )  # fmt: skip
+        await self._pause_unless_stopping(delay)
 
     async def _pause_unless_stopping(self, delay_s: float) -> None:
         with contextlib.suppress(TimeoutError):

@@ -33,7 +33,7 @@ import nats.errors
 from nats.aio.msg import Msg
 
 from agentbus.bus.consume import ConsumerLoop, Handler
-from agentbus.bus.core import REBIND_BACKOFF_S, Bus
+from agentbus.bus.core import Bus
 from agentbus.bus.pull import Puller
 from agentbus.contract.errors import AgentBusError
 from agentbus.contract.priority import (
@@ -247,16 +247,7 @@ class PriorityConsumerLoop(ConsumerLoop):
             finally:
                 self._idle.set()
         except (AgentBusError, nats.errors.Error, OSError, TimeoutError) as e:
-            if self._stopping.is_set() or self.bus.nc.is_closed:
-                return
-            self.bound = False
-            delay = REBIND_BACKOFF_S[min(self._failures, len(REBIND_BACKOFF_S) - 1)]
-            self._failures += 1
-            log.warning(
-                "consumers %s on %s unavailable (%s); rebinding in %.1fs",
-                "/".join(self.durables.values()), self.stream, e or type(e).__name__, delay,
-            )  # fmt: skip
-            await self._pause_unless_stopping(delay)
+            await self._unavailable(e, what=f"consumers {'/'.join(self.durables.values())}")
             return
         self.bound = True
         self._failures = 0
