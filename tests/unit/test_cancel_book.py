@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agentbus.runtime.cancels import CancelBook
+from agentbus.runtime.cancels import SKEW_MARGIN_S, CancelBook, CancelWatch
 
 pytestmark = pytest.mark.unit
 
@@ -60,3 +63,41 @@ def test_memory_is_bounded(jobs: list[int], limit: int) -> None:
     assert sum(book.is_canceled(f"j{j}") for j in set(jobs)) <= limit
     if jobs:
         assert book.is_canceled(f"j{jobs[-1]}")
+
+
+class _Kv:
+    def __init__(self) -> None:
+        self.reads: list[str] = []
+
+    async def get(self, key: str) -> SimpleNamespace:
+        self.reads.append(key)
+        return SimpleNamespace(value=None)
+
+
+async def test_only_tasks_stored_before_the_replica_listened_read_the_job_state() -> None:
+    """A task stored while the broadcast reached us needs no read: no task of a job is
+    published after its cancel. Steady state: no read at all; after a reconnect the
+    clock starts again."""
+    from agentbus.bus.core import Bus
+
+    kv = _Kv()
+
+    async def bucket(_name: str) -> _Kv:
+        return kv
+
+    nc = SimpleNamespace(stats={"reconnects": 0})
+    watch = CancelWatch(cast(Bus, SimpleNamespace(nc=nc, kv=bucket)))
+    watch._listening()
+    now = time.time()
+    assert not watch.check("late", stored_at_s=now + SKEW_MARGIN_S + 1)
+    assert not watch.check("early", stored_at_s=now - 60)
+    assert not watch.check("unknown")  # no stored time (not from a consumer): read
+    await asyncio.sleep(0.01)
+    assert sorted(kv.reads) == ["early", "unknown"]
+    soon = now + SKEW_MARGIN_S + 0.5
+    assert not watch.check("x", stored_at_s=soon)  # listened for long enough: no read
+    await asyncio.sleep(0.6)
+    nc.stats["reconnects"] = 1  # broadcasts of the gap may be lost: the clock starts again
+    assert not watch.check("x", stored_at_s=soon)
+    await asyncio.sleep(0.01)
+    assert sorted(kv.reads) == ["early", "unknown", "x"]

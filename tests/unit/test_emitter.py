@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from agentbus.bus.emitter import EventEmitter
-from agentbus.bus.headers import delivery_count
+from agentbus.bus.headers import delivery_count, stored_at_s
 from agentbus.contract.errors import MessageDecodeError
 from agentbus.contract.messages import (
     AgentEvent,
@@ -193,3 +193,20 @@ class _Reply:
 )
 def test_delivery_count_from_the_ack_subject(reply: str, count: int) -> None:
     assert delivery_count(_Reply(reply)) == count  # type: ignore[arg-type]  # a stand-in with only `.reply`
+
+
+@pytest.mark.parametrize(
+    ("reply", "stored"),
+    [
+        ("$JS.ACK.TASKS.summarize-workers.3.120.99.1732500000000000000.7", 1732500000.0),
+        (
+            "$JS.ACK.hub.ACCHASH.TASKS.summarize-workers.5.120.99.1732500000500000000.7.tok",
+            1732500000.5,
+        ),
+        ("_INBOX.abc", None),
+        ("", None),
+        ("$JS.ACK.TASKS.summarize-workers.3.120.99.x.7", None),
+    ],
+)
+def test_stored_time_from_the_ack_subject(reply: str, stored: float | None) -> None:
+    assert stored_at_s(_Reply(reply)) == stored  # type: ignore[arg-type]  # a stand-in with only `.reply`

@@ -19,6 +19,16 @@ throughput ratio to the floor 0.39 with the wait, 0.54 without, same loaded mach
 late joiner may so start a task of a canceled job, which the read then interrupts within
 its round trip; a worker that has seen the cancel never starts one. The record is
 dropped on a reconnect (the broadcasts of the gap are lost), so each job is read again.
+
+Only a task stored before this replica was listening needs the read: the orchestrator
+publishes no task of a job after its cancel (it records nothing more, so no level
+completes), so a task stored later belongs to a job whose cancel, if any, came while the
+broadcast was reaching us. A task stored more than `SKEW_MARGIN_S` after the replica
+(re)started listening is so taken on the broadcast alone - in steady state no task
+costs a read (it cost ~0.25 ms of worker and ~0.1 ms of nats-server CPU per one-chunk
+job, docs/benchmarks.md). Left: a reduce level an orchestrator published in the same
+milliseconds as a cancel that reached us before we listened, on a late joiner; its
+results are ignored (the job records nothing after its cancel).
 `CancelBook` is the bookkeeping, free of I/O; `CancelWatch` does the subscribing and
 reading around it.
 """
@@ -28,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any, Final
@@ -46,6 +57,8 @@ __all__ = ["CancelBook", "CancelWatch"]
 log = logging.getLogger("agentbus.worker")
 
 MAX_JOBS_REMEMBERED: Final = 10_000
+SKEW_MARGIN_S: Final = 2.0
+"""Clock difference allowed between nats-server (a message's stored time) and a worker."""
 _MAX_NOTE_BYTES: Final = 4096
 
 
@@ -111,6 +124,10 @@ class CancelWatch:
         self.book = CancelBook()
         self._sub: Subscription | None = None
         self._lookups: dict[str, asyncio.Future[bool]] = {}
+        self._epoch = -1
+        self._since_s = float("inf")
+        """Wall-clock time this connection epoch was first seen listening (a task stored
+        before it, plus the margin, may belong to a cancel we never heard)."""
 
     async def start(self) -> None:
         """Subscribe, confirmed by the server before any task is pulled (a cancel after
@@ -119,6 +136,15 @@ class CancelWatch:
             subjects.JOBS_CANCELED_WILDCARD, cb=self._on_broadcast
         )
         await self.bus.nc.flush()
+        self._listening()
+
+    def _listening(self) -> int:
+        """The connection epoch (reconnect count); a new one starts the clock again
+        (seen late rather than early: the later, the more tasks are read, never fewer)."""
+        epoch = int(self.bus.nc.stats.get("reconnects", 0))
+        if epoch != self._epoch:
+            self._epoch, self._since_s = epoch, time.time()
+        return epoch
 
     async def stop(self) -> None:
         if self._sub is not None:
@@ -142,24 +168,28 @@ class CancelWatch:
         """Has this replica learned that the job is canceled?"""
         return self.book.is_canceled(job_id)
 
-    def check(self, job_id: str) -> bool:
+    def check(self, job_id: str, *, stored_at_s: float | None = None) -> bool:
         """Is the job known canceled (drop its task)? When not, and the job is met for the
-        first time in this connection epoch, its state is read in the background: a
-        canceled state interrupts the job's running tasks (the one about to start too)."""
-        self._lookup(job_id)
+        first time in this connection epoch in a task stored (`stored_at_s`, the server's
+        clock in Unix seconds; None: unknown) before we were listening, its state is read in the
+        background: a canceled state interrupts the job's running tasks (the one about to
+        start too)."""
+        self._lookup(job_id, stored_at_s=stored_at_s)
         return self.book.is_canceled(job_id)
 
-    async def canceled(self, job_id: str) -> bool:
+    async def canceled(self, job_id: str, *, stored_at_s: float | None = None) -> bool:
         """Is the job canceled? From memory, else (first time in this connection epoch)
         from its state, waited for; a read that fails counts as not canceled (the
         broadcast, the orchestrator and the next read still stop the job)."""
-        lookup = self._lookup(job_id)
+        lookup = self._lookup(job_id, stored_at_s=stored_at_s)
         if lookup is None:
             return self.book.is_canceled(job_id)
         return await asyncio.shield(lookup)
 
-    def _lookup(self, job_id: str) -> asyncio.Future[bool] | None:
-        epoch = int(self.bus.nc.stats.get("reconnects", 0))
+    def _lookup(self, job_id: str, *, stored_at_s: float | None) -> asyncio.Future[bool] | None:
+        epoch = self._listening()
+        if stored_at_s is not None and stored_at_s > self._since_s + SKEW_MARGIN_S:
+            return None  # stored while we listened: a cancel of its job was broadcast to us
         if not self.book.needs_check(job_id, epoch=epoch):
             return None
         lookup = self._lookups.get(job_id)

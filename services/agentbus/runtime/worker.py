@@ -28,7 +28,7 @@ from nats.aio.msg import Msg
 
 from agentbus.bus.consume import ConsumerLoop
 from agentbus.bus.core import Bus
-from agentbus.bus.headers import delivery_count
+from agentbus.bus.headers import delivery_count, stored_at_s
 from agentbus.bus.priority_pull import PriorityConsumerLoop
 from agentbus.contract import subjects
 from agentbus.contract.errors import BusError, MessageDecodeError, SkillError
@@ -219,7 +219,7 @@ class TaskWorker(AgentService):
                 return
             cancels = self.cancels
             assert cancels is not None
-            if cancels.check(t.job_id):
+            if cancels.check(t.job_id, stored_at_s=stored_at_s(msg)):
                 await self._canceled(msg, t, stage="queued")
                 return
             # The started event goes out while the skill runs (a round trip less in every
