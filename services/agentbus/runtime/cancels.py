@@ -26,9 +26,10 @@ completes), so a task stored later belongs to a job whose cancel, if any, came w
 broadcast was reaching us. A task stored more than `SKEW_MARGIN_S` after the replica
 (re)started listening is so taken on the broadcast alone - in steady state no task
 costs a read (it cost ~0.25 ms of worker and ~0.1 ms of nats-server CPU per one-chunk
-job, docs/benchmarks.md). Left: a reduce level an orchestrator published in the same
-milliseconds as a cancel that reached us before we listened, on a late joiner; its
-results are ignored (the job records nothing after its cancel).
+job, docs/benchmarks.md). Left, for a replica that began listening after a cancel: the
+tasks an orchestrator was already publishing when the cancel came (an intake under way,
+a reduce level decided just before) may run on it; their results are ignored (the job
+records nothing after its cancel), and replicas that were listening drop them.
 `CancelBook` is the bookkeeping, free of I/O; `CancelWatch` does the subscribing and
 reading around it.
 """
