@@ -31,6 +31,17 @@ def nats_server(tmp_path: Path) -> Iterator[EmbeddedNatsServer]:
         server.stop()
 
 
+def with_sections(settings: Settings, **sections: dict[str, object]) -> Settings:
+    """`settings` with fields of its sections replaced, e.g.
+    `with_sections(s, worker={"concurrency": 2})`."""
+    return settings.model_copy(
+        update={
+            name: getattr(settings, name).model_copy(update=values)
+            for name, values in sections.items()
+        }
+    )
+
+
 def make_settings(url: str, tmp_path: Path, **overrides: object) -> Settings:
     base: dict[str, object] = {
         "nats": {"url": url, "reconnect_wait_s": 0.2},

@@ -26,7 +26,7 @@ from agentbus.runtime.worker import SkillOutput, TaskWorker
 from agentbus_orchestrator import Orchestrator
 from agentbus_summarize_worker import SummarizeSkill
 from agentbus_summarize_worker.backends import OpenAISummarizer
-from tests.conftest import Running, make_settings, stream_agent_events
+from tests.conftest import Running, make_settings, stream_agent_events, with_sections
 from tests.documents import prose_document
 from tests.local_http import LocalHttpServer
 from tests.security import SecureNats, settings_as
@@ -45,13 +45,10 @@ class WatchedSkill(SummarizeSkill):
 
 
 def _slow(settings: Settings) -> Settings:
-    return settings.model_copy(
-        update={
-            "summarizer": settings.summarizer.model_copy(
-                update={"backend": "simulated", "simulated_latency_ms": 200.0}
-            ),
-            "worker": settings.worker.model_copy(update={"concurrency": 4}),
-        }
+    return with_sections(
+        settings,
+        summarizer={"backend": "simulated", "simulated_latency_ms": 200.0},
+        worker={"concurrency": 4},
     )
 
 

@@ -21,19 +21,10 @@ from agentbus.runtime.worker import TaskWorker
 from agentbus_orchestrator import Orchestrator
 from agentbus_orchestrator.lifecycle import MAX_RECHECK_S, recorded_indices
 from agentbus_summarize_worker import SummarizeSkill
-from tests.conftest import Running, dlq_messages, stream_agent_events
+from tests.conftest import Running, dlq_messages, stream_agent_events, with_sections
 from tests.documents import make_document, prose_document
 
 pytestmark = pytest.mark.integration
-
-
-def _with(settings: Settings, **sections: dict[str, object]) -> Settings:
-    return settings.model_copy(
-        update={
-            name: getattr(settings, name).model_copy(update=values)
-            for name, values in sections.items()
-        }
-    )
 
 
 async def test_job_id_names_one_document(bus: Bus, settings: Settings, running: Running) -> None:
@@ -92,7 +83,7 @@ async def test_deadline_fails_a_job_nobody_works_on(
 async def test_no_progress_timeout_fails_a_stuck_job(
     bus: Bus, settings: Settings, running: Running
 ) -> None:
-    s = _with(settings, orchestrator={"no_progress_timeout_s": 2.0, "job_timeout_s": 0})
+    s = with_sections(settings, orchestrator={"no_progress_timeout_s": 2.0, "job_timeout_s": 0})
     await running.start(Orchestrator, s, "orch-1")
     async with AgentBusClient(s.nats) as client:
         job_id = await client.submit("Stuck. Nobody serves this skill.", skill="nobody")
@@ -105,7 +96,7 @@ async def test_no_progress_timeout_fails_a_stuck_job(
 async def test_finished_jobs_end_their_timers(
     bus: Bus, settings: Settings, running: Running
 ) -> None:
-    s = _with(settings, orchestrator={"no_progress_timeout_s": 1.0})
+    s = with_sections(settings, orchestrator={"no_progress_timeout_s": 1.0})
     await running.start(Orchestrator, s, "orch-1")
     await running.start(lambda st: TaskWorker(st, SummarizeSkill(st)), s, "worker-1")
     async with AgentBusClient(s.nats) as client:
@@ -171,7 +162,7 @@ async def test_three_orchestrators_record_every_result_of_one_job_once(
     job state conflict, are batched and retried, and every task is recorded exactly once
     (the old per-result compare-and-set gave up after 50 conflicts and left the job
     running)."""
-    s = _with(
+    s = with_sections(
         settings,
         orchestrator={"chunk_chars": 1000, "chunk_summary_chars": 100, "summary_chars": 400},
         worker={"concurrency": 32},

@@ -17,22 +17,17 @@ from agentbus.contract.settings import Settings
 from agentbus.runtime.worker import TaskWorker
 from agentbus_orchestrator import Orchestrator
 from agentbus_summarize_worker import SummarizeSkill
-from tests.conftest import Running
+from tests.conftest import Running, with_sections
 from tests.integration.rpc_helpers import cli
 
 pytestmark = pytest.mark.integration
 
 
 def _small_chunks(settings: Settings) -> Settings:
-    return settings.model_copy(
-        update={
-            "orchestrator": settings.orchestrator.model_copy(
-                update={"chunk_chars": 400, "chunk_summary_chars": 120, "summary_chars": 300}
-            ),
-            "summarizer": settings.summarizer.model_copy(
-                update={"backend": "simulated", "simulated_latency_ms": 30}
-            ),
-        }
+    return with_sections(
+        settings,
+        orchestrator={"chunk_chars": 400, "chunk_summary_chars": 120, "summary_chars": 300},
+        summarizer={"backend": "simulated", "simulated_latency_ms": 30},
     )
 
 

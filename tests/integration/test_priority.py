@@ -22,7 +22,7 @@ from agentbus.dev.embedded import EmbeddedNatsServer
 from agentbus.runtime.worker import TaskWorker
 from agentbus_orchestrator import Orchestrator
 from agentbus_summarize_worker import SummarizeSkill
-from tests.conftest import Running, make_settings, stream_agent_events
+from tests.conftest import Running, make_settings, stream_agent_events, with_sections
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -38,16 +38,11 @@ def _document(tag: str, paragraphs: int) -> str:
 
 
 def _pipeline_settings(settings: Settings) -> Settings:
-    return settings.model_copy(
-        update={
-            "orchestrator": settings.orchestrator.model_copy(
-                update={"chunk_chars": 300, "chunk_summary_chars": 60, "summary_chars": 200}
-            ),
-            "summarizer": settings.summarizer.model_copy(
-                update={"backend": "simulated", "simulated_latency_ms": 25.0}
-            ),
-            "worker": settings.worker.model_copy(update={"concurrency": 2}),
-        }
+    return with_sections(
+        settings,
+        orchestrator={"chunk_chars": 300, "chunk_summary_chars": 60, "summary_chars": 200},
+        summarizer={"backend": "simulated", "simulated_latency_ms": 25.0},
+        worker={"concurrency": 2},
     )
 
 
