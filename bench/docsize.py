@@ -10,6 +10,13 @@ summarizer seconds divided by the worker count is the best the stack could do wi
 perfect parallelism, and `job_s / floor_s` is the overhead ratio (target <= 1.3). With
 3 workers on a 2-core machine the workers cannot all run at once, so the ratio against
 the summarizer time divided by min(workers, cores) is reported beside it.
+
+The floor's summarizer seconds are CPU seconds of this process (`time.process_time`:
+the summarizer is single-threaded and CPU-bound, so on a quiet machine they equal its
+wall time, and on a loaded one they are not inflated by other processes' time slices).
+`stack_cpu_vs_floor` is every stack process's CPU seconds for the job (orchestrator,
+workers, archiver, nats-server, the client) over the floor's: what the bus costs beside
+the summarizing itself, a figure that does not move with the machine's load.
 """
 
 from __future__ import annotations
@@ -49,9 +56,9 @@ def floor_s(text: str, *, summary_chars: int, cfg: OrchestratorSettings) -> dict
     per_task = summary_chars if len(chunks) == 1 else cfg.chunk_summary_chars
     seconds, tasks, levels = 0.0, 0, 0
     while True:
-        started = time.perf_counter()
+        started = time.process_time()
         parts = [summarize_extractive(t, max_chars=per_task) for t in texts]
-        seconds += time.perf_counter() - started
+        seconds += time.process_time() - started
         tasks += len(texts)
         levels += 1
         state = state.model_copy(
@@ -101,6 +108,7 @@ async def _one_size(name: str, text: str, args: Any) -> dict[str, Any]:
                     state = await client.wait(job_id, timeout_s=args.timeout_s)
                     seconds = time.monotonic() - started
                     cpu = orch_meter.read()["total"]
+                    by_role: dict[str, float] = meter.read()["per_role"]
                     out["runs"].append(
                         {
                             "status": state.status.value,
@@ -110,7 +118,8 @@ async def _one_size(name: str, text: str, args: Any) -> dict[str, Any]:
                             "levels": state.level + 1,
                             "tasks": state.tasks_done_total,
                             "orchestrator_cpu_ms_per_chunk": cpu * 1000 / max(state.chunks, 1),
-                            "cpu_s_by_role": meter.read()["per_role"],
+                            "cpu_s_by_role": by_role,
+                            "stack_cpu_s": sum(by_role.values()),
                         }
                     )
             stop.set()
@@ -128,6 +137,9 @@ async def _one_size(name: str, text: str, args: Any) -> dict[str, Any]:
         out["floor_s"] = per_workers
         out["ratio_to_floor"] = job_s / per_workers
         out["ratio_to_floor_on_cores"] = job_s / per_cores
+        out["stack_cpu_vs_floor"] = (
+            sorted(r["stack_cpu_s"] for r in done)[len(done) // 2] / floor["summarizer_s"]
+        )
         out["median_orchestrator_cpu_ms_per_chunk"] = sorted(
             r["orchestrator_cpu_ms_per_chunk"] for r in done
         )[len(done) // 2]
