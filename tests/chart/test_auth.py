@@ -14,7 +14,6 @@ it all against a real nats-server.
 
 from __future__ import annotations
 
-import base64
 import json
 import posixpath
 import re
@@ -33,6 +32,8 @@ from tests.chart.render import (
     Rendered,
     chart_values,
     env_of,
+    job_secret_data,
+    job_secret_names,
     load_values,
     nats_auth_wiring,
     prepare_chart,
@@ -60,8 +61,13 @@ ROLE_OF_WORKLOAD = {
     ("Job", f"{RELEASE}-provision"): permissions.PROVISIONER,
     ("Pod", f"{RELEASE}-test-submit"): permissions.CLIENT,
 }
-# The lookup of an existing Secret, replaced in test copies of the chart by fixed data.
-LOOKUP = 'lookup "v1" "Secret" .namespace .name'
+
+
+def _workload_name(owner: dict[str, Any]) -> str:
+    """The name of a workload without the spec hash of the provisioning Job's name."""
+    name = str(owner["metadata"]["name"])
+    prefix = f"{RELEASE}-provision-"
+    return prefix.removesuffix("-") if name.startswith(prefix) else name
 
 
 def _json() -> dict[str, Any]:
@@ -142,24 +148,6 @@ def _user_block(conf: str, user: str) -> str:
     return conf[start : conf.index("\n    }\n", start) + len("\n    }\n")]
 
 
-def _chart_with_secrets(tmp_path: Path, secrets: dict[str, dict[str, str]]) -> Path:
-    """A copy of the chart whose `lookup` of a Secret finds `secrets` (name -> data), as
-    it would in a cluster: the upgrade and existing-Secret paths, offline."""
-    chart = prepare_chart(tmp_path)
-    hits = [p for p in sorted((chart / "templates").glob("*.tpl")) if LOOKUP in p.read_text()]
-    assert len(hits) == 1, f"the Secret lookup moved: update this test ({hits})"
-    (helpers,) = hits
-    text = helpers.read_text()
-    assert text.count(LOOKUP) == 1, f"{helpers.name}: one Secret lookup expected"
-    found = {name: {"data": data} for name, data in secrets.items()}
-    helpers.write_text(text.replace(LOOKUP, f"get (fromJson `{json.dumps(found)}`) .name"))
-    return chart
-
-
-def _b64(values: dict[str, str]) -> dict[str, str]:
-    return {k: base64.b64encode(v.encode()).decode() for k, v in values.items()}
-
-
 def _mount_of(container: dict[str, Any], path: str) -> dict[str, Any]:
     """The volumeMount a file path lies under (the deepest one)."""
     hits = [
@@ -238,7 +226,11 @@ def test_every_pod_connects_as_the_user_of_its_role(rendered: RenderFn, scenario
     data = secret_data(r, AUTH_SECRET)
     seen = set()
     for owner, spec in r.pod_specs():
-        key = (owner["kind"], owner["metadata"]["name"])
+        key = (owner["kind"], _workload_name(owner))
+        if key == ("Job", AUTH_SECRET):  # the hook Job writing the Secret: no NATS at all
+            (c,) = spec["containers"]
+            assert not [e for e in c.get("env", []) if e["name"].startswith("AGENTBUS_NATS")]
+            continue
         user = ROLE_OF_WORKLOAD[key]
         seen.add(key)
         (c,) = spec["containers"]
@@ -268,7 +260,7 @@ def test_every_referenced_secret_key_exists(rendered: RenderFn, scenario: str) -
     """Secret items mounted and env secretKeyRefs that name a Secret of the release exist,
     and every *_FILE setting points into a mounted volume."""
     r = rendered(scenario)
-    ours = {s["metadata"]["name"] for s in r.of_kind("Secret")}
+    ours = {s["metadata"]["name"] for s in r.of_kind("Secret")} | job_secret_names(r)
     for owner, spec in r.pod_specs():
         where = f"{owner['kind']}/{owner['metadata']['name']}"
         volumes = {v["name"]: v for v in spec.get("volumes", [])}
@@ -307,14 +299,12 @@ def test_nats_chart_values_include_the_rendered_secret(rendered: RenderFn, scena
     # natsVolumeMountPrefixes) and watches included files: a new auth.conf is reloaded
     assert wiring.mount_path.startswith("/etc/")
     assert not wiring.mount_path.startswith(NATS_CONFIG_DIR)  # the ConfigMap's directory
-    secret = r.named("Secret", AUTH_SECRET)
-    ann = secret["metadata"]["annotations"]
-    # before the provisioning Job (a pre-upgrade hook itself) and the NATS pods
-    assert {"pre-install", "pre-upgrade"} <= set(ann["helm.sh/hook"].split(","))
-    (job,) = r.of_kind("Job")
-    assert int(ann["helm.sh/hook-weight"]) < int(
-        job["metadata"]["annotations"]["helm.sh/hook-weight"]
-    )
+    # the hook Job that writes the Secret runs before anything else of the release: before
+    # the NATS pods and our pods mount it, on install, upgrade and rollback alike
+    assert job_secret_names(r) == {AUTH_SECRET}
+    (job,) = [j for j in r.of_kind("Job") if "helm.sh/hook" in j["metadata"].get("annotations", {})]
+    ann = job["metadata"]["annotations"]
+    assert set(ann["helm.sh/hook"].split(",")) == {"pre-install", "pre-upgrade", "pre-rollback"}
 
 
 def test_nats_exporter_and_monitors_for_the_dashboard(rendered: RenderFn) -> None:
@@ -338,50 +328,57 @@ def test_nats_exporter_and_monitors_for_the_dashboard(rendered: RenderFn) -> Non
 # --- passwords -----------------------------------------------------------------------------
 
 
-def test_passwords_are_kept_across_upgrades(rendered: RenderFn, tmp_path: Path) -> None:
-    first = secret_data(rendered("default"), AUTH_SECRET)
+def test_passwords_are_kept_across_upgrades(rendered: RenderFn) -> None:
+    r = rendered("default")
+    first = secret_data(r, AUTH_SECRET)
     old = {k: v for k, v in first.items() if k not in ("auth.conf", permissions.ADMIN)}
-    # the release's Secret exists (without admin, as if that user were new)
-    chart = _chart_with_secrets(tmp_path, {AUTH_SECRET: _b64(old)})
-    again = secret_data(render(chart, {}), AUTH_SECRET)
+    # the Secret exists (without admin, as if that user were new) when the Job runs again
+    again = job_secret_data(r, AUTH_SECRET, current={**old, "auth.conf": "stale"})
     for user, password in old.items():
         assert again[user] == password, user
     assert again[permissions.ADMIN] != first[permissions.ADMIN]  # new user: new password
     _assert_auth_conf(again["auth.conf"], again)
+    assert job_secret_data(r, AUTH_SECRET, current=again) == again  # nothing to change
 
 
-def test_passwords_from_an_existing_secret(tmp_path: Path) -> None:
+def test_offline_renders_are_identical_and_hold_no_password(chart_dir: Path) -> None:
+    """`helm template` twice (Argo CD and Flux sync that way): the same objects, and none
+    holds a password, so a sync never rotates one."""
+    first, second = render(chart_dir, {}), render(chart_dir, {})
+    assert first.objects == second.objects
+    assert first.of_kind("Secret") == []
+    text = json.dumps(first.objects)
+    assert "AGENTBUS_NATS_PASSWORD_WORKER:" not in text  # no variable defined, only used
+
+
+def test_passwords_from_an_existing_secret(chart_dir: Path) -> None:
     mine = {u: f"pw-{u}-Zq8rT2vLx9" for u in permissions.ROLES}
     stored = {u: p + "\n" for u, p in mine.items()}  # e.g. `kubectl create secret --from-file`
-    chart = _chart_with_secrets(tmp_path, {"my-nats-passwords": _b64(stored)})
-    r = render(chart, {"natsAuth": {"passwordsSecret": "my-nats-passwords"}})
-    data = secret_data(r, AUTH_SECRET)
+    r = render(chart_dir, {"natsAuth": {"passwordsSecret": "my-nats-passwords"}})
+    data = job_secret_data(r, AUTH_SECRET, current={"worker": "old"}, source=stored)
     assert {u: data[u] for u in mine} == mine
     _assert_auth_conf(data["auth.conf"], mine)
+    (role,) = [o for o in r.of_kind("Role") if o["metadata"]["name"].endswith("-nats-auth")]
+    readable = [n for rule in role["rules"] for n in rule.get("resourceNames", [])]
+    assert sorted(readable) == sorted([AUTH_SECRET, "my-nats-passwords"])
 
 
 @pytest.mark.parametrize(
-    ("secrets", "needle"),
+    ("source", "needle"),
     [
-        ({}, 'no Secret "my-nats-passwords" in namespace'),
         (
-            {"my-nats-passwords": {u: "x" * 20 for u in permissions.ROLES if u != "admin"}},
-            'has no (non-empty) key "admin"',
+            {u: "x" * 20 for u in permissions.ROLES if u != "admin"},
+            "my-nats-passwords has no (non-empty) key 'admin'",
         ),
-        (
-            {"my-nats-passwords": dict.fromkeys(permissions.ROLES, 'ab"cd')},
-            "the password of orchestrator holds a quote",
-        ),
+        (dict.fromkeys(permissions.ROLES, 'ab"cd'), "the password of orchestrator holds a quote"),
     ],
 )
 def test_existing_secret_problems_fail_clearly(
-    tmp_path: Path, secrets: dict[str, dict[str, str]], needle: str
+    chart_dir: Path, source: dict[str, str], needle: str
 ) -> None:
-    import helm_python as helm
-
-    chart = _chart_with_secrets(tmp_path, {k: _b64(v) for k, v in secrets.items()})
-    with pytest.raises(helm.HelmError) as e:
-        render(chart, {"natsAuth": {"passwordsSecret": "my-nats-passwords"}})
+    r = render(chart_dir, {"natsAuth": {"passwordsSecret": "my-nats-passwords"}})
+    with pytest.raises(permissions.PermissionsError) as e:
+        job_secret_data(r, AUTH_SECRET, source=source)
     assert needle in str(e.value)
     assert 'ab"cd' not in str(e.value)  # never a password in an error
 
@@ -413,7 +410,7 @@ def test_external_nats_with_the_charts_users(chart_dir: Path) -> None:
 
 def test_external_nats_with_credentials_of_its_own(rendered: RenderFn) -> None:
     r = rendered("external-nats")
-    assert r.of_kind("Secret") == []
+    assert r.of_kind("Secret") == [] and job_secret_names(r) == set()
     for _owner, c in r.our_containers():
         assert PASSWORD_FILE not in env_of(c)
 

@@ -28,6 +28,7 @@ from tests.chart.render import (
     SCENARIOS,
     Rendered,
     env_of,
+    job_secret_names,
     labels_match,
     load_values,
     render,
@@ -568,13 +569,18 @@ def test_nats_url_names_the_nats_service(rendered: RenderFn, scenario: str) -> N
 def test_pods_are_locked_down(rendered: RenderFn, scenario: str) -> None:
     r = rendered(scenario)
     specs = list(r.pod_specs())
-    assert len(specs) == 5
+    auth_job = f"{RELEASE}-nats-auth"
+    assert len(specs) == 5 + (auth_job in job_secret_names(r))
     for owner, spec in specs:
         name = owner["metadata"]["name"]
         psc = spec["securityContext"]
         assert psc["runAsNonRoot"] is True and psc["runAsUser"] != 0, name
         assert psc["seccompProfile"] == {"type": "RuntimeDefault"}, name
-        assert spec["automountServiceAccountToken"] is False, name
+        # only the Job writing the NATS auth Secret talks to the Kubernetes API, as its own
+        # service account (a hook, with a Role limited to that Secret)
+        assert spec["automountServiceAccountToken"] is (name == auth_job), name
+        if name == auth_job:
+            assert spec["serviceAccountName"] == auth_job
         assert not spec.get("hostNetwork") and not spec.get("hostPID"), name
         volumes = {v["name"]: v for v in spec.get("volumes", [])}
         assert "emptyDir" in volumes["tmp"], name
@@ -627,14 +633,95 @@ def test_network_policy_allows_only_dns_nats_and_listed_egress(rendered: RenderF
 # --- hooks, tests, dashboards, notes -----------------------------------------------------------
 
 
-def test_provisioning_job_is_a_hook_that_retries(rendered: RenderFn) -> None:
-    (job,) = rendered("default").of_kind("Job")
-    ann = job["metadata"]["annotations"]
-    assert ann["helm.sh/hook"] == "post-install,pre-upgrade"
-    assert "before-hook-creation" in ann["helm.sh/hook-delete-policy"]
+def _hooks(o: dict[str, Any]) -> set[str]:
+    ann = o["metadata"].get("annotations") or {}
+    return set(filter(None, str(ann.get("helm.sh/hook", "")).split(",")))
+
+
+def _provision_job(r: Rendered) -> dict[str, Any]:
+    (job,) = [
+        j for j in r.of_kind("Job") if j["metadata"]["name"].startswith(f"{RELEASE}-provision-")
+    ]
+    return job
+
+
+def test_provisioning_job_is_no_hook_and_retries(rendered: RenderFn) -> None:
+    """`helm install --wait` / `upgrade --install --atomic`: Helm creates the Job with the
+    Deployments and waits for both (a post-install hook would run only after the wait,
+    which waits for services that wait for the hook)."""
+    job = _provision_job(rendered("default"))
+    assert _hooks(job) == set()
     assert job["spec"]["backoffLimit"] >= 3
     (c,) = job["spec"]["template"]["spec"]["containers"]
     assert c["args"] == ["provision"]
+    assert job["spec"]["template"]["spec"]["restartPolicy"] == "OnFailure"
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_nothing_the_pods_need_comes_from_a_later_hook(rendered: RenderFn, scenario: str) -> None:
+    """What a pod of the release mounts or reads (ConfigMaps, Secrets, claims, service
+    accounts) is a resource of the release or made by a pre-install hook, never by a
+    post-install/post-upgrade hook, which Helm runs only after its --wait; and no hook but
+    the tests runs after install or upgrade at all."""
+    r = rendered(scenario)
+    for o in r.objects:
+        assert not _hooks(o) & {"post-install", "post-upgrade"}, o["metadata"]["name"]
+    available: set[tuple[str, str]] = {
+        (o["kind"], o["metadata"]["name"])
+        for o in r.objects
+        if not _hooks(o) or "pre-install" in _hooks(o)
+    }
+    available |= {("Secret", n) for n in job_secret_names(r)}  # its Job: pre-install
+    for owner, spec in r.pod_specs():
+        if _hooks(owner):
+            continue
+        need: set[tuple[str, str]] = set()
+        for v in spec.get("volumes", []):
+            if "configMap" in v:
+                need.add(("ConfigMap", v["configMap"]["name"]))
+            if "secret" in v:
+                need.add(("Secret", v["secret"]["secretName"]))
+            if "persistentVolumeClaim" in v:
+                need.add(("PersistentVolumeClaim", v["persistentVolumeClaim"]["claimName"]))
+        if spec.get("serviceAccountName", "default") != "default":
+            need.add(("ServiceAccount", spec["serviceAccountName"]))
+        for c in spec["containers"]:
+            for e in c.get("env", []):
+                ref = e.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    need.add(("Secret", ref["name"]))
+        external = {("Secret", n) for n in _operator_secrets(r.values)}
+        missing = need - available - external
+        assert not missing, (owner["metadata"]["name"], missing)
+
+
+def _operator_secrets(values: Any) -> set[str]:
+    """Secrets the operator creates: every existingSecret / apiKeySecret.name in values."""
+    found: set[str] = set()
+    if isinstance(values, dict):
+        for key, val in values.items():
+            if key == "existingSecret" and val:
+                found.add(str(val))
+            elif key == "apiKeySecret" and isinstance(val, dict) and val.get("name"):
+                found.add(str(val["name"]))
+            else:
+                found |= _operator_secrets(val)
+    elif isinstance(values, list):
+        for val in values:
+            found |= _operator_secrets(val)
+    return found
+
+
+def test_provisioning_job_name_follows_its_spec(chart_dir: Path, rendered: RenderFn) -> None:
+    """A Job's pod template is immutable: an upgrade that changes it gets a new Job (Helm
+    deletes the old one); the same values keep the same name (GitOps: no drift)."""
+    name = _provision_job(rendered("default"))["metadata"]["name"]
+    assert _provision_job(render(chart_dir, {}))["metadata"]["name"] == name
+    changed = _provision_job(render(chart_dir, {"topology": {"maxDeliver": 7}}))
+    assert changed["metadata"]["name"] != name
+    assert len(changed["metadata"]["name"]) <= 63
+    long = render(chart_dir, {}, release="a" * 53)
+    assert all(len(j["metadata"]["name"]) <= 63 for j in long.of_kind("Job"))
 
 
 def test_helm_test_submits_the_mounted_document(rendered: RenderFn) -> None:

@@ -159,6 +159,42 @@ def permissions_cmd(ctx: typer.Context) -> None:
     raise typer.Exit(permissions.main(ctx.args))
 
 
+@app.command(name="nats-auth-secret", hidden=True)
+def nats_auth_secret_cmd(
+    name: Annotated[str, typer.Option(help="The Secret to create or update")],
+    files_dir: Annotated[
+        Path,
+        typer.Option(help="nats-permissions.json and nats-auth.conf (none: auth is off)"),
+    ],
+    namespace: Annotated[str, typer.Option(help="Default: the pod's namespace")] = "",
+    passwords_secret: Annotated[
+        str, typer.Option(help="A Secret with one password per user (natsAuth.passwordsSecret)")
+    ] = "",
+    label: Annotated[
+        list[str] | None, typer.Option(help="key=value label of the Secret (repeatable)")
+    ] = None,
+) -> None:
+    """In the cluster (the chart's hook Job): create or update the NATS auth Secret,
+    keeping every password it already holds."""
+    from agentbus.cli import nats_auth_secret as nas
+
+    perms_file, auth_file = files_dir / "nats-permissions.json", files_dir / "nats-auth.conf"
+    try:
+        ns = namespace or (nas.SERVICE_ACCOUNT_DIR / "namespace").read_text().strip()
+        done = nas.ensure_auth_secret(
+            nas.in_cluster_api(),
+            namespace=ns,
+            name=name,
+            labels=dict(item.partition("=")[::2] for item in label or []),
+            permissions_json=perms_file.read_text() if perms_file.exists() else None,
+            auth_file=auth_file.read_text() if auth_file.exists() else None,
+            passwords_secret=passwords_secret,
+        )
+    except (AgentBusError, OSError) as e:
+        raise _fail(str(e)) from None
+    out.print(f"Secret {ns}/{name} {done}")
+
+
 @app.command(name="provision")
 def provision_cmd(
     skills: Annotated[
