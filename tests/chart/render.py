@@ -169,19 +169,43 @@ class Rendered:
                     yield owner, c
 
 
+# The custom resources the chart can make, as a cluster with the Prometheus Operator and
+# KEDA lists them (.Capabilities.APIVersions, `helm template --api-versions`).
+CRD_API_VERSIONS: Final = (
+    "monitoring.coreos.com/v1/PodMonitor",
+    "monitoring.coreos.com/v1/ServiceMonitor",
+    "monitoring.coreos.com/v1/PrometheusRule",
+    "keda.sh/v1alpha1/ScaledObject",
+)
+
+
 def render(
     chart_dir: Path,
     values: dict[str, Any],
     *,
     release: str = RELEASE,
     namespace: str = NAMESPACE,
+    api_versions: tuple[str, ...] = CRD_API_VERSIONS,
 ) -> Rendered:
-    """Render like `helm install` (schema-validated) and parse every manifest."""
-    import helm_python as helm
+    """Render like `helm install` (schema-validated) into a cluster that serves
+    `api_versions` besides the built-in ones, and parse every manifest."""
+    import json
 
+    import helm_python as helm
+    from helm_python import _native
+
+    opts = {"name": release, "namespace": namespace, "is_install": True}
     with helm.Chart.load(chart_dir) as chart:
         chart.validate_schema(values)
-        manifests = chart.render(values, name=release, namespace=namespace, is_install=True)
+        # Chart.render does not pass the engine's api_versions option (the C SDK's, what
+        # `helm template --api-versions` sets): call the same native function with it
+        raw = _native.call_string(
+            "helm_render",
+            chart._raw(),
+            json.dumps(values),
+            json.dumps({**opts, "api_versions": list(api_versions)}),
+        )
+        manifests: dict[str, str] = json.loads(raw)
     objects: list[dict[str, Any]] = []
     sources: list[str] = []
     notes = ""

@@ -314,15 +314,62 @@ def test_nats_exporter_and_monitors_for_the_dashboard(rendered: RenderFn) -> Non
     assert nats["config"]["jetstream"]["enabled"] is True
     dashboard = (CHART_DIR / "dashboards" / "agentbus.json").read_text()
     assert "nats_consumer_num_pending" in dashboard
-    # our own metrics carry a `service` label: the monitors keep it (honorLabels)
-    monitors = [
-        *rendered("autoscaling-keda").of_kind("PodMonitor"),
-        *rendered("nats-cluster").of_kind("ServiceMonitor"),
+    # one switch covers NATS too: a PodMonitor for the NATS chart's exporter container
+    # (port prom-metrics) with either of ours; its own podMonitor stays off
+    assert nats["promExporter"]["podMonitor"]["enabled"] is False
+    # without the operator: the NATS pods carry scrape annotations for the exporter's port
+    annotations = nats["podTemplate"]["merge"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == str(nats["promExporter"]["port"])
+    for scenario, kind in (("autoscaling-keda", "PodMonitor"), ("nats-cluster", "ServiceMonitor")):
+        r = rendered(scenario)
+        (ours,) = (
+            r.of_kind(kind)
+            if kind == "ServiceMonitor"
+            else [m for m in r.of_kind("PodMonitor") if m["metadata"]["name"] == RELEASE]
+        )
+        (for_nats,) = [
+            m for m in r.of_kind("PodMonitor") if m["metadata"]["name"] == f"{RELEASE}-nats"
+        ]
+        # our own metrics carry a `service` label: the monitors keep it (honorLabels)
+        endpoints = ours["spec"].get("podMetricsEndpoints") or ours["spec"]["endpoints"]
+        assert all(ep["honorLabels"] is True for ep in endpoints), kind
+        assert [ep["port"] for ep in for_nats["spec"]["podMetricsEndpoints"]] == ["prom-metrics"]
+        # the dashboard's and the alerts' release label on every target
+        for m in (ours, for_nats):
+            assert m["spec"]["podTargetLabels"] == ["app.kubernetes.io/instance"]
+        # it selects the NATS pods (the labels the NetworkPolicy and the NATS chart use)
+        labels = for_nats["spec"]["selector"]["matchLabels"]
+        assert labels == {
+            "app.kubernetes.io/name": "nats",
+            "app.kubernetes.io/instance": RELEASE,
+            "app.kubernetes.io/component": "nats",
+        }
+    assert [m for m in rendered("default").objects if m["kind"].endswith("Monitor")] == []
+
+
+def test_custom_resources_need_their_api(chart_dir: Path) -> None:
+    """PodMonitor, ServiceMonitor, PrometheusRule and ScaledObject are made only where the
+    cluster serves them (.Capabilities.APIVersions); else the value fails, naming the fix."""
+    import helm_python as helm
+
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"metrics": {"podMonitor": {"enabled": True}}}, "monitoring.coreos.com/v1/PodMonitor"),
+        (
+            {"metrics": {"serviceMonitor": {"enabled": True}}},
+            "monitoring.coreos.com/v1/ServiceMonitor",
+        ),
+        ({"prometheusRule": {"enabled": True}}, "monitoring.coreos.com/v1/PrometheusRule"),
+        ({"worker": {"keda": {"enabled": True}}}, "keda.sh/v1alpha1/ScaledObject"),
     ]
-    assert len(monitors) == 2
-    for m in monitors:
-        endpoints = m["spec"].get("podMetricsEndpoints") or m["spec"]["endpoints"]
-        assert all(ep["honorLabels"] is True for ep in endpoints), m["kind"]
+    for values, api in cases:
+        with pytest.raises(helm.HelmError) as e:
+            render(chart_dir, values, api_versions=())
+        assert f"serves no {api} (with `helm template`, pass --api-versions {api})" in str(e.value)
+        kind = api.rsplit("/", 1)[1]
+        # (the NATS exporter's monitor is a PodMonitor with a ServiceMonitor too)
+        served = (api, "monitoring.coreos.com/v1/PodMonitor")
+        assert render(chart_dir, values, api_versions=served).of_kind(kind), api
 
 
 # --- passwords -----------------------------------------------------------------------------

@@ -67,6 +67,45 @@ _SELECTOR = {
     "additionalProperties": False,
 }
 _CRD_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
+    ("monitoring.coreos.com/v1", "PrometheusRule"): {
+        "type": "object",
+        "required": ["spec"],
+        "properties": {
+            "spec": {
+                "type": "object",
+                "required": ["groups"],
+                "additionalProperties": False,
+                "properties": {
+                    "groups": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["name", "rules"],
+                            "additionalProperties": False,
+                            "properties": {
+                                "name": {"type": "string"},
+                                "rules": {
+                                    "type": "array",
+                                    "items": {
+                                        "type": "object",
+                                        "required": ["alert", "expr"],
+                                        "additionalProperties": False,
+                                        "properties": {
+                                            "alert": {"type": "string"},
+                                            "expr": {"type": "string"},
+                                            "for": {"type": "string"},
+                                            "labels": _STR_MAP,
+                                            "annotations": _STR_MAP,
+                                        },
+                                    },
+                                },
+                            },
+                        },
+                    }
+                },
+            }
+        },
+    },
     ("keda.sh/v1alpha1", "ScaledObject"): {
         "type": "object",
         "required": ["spec"],
@@ -113,6 +152,7 @@ _CRD_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
                 "additionalProperties": False,
                 "properties": {
                     "selector": _SELECTOR,
+                    "podTargetLabels": {"type": "array", "items": {"type": "string"}},
                     "podMetricsEndpoints": {
                         "type": "array",
                         "minItems": 1,
@@ -132,6 +172,7 @@ _CRD_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
                 "additionalProperties": False,
                 "properties": {
                     "selector": _SELECTOR,
+                    "podTargetLabels": {"type": "array", "items": {"type": "string"}},
                     "endpoints": {
                         "type": "array",
                         "minItems": 1,
@@ -307,6 +348,8 @@ def test_selectors_match_pod_labels(rendered: RenderFn, scenario: str) -> None:
         hits = [d for d in deployments if labels_match(pdb["spec"]["selector"], _pod_labels(d))]
         assert len(hits) == 1, pdb["metadata"]["name"]
     for pm in r.of_kind("PodMonitor"):
+        if pm["metadata"]["name"].endswith("-nats"):
+            continue  # the NATS chart's pods (not rendered by the stand-in)
         hits = [w for w in workloads if labels_match(pm["spec"]["selector"], _pod_labels(w))]
         assert sorted(h["metadata"]["name"] for h in hits) == sorted(
             d["metadata"]["name"] for d in ours
@@ -491,6 +534,8 @@ def test_ports_and_probes_are_what_the_services_serve(rendered: RenderFn, scenar
         grace = float(env["AGENTBUS_WORKER__GRACE_PERIOD_S"]["value"])
         assert pod["spec"]["terminationGracePeriodSeconds"] > grace
     for m in [*r.of_kind("PodMonitor"), *r.of_kind("ServiceMonitor")]:
+        if m["metadata"]["name"].endswith("-nats"):
+            continue
         for ep in m["spec"].get("podMetricsEndpoints", m["spec"].get("endpoints")):
             assert ep["port"] == "http" and ep["path"] == "/metrics"
 
@@ -794,3 +839,56 @@ def test_image_env_is_real_settings() -> None:
     ours = {k for k in env if k.startswith("AGENTBUS_")}
     assert ours and ours <= env_var_names()
     assert env["PATH"].startswith("/opt/agentbus/bin:")
+
+
+def test_image_registry_and_pull_secrets_reach_every_pod_of_ours(chart_dir: Path) -> None:
+    r = render(
+        chart_dir,
+        {
+            "image": {"registry": "registry.example.com/", "tag": "1.2.3"},
+            "imagePullSecrets": [{"name": "regcred"}, "other"],
+            "global": {
+                "image": {"registry": "mirror.example.com", "pullSecretNames": ["other", "g"]}
+            },
+        },
+    )
+    owners = {(o["kind"], o["metadata"]["name"]) for o, _c in r.our_containers(with_auth_job=True)}
+    assert len(owners) == 6  # 3 Deployments, provisioning and auth Jobs, the test Pod
+    for _o, c in r.our_containers(with_auth_job=True):
+        assert c["image"] == "registry.example.com/agentbus:1.2.3"
+    for owner, spec in r.pod_specs():
+        names = [s["name"] for s in spec["imagePullSecrets"]]
+        assert names == ["regcred", "other", "g"], owner["metadata"]["name"]
+    # the global registry (the NATS chart's setting) when ours is not set
+    r = render(chart_dir, {"global": {"image": {"registry": "mirror.example.com"}}})
+    assert {c["image"] for _o, c in r.our_containers(with_auth_job=True)} == {
+        "mirror.example.com/agentbus:0.1.0"
+    }
+    assert all("imagePullSecrets" not in spec for _o, spec in render(chart_dir, {}).pod_specs())
+
+
+def test_network_policy_follows_the_nats_port(chart_dir: Path) -> None:
+    def nats_ports(values: dict[str, Any]) -> list[int]:
+        (np,) = render(chart_dir, {"networkPolicy": {"enabled": True}, **values}).of_kind(
+            "NetworkPolicy"
+        )
+        (rule,) = [
+            e
+            for e in np["spec"]["egress"]
+            if e.get("to") or 53 not in [p["port"] for p in e["ports"]]
+        ][:1]
+        return [p["port"] for p in rule["ports"]]
+
+    assert nats_ports({}) == [4222]
+    assert nats_ports({"nats": {"config": {"nats": {"port": 4333}}}}) == [4333]
+    external = {"nats": {"enabled": False}, "natsAuth": {"enabled": False}}
+    url = "nats://a.example:4444, tls://b.example:4445,nats://c.example"
+    assert nats_ports({**external, "externalNats": {"url": url}}) == [4444, 4445, 4222]
+
+
+def test_spread_constraints_select_the_services_own_pods(rendered: RenderFn) -> None:
+    r = rendered("nats-cluster")
+    spec = _deployment(r, "orchestrator")["spec"]["template"]["spec"]
+    (c,) = spec["topologySpreadConstraints"]
+    assert c["labelSelector"]["matchLabels"]["app.kubernetes.io/component"] == "orchestrator"
+    assert labels_match(c["labelSelector"], _pod_labels(_deployment(r, "orchestrator")))

@@ -93,7 +93,11 @@ app.kubernetes.io/component: {{ include "agentbus.component" . }}
 {{- define "agentbus.imagePullSecrets" -}}
 {{- $names := list }}
 {{- range .Values.imagePullSecrets }}
-{{- $names = append $names (kindIs "string" . | ternary . (get . "name")) }}
+{{- if kindIs "string" . }}
+{{- $names = append $names . }}
+{{- else }}
+{{- $names = append $names (get . "name") }}
+{{- end }}
 {{- end }}
 {{- range (dig "image" "pullSecretNames" list (.Values.global | default dict)) }}
 {{- $names = append $names . }}

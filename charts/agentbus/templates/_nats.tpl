@@ -19,10 +19,35 @@
 {{- end }}
 {{- end }}
 
+{{/* The labels of the bundled NATS's pods (the NATS chart's selector labels). */}}
+{{- define "agentbus.natsPodLabels" -}}
+app.kubernetes.io/name: {{ default "nats" .Values.nats.nameOverride }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: nats
+{{- end }}
+
 {{- define "agentbus.natsPort" -}}
 {{- $port := 4222 }}
 {{- with .Values.nats.config }}{{ with .nats }}{{ with .port }}{{ $port = . }}{{ end }}{{ end }}{{ end }}
 {{- $port | int }}
+{{- end }}
+
+{{/* The TCP ports our pods reach NATS on, as a JSON list: networkPolicy.natsPorts when
+     set, else the bundled NATS's client port (nats.config.nats.port), else the port of
+     each externalNats.url (4222 when it names none). */}}
+{{- define "agentbus.natsClientPorts" -}}
+{{- $ports := list }}
+{{- if .Values.networkPolicy.natsPorts }}
+{{- $ports = .Values.networkPolicy.natsPorts }}
+{{- else if .Values.nats.enabled }}
+{{- $ports = list (include "agentbus.natsPort" . | int) }}
+{{- else }}
+{{- range splitList "," .Values.externalNats.url }}
+{{- $port := (urlParse (trim .)).host | splitList ":" | rest | last | default "4222" }}
+{{- $ports = append $ports ($port | int) }}
+{{- end }}
+{{- end }}
+{{- $ports | uniq | toJson }}
 {{- end }}
 
 {{- define "agentbus.natsUrl" -}}

@@ -161,7 +161,14 @@ spec:
   {{- end }}
   {{- with $own.topologySpreadConstraints }}
   topologySpreadConstraints:
-    {{- toYaml . | nindent 4 }}
+    {{- /* a constraint without labelSelector spreads this service's own pods */}}
+    {{- range . }}
+    {{- $c := deepCopy . }}
+    {{- if not (hasKey $c "labelSelector") }}
+    {{- $_ := set $c "labelSelector" (dict "matchLabels" (include "agentbus.selectorLabels" $ | fromYaml)) }}
+    {{- end }}
+    - {{- toYaml $c | nindent 6 }}
+    {{- end }}
   {{- end }}
 {{- end }}
 

@@ -15,6 +15,9 @@
 {{- fail "topology.replicas must not exceed nats.config.cluster.replicas" }}
 {{- end }}
 {{- include "agentbus.validateNatsAuth" . }}
+{{- if and .Values.nats.enabled (dig "promExporter" "podMonitor" "enabled" false .Values.nats) (or .Values.metrics.podMonitor.enabled .Values.metrics.serviceMonitor.enabled) }}
+{{- fail "nats.promExporter.podMonitor.enabled: the chart's metrics.podMonitor/serviceMonitor already make a PodMonitor for the NATS exporter (turn one off: NATS would be scraped twice)" }}
+{{- end }}
 {{- if and .Values.metrics.podMonitor.enabled .Values.metrics.serviceMonitor.enabled }}
 {{- fail "metrics.podMonitor.enabled and metrics.serviceMonitor.enabled: pick one (each service would be scraped twice)" }}
 {{- end }}
@@ -54,5 +57,15 @@
 {{- fail (printf "natsAuth.enabled with the bundled NATS needs the chart's entries in nats.config.merge ($include), nats.container.patch and nats.podTemplate.patch (volume agentbus-nats-auth from Secret %s): keep them when you set these values (see values.yaml)" (include "agentbus.natsAuthSecretName" .)) }}
 {{- end }}
 {{- end }}
+{{- end }}
+{{- end }}
+
+{{/* A custom resource kind the cluster must serve (.Capabilities.APIVersions, which
+     `helm template --api-versions` sets offline): fails naming the value that asked for
+     it, rather than an API server's "no matches for kind" halfway through an install.
+     dict "root" $ "api" "monitoring.coreos.com/v1/PodMonitor" "value" "metrics.podMonitor.enabled" "needs" "the Prometheus Operator" */}}
+{{- define "agentbus.requireApi" -}}
+{{- if not (.root.Capabilities.APIVersions.Has .api) }}
+{{- fail (printf "%s needs %s: this cluster serves no %s (with `helm template`, pass --api-versions %s)" .value .needs .api .api) }}
 {{- end }}
 {{- end }}
