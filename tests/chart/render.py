@@ -401,3 +401,39 @@ def image_env(dockerfile: Path = REPO_ROOT / "Dockerfile") -> dict[str, str]:
                 key, _, value = token.partition("=")
                 env[key] = value
     return env
+
+
+# Helm's chart.Dependency fields in its struct order, with their omitempty flag: Chart.lock's
+# digest is sha256 of Go's json.Marshal([requested, locked]) (resolver.HashReq).
+_DEPENDENCY_FIELDS: Final = (
+    ("name", False),
+    ("version", True),
+    ("repository", False),
+    ("condition", True),
+    ("tags", True),
+    ("enabled", True),
+    ("import-values", True),
+    ("alias", True),
+)
+
+
+def _go_json_dependency(dep: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, omitempty in _DEPENDENCY_FIELDS:
+        value = dep.get(key, "" if key in ("name", "version", "repository") else None)
+        if omitempty and not value:
+            continue
+        out[key] = value
+    return out
+
+
+def chart_lock_digest(requested: list[dict[str, Any]], locked: list[dict[str, Any]]) -> str:
+    """The `digest` Helm writes into Chart.lock (and checks on `helm dependency build`)."""
+    import hashlib
+    import json
+
+    doc = [[_go_json_dependency(d) for d in requested], [_go_json_dependency(d) for d in locked]]
+    data = json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+    # Go escapes <, > and & in JSON strings
+    data = data.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    return "sha256:" + hashlib.sha256(data.encode()).hexdigest()

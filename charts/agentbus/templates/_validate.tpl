@@ -60,12 +60,27 @@
 {{- end }}
 {{- end }}
 
-{{/* A custom resource kind the cluster must serve (.Capabilities.APIVersions, which
-     `helm template --api-versions` sets offline): fails naming the value that asked for
-     it, rather than an API server's "no matches for kind" halfway through an install.
-     dict "root" $ "api" "monitoring.coreos.com/v1/PodMonitor" "value" "metrics.podMonitor.enabled" "needs" "the Prometheus Operator" */}}
-{{- define "agentbus.requireApi" -}}
-{{- if not (.root.Capabilities.APIVersions.Has .api) }}
-{{- fail (printf "%s needs %s: this cluster serves no %s (with `helm template`, pass --api-versions %s)" .value .needs .api .api) }}
+{{/* "true" when the cluster serves a custom resource kind (.Capabilities.APIVersions,
+     which `helm template --api-versions` sets offline), else nothing: the resource is not
+     made (an API server would refuse the whole install with "no matches for kind") and
+     NOTES.txt says so, naming the value that asked for it.
+     dict "root" $ "api" "monitoring.coreos.com/v1/PodMonitor" */}}
+{{- define "agentbus.hasApi" -}}
+{{- if .root.Capabilities.APIVersions.Has .api }}true{{ end }}
 {{- end }}
+
+{{/* value -> API of every custom resource asked for that the cluster does not serve. */}}
+{{- define "agentbus.missingApis" -}}
+{{- $m := .Values.metrics }}
+{{- $asked := list }}
+{{- if $m.podMonitor.enabled }}{{ $asked = append $asked (list "metrics.podMonitor.enabled" "monitoring.coreos.com/v1/PodMonitor") }}{{ end }}
+{{- if $m.serviceMonitor.enabled }}{{ $asked = append $asked (list "metrics.serviceMonitor.enabled" "monitoring.coreos.com/v1/ServiceMonitor") }}{{ end }}
+{{- if and (or $m.podMonitor.enabled $m.serviceMonitor.enabled) .Values.nats.enabled .Values.nats.promExporter.enabled }}{{ $asked = append $asked (list "metrics.*Monitor.enabled (the NATS exporter's PodMonitor)" "monitoring.coreos.com/v1/PodMonitor") }}{{ end }}
+{{- if .Values.prometheusRule.enabled }}{{ $asked = append $asked (list "prometheusRule.enabled" "monitoring.coreos.com/v1/PrometheusRule") }}{{ end }}
+{{- if .Values.worker.keda.enabled }}{{ $asked = append $asked (list "worker.keda.enabled" "keda.sh/v1alpha1/ScaledObject") }}{{ end }}
+{{- $out := dict }}
+{{- range $asked }}
+{{- if not (include "agentbus.hasApi" (dict "root" $ "api" (index . 1))) }}{{ $_ := set $out (index . 0) (index . 1) }}{{ end }}
+{{- end }}
+{{- toJson $out }}
 {{- end }}
