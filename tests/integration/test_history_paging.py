@@ -300,3 +300,29 @@ async def test_history_of_6000_tied_events_from_batches(stack: Stack) -> None:
     reply = decode((await nc.request(subjects.RPC_HISTORY, bad, timeout=10)).data, HistoryReply)
     assert reply.payload.error and reply.payload.error.startswith("history.query after: ")
     assert max(stack.replies) <= MAX_PAYLOAD - 4096
+
+
+@pytest.mark.timeout(120)
+async def test_history_waits_for_the_archive_to_hold_the_jobs_end(stack: Stack) -> None:
+    """The archive is eventually consistent: `wait_for_end_s` reads again until the job's
+    end is archived (here published while the client waits), and times out naming the job
+    when it never comes."""
+    job_id = "late-end"
+    for i in range(300):
+        stack.bus.emit_soon(
+            EventKind.TASK_COMPLETED, job_id=job_id, task_id=f"0-{i}", data={"i": i}
+        )
+    await archived(stack.archiver.store, 300)
+
+    async def end_later() -> None:
+        await asyncio.sleep(0.5)
+        await stack.bus.emit_soon(EventKind.JOB_COMPLETED, job_id=job_id, data={})
+
+    async with AgentBusClient(stack.settings.nats) as client:
+        assert len(await client.history(job_id)) == 300  # no wait: what is there now
+        ending = asyncio.create_task(end_later())
+        history = await client.history(job_id, wait_for_end_s=60)
+        await ending
+        assert len(history) == 301 and history[-1].kind is EventKind.JOB_COMPLETED
+        with pytest.raises(TimeoutError, match=r"not its end after 0\.3s"):
+            await client.history("no-end-job", wait_for_end_s=0.3)
