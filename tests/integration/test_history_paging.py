@@ -38,7 +38,7 @@ from agentbus.contract.settings import Settings
 from agentbus.dev.embedded import EmbeddedNatsServer
 from agentbus_event_archiver import EventArchiver, EventStore
 from agentbus_event_archiver.paging import HistoryKey
-from agentbus_event_archiver.store import SCHEMA_VERSION
+from agentbus_event_archiver.schema import head_revision
 from tests.conftest import Running, make_settings
 
 pytestmark = pytest.mark.integration
@@ -135,9 +135,14 @@ async def test_an_archive_of_schema_2_gets_the_history_index(database_url: str) 
             await conn.execute(text("DROP INDEX ix_agent_events_job_order"))
             await conn.execute(text("CREATE INDEX ix_agent_events_job_ts ON agent_events "
                                     "(job_id, ts)"))  # fmt: skip
-            await conn.execute(text("UPDATE agentbus_schema SET version = 2"))
-        assert await store.create_schema() == 2
-        assert await store.schema_version() == SCHEMA_VERSION == 3
+            # the hand-written version table of the release before Alembic
+            await conn.execute(text("DROP TABLE alembic_version"))
+            await conn.execute(
+                text("CREATE TABLE agentbus_schema (id INTEGER PRIMARY KEY, version INTEGER)")
+            )
+            await conn.execute(text("INSERT INTO agentbus_schema (id, version) VALUES (1, 2)"))
+        assert await store.create_schema() == "legacy-2"
+        assert await store.schema_revision() == head_revision()
 
         def indexes(sync_conn: Any) -> set[str]:
             from sqlalchemy import inspect
