@@ -4,7 +4,8 @@
 files/nats-auth.conf (the nats-server `authorization` block, each password a variable);
 the chart's auth.conf is those variables defined with the passwords, then that file,
 written into the Secret by the chart's hook Job (`agentbus nats-auth-secret`, run here on
-the rendered ConfigMap: see render.secret_data); no render holds a password. These tests render the chart, check that text exactly, and compare it, with the
+the rendered ConfigMap: see render.secret_data); no render holds a password. These
+tests render the chart, check that text exactly, and compare it, with the
 variables resolved, user by user with what `permissions.render_nats_conf` makes of the
 same passwords (as literals); they check that every pod connects
 as the user of its role (env from the same JSON, its password as a mounted Secret item),

@@ -892,3 +892,17 @@ def test_spread_constraints_select_the_services_own_pods(rendered: RenderFn) -> 
     (c,) = spec["topologySpreadConstraints"]
     assert c["labelSelector"]["matchLabels"]["app.kubernetes.io/component"] == "orchestrator"
     assert labels_match(c["labelSelector"], _pod_labels(_deployment(r, "orchestrator")))
+
+
+def test_network_policy_leaves_the_auth_job_its_api_server(chart_dir: Path) -> None:
+    """The NetworkPolicy exists during an upgrade, when the NATS auth hook Job runs again:
+    it must not select that pod (egress to the Kubernetes API), and selects all others."""
+    r = render(chart_dir, {"networkPolicy": {"enabled": True}})
+    (np,) = r.of_kind("NetworkPolicy")
+    selected = {
+        o["metadata"]["name"]
+        for o, _spec in r.pod_specs()
+        if labels_match(np["spec"]["podSelector"], _pod_labels(o))
+    }
+    names = {o["metadata"]["name"] for o, _spec in r.pod_specs()}
+    assert names - selected == {f"{RELEASE}-nats-auth"}
