@@ -34,6 +34,8 @@ class FakeApi:
         self.version = 0
         self.calls: list[str] = []
         self.lock = threading.Lock()
+        self.race: dict[str, str] | None = None
+        """Data another writer stores right after the next GET of a Secret."""
 
     def handle(self, method: str, path: str, body: Any) -> tuple[int, Any]:
         base = f"/api/v1/namespaces/{NS}/secrets"
@@ -47,6 +49,11 @@ class FakeApi:
             name = path.removeprefix(base + "/")
             if method == "GET":
                 found = self.secrets.get(name)
+                if found and self.race is not None:
+                    answer = json.loads(json.dumps(found))
+                    self._store({"metadata": {"name": name}, "data": _b64(self.race)})
+                    self.race = None
+                    return 200, answer
                 return (200, found) if found else (404, {"reason": "NotFound"})
             if method == "PUT":
                 old = self.secrets.get(name)
@@ -168,3 +175,21 @@ def test_failures_name_the_secret(api: tuple[FakeApi, KubeApi]) -> None:
     bad = KubeApi(base_url=client.base_url, token="wrong")
     with pytest.raises(NatsAuthSecretError, match="GET /api/v1/namespaces/agentbus-test/secrets"):
         _ensure(bad)
+
+
+def test_a_concurrent_writer_makes_the_job_fail_and_retry_not_overwrite(
+    api: tuple[FakeApi, KubeApi],
+) -> None:
+    """The update is a PUT with the resourceVersion read: a write in between (another
+    upgrade's Job) makes it fail with 409, and the Job's retry reads the new state."""
+    fake, client = api
+    old = {u: f"old-{u}-password" for u in permissions.ROLES if u != permissions.ADMIN}
+    fake.put_secret("agentbus-nats-auth", old)
+    theirs = {u: f"theirs-{u}-password" for u in permissions.ROLES}
+    fake.race = theirs
+    with pytest.raises(NatsAuthSecretError, match="HTTP 409"):
+        _ensure(client)
+    assert fake.data("agentbus-nats-auth") == theirs  # their write stands
+    assert _ensure(client) == "updated"  # the retry keeps their passwords
+    data = fake.data("agentbus-nats-auth")
+    assert {u: data[u] for u in theirs} == theirs
