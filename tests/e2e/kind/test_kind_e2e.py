@@ -275,9 +275,13 @@ def test_helm_install_scale_observe_test_uninstall(
 
     # scale 1 -> 3 (helm upgrade --wait --atomic: the NATS auth hook Job runs again and
     # keeps the passwords; the running services keep working)
+    secret = ("kubectl", "-n", namespace, "get", "secret", f"{RELEASE}-nats-auth",
+              "-o", "jsonpath={.data}")  # fmt: skip
+    before = _run(*secret).stdout
     _run("helm", "upgrade", RELEASE, str(chart), "--namespace", namespace, "--reuse-values",
          "--set", "worker.replicas=3", "--wait", "--wait-for-jobs", "--atomic",
          "--timeout", "10m", timeout_s=900)  # fmt: skip
+    assert _run(*secret).stdout == before  # no password (nor auth.conf) changed
     _rollout(namespace)
     workers = _worker_pods(namespace)
     assert len(workers) == 3
