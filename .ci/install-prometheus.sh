@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Debian's `prometheus` binary for tests/e2e/test_prometheus.py (the dashboard proof).
+# Debian's `prometheus` package: the prometheus binary for tests/e2e/test_prometheus.py (the
+# dashboard proof) and promtool for tests/chart/test_alerts.py (`promtool test rules`).
 # The test starts its own Prometheus on a random port; the packaged system service must
 # not stay running (it would hold :9090, the services' default HTTP port).
 set -euo pipefail

@@ -11,16 +11,16 @@ History is read in pages (`history_page`): keyset pagination on the total order
 (ts, stream_seq, event_id) over the index `ix_agent_events_job_order`, see
 `event_archiver.paging`.
 
-The schema is created or migrated when the archiver starts (`create_schema`): the table
-`agentbus_schema` holds the version; each migration is idempotent and PostgreSQL runs
-them under an advisory lock, so replicas starting together migrate once. An archive
-whose version is newer than this code is refused (never downgraded, never dropped).
+The schema is created or migrated when the archiver starts (`create_schema`): Alembic
+revisions (`event_archiver.schema`, `migrations/versions/`), which PostgreSQL runs under an
+advisory lock, so replicas starting together migrate once. An archive whose revision is
+newer than this code is refused (never downgraded, never dropped).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
@@ -30,14 +30,12 @@ from sqlalchemy import (
     Column,
     DateTime,
     Index,
-    Integer,
     MetaData,
     String,
     Table,
     Text,
     event,
     func,
-    inspect,
     select,
     text,
     tuple_,
@@ -45,26 +43,22 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from agentbus.contract.messages import AgentEvent
+from agentbus_event_archiver import schema
 from agentbus_event_archiver.errors import ArchiveError
 from agentbus_event_archiver.paging import HistoryKey
 
 __all__ = [
     "EVENTS_TABLE",
     "HISTORY_ORDER",
-    "SCHEMA_TABLE",
-    "SCHEMA_VERSION",
     "EventStore",
     "normalize_url",
     "redact_url",
 ]
 
 URL_SETTING: Final = "AGENTBUS_ARCHIVER__DATABASE_URL"
-SCHEMA_VERSION: Final = 3
-"""1: the events table; 2: `archived_at` (when the archiver stored the event); 3: the index
-of paged history, (job_id, ts, stream_seq, event_id), in place of (job_id, ts)."""
 _MIGRATION_LOCK_ID: Final = 0x61676E7462  # "agntb": pg_advisory_xact_lock key
 
 metadata: Final = MetaData()
@@ -88,14 +82,6 @@ EVENTS_TABLE: Final = Table(
 )
 HISTORY_ORDER: Final = (EVENTS_TABLE.c.ts, EVENTS_TABLE.c.stream_seq, EVENTS_TABLE.c.event_id)
 """The total order of a job's history (`event_archiver.paging`), the tail of its index."""
-
-SCHEMA_TABLE: Final = Table(
-    "agentbus_schema",
-    metadata,
-    Column("id", Integer, primary_key=True),
-    Column("version", Integer, nullable=False),
-    Column("migrated_at", DateTime(timezone=True), nullable=False),
-)
 
 _DRIVERS: Final = {
     "postgresql": "postgresql+asyncpg",
@@ -132,41 +118,6 @@ def normalize_url(url: str) -> URL:
 
 def _utc(ts: datetime) -> datetime:
     return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
-
-
-# --- migrations: each takes the archive from version n-1 to n, and is idempotent -------
-
-
-async def _columns(conn: AsyncConnection, table: str) -> set[str]:
-    def read(sync_conn: Any) -> set[str]:
-        return {c["name"] for c in inspect(sync_conn).get_columns(table)}
-
-    return await conn.run_sync(read)
-
-
-async def _migrate_2_archived_at(conn: AsyncConnection) -> None:
-    if "archived_at" not in await _columns(conn, EVENTS_TABLE.name):
-        kind = "TIMESTAMP WITH TIME ZONE" if conn.dialect.name == "postgresql" else "DATETIME"
-        await conn.execute(text(f"ALTER TABLE {EVENTS_TABLE.name} ADD COLUMN archived_at {kind}"))
-
-
-async def _migrate_3_history_index(conn: AsyncConnection) -> None:
-    # one statement per kind works on both databases; (job_id, ts) is a prefix of the new
-    # index, so the old one only costs writes. PostgreSQL blocks writes to the table while
-    # it builds the index (under the migration lock, at the archiver's start).
-    await conn.execute(
-        text(
-            f"CREATE INDEX IF NOT EXISTS ix_agent_events_job_order ON {EVENTS_TABLE.name} "
-            "(job_id, ts, stream_seq, event_id)"
-        )
-    )
-    await conn.execute(text("DROP INDEX IF EXISTS ix_agent_events_job_ts"))
-
-
-MIGRATIONS: Final[dict[int, Callable[[AsyncConnection], Awaitable[None]]]] = {
-    2: _migrate_2_archived_at,
-    3: _migrate_3_history_index,
-}
 
 
 def _sqlite_wal(dbapi_connection: Any, _record: Any) -> None:
@@ -211,9 +162,10 @@ class EventStore:
     def dialect(self) -> str:
         return self._dialect
 
-    async def create_schema(self) -> int:
-        """Create the schema, or migrate it to `SCHEMA_VERSION`; returns the version found
-        before (0 for a new archive). Raises `ArchiveError` for a newer archive."""
+    async def create_schema(self) -> str:
+        """Create the schema, or migrate it to the head revision; returns what was found
+        before ("" for a new archive, "legacy-<n>" for one from before Alembic, else its
+        revision). Raises `ArchiveError` for a newer archive."""
         if self._sqlite_path is not None:
             try:
                 self._sqlite_path.parent.mkdir(parents=True, exist_ok=True)
@@ -225,49 +177,16 @@ class EventStore:
                     await conn.execute(
                         text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_ID}
                     )
-                return await self._migrate(conn)
+                return await conn.run_sync(schema.migrate, shown=self._shown)
         except ArchiveError:
             raise
         except (SQLAlchemyError, OSError) as e:
             raise ArchiveError(f"cannot create or migrate the schema in {self._shown}: {e}") from e
 
-    async def _migrate(self, conn: AsyncConnection) -> int:
-        def tables(sync_conn: Any) -> set[str]:
-            return set(inspect(sync_conn).get_table_names())
-
-        existing = await conn.run_sync(tables)
-        if SCHEMA_TABLE.name in existing:
-            found = (await conn.execute(select(SCHEMA_TABLE.c.version))).scalar()
-            version = int(found or 0)
-        elif EVENTS_TABLE.name in existing:
-            version = 1  # an archive written before versioning
-        else:
-            version = 0
-        if version > SCHEMA_VERSION:
-            raise ArchiveError(
-                f"the archive at {self._shown} has schema version {version}, newer than "
-                f"{SCHEMA_VERSION} of this agentbus: upgrade agentbus (nothing was changed)"
-            )
-        # a new archive gets the current schema; an old one gets its missing tables here
-        # and its missing columns from the migrations
-        await conn.run_sync(metadata.create_all)
-        if version > 0:
-            for target in range(version + 1, SCHEMA_VERSION + 1):
-                await MIGRATIONS[target](conn)
-        now = datetime.now(UTC)
-        if SCHEMA_TABLE.name in existing:
-            await conn.execute(
-                SCHEMA_TABLE.update().values(version=SCHEMA_VERSION, migrated_at=now)
-            )
-        else:
-            await conn.execute(
-                SCHEMA_TABLE.insert().values(id=1, version=SCHEMA_VERSION, migrated_at=now)
-            )
-        return version
-
-    async def schema_version(self) -> int:
+    async def schema_revision(self) -> str | None:
+        """The archive's Alembic revision (None before `create_schema`)."""
         async with self.engine.connect() as conn:
-            return int((await conn.execute(select(SCHEMA_TABLE.c.version))).scalar_one())
+            return await conn.run_sync(schema.current_revision)
 
     def _insert(self) -> Any:
         if self._dialect == "postgresql":

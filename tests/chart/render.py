@@ -135,6 +135,8 @@ class Rendered:
     sources: list[str]
     notes: str
     values: dict[str, Any] = field(default_factory=dict)
+    first_run_secrets: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Secrets written by the hook Job's first run (see secret_data), made once."""
 
     def of_kind(self, kind: str) -> list[dict[str, Any]]:
         return [o for o in self.objects if o["kind"] == kind]
@@ -153,12 +155,28 @@ class Rendered:
             elif o["kind"] == "Pod":
                 yield o, o["spec"]
 
-    def our_containers(self) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
-        """(owner object, container) of every agentbus container (by image)."""
+    def our_containers(
+        self, *, with_auth_job: bool = False
+    ) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+        """(owner object, container) of every agentbus container (by image), without the
+        hook Job that writes the NATS auth Secret (no NATS client) unless asked."""
         for owner, spec in self.pod_specs():
             for c in [*spec.get("initContainers", []), *spec["containers"]]:
-                if c["image"].split("@")[0].rsplit(":", 1)[0] == IMAGE_REPOSITORY:
+                if c.get("args", [""])[0] == "nats-auth-secret" and not with_auth_job:
+                    continue
+                repository = c["image"].split("@")[0].rsplit(":", 1)[0]
+                if repository.rsplit("/", 1)[-1] == IMAGE_REPOSITORY:
                     yield owner, c
+
+
+# The custom resources the chart can make, as a cluster with the Prometheus Operator and
+# KEDA lists them (.Capabilities.APIVersions, `helm template --api-versions`).
+CRD_API_VERSIONS: Final = (
+    "monitoring.coreos.com/v1/PodMonitor",
+    "monitoring.coreos.com/v1/ServiceMonitor",
+    "monitoring.coreos.com/v1/PrometheusRule",
+    "keda.sh/v1alpha1/ScaledObject",
+)
 
 
 def render(
@@ -167,13 +185,27 @@ def render(
     *,
     release: str = RELEASE,
     namespace: str = NAMESPACE,
+    api_versions: tuple[str, ...] = CRD_API_VERSIONS,
 ) -> Rendered:
-    """Render like `helm install` (schema-validated) and parse every manifest."""
-    import helm_python as helm
+    """Render like `helm install` (schema-validated) into a cluster that serves
+    `api_versions` besides the built-in ones, and parse every manifest."""
+    import json
 
+    import helm_python as helm
+    from helm_python import _native
+
+    opts = {"name": release, "namespace": namespace, "is_install": True}
     with helm.Chart.load(chart_dir) as chart:
         chart.validate_schema(values)
-        manifests = chart.render(values, name=release, namespace=namespace, is_install=True)
+        # Chart.render does not pass the engine's api_versions option (the C SDK's, what
+        # `helm template --api-versions` sets): call the same native function with it
+        raw = _native.call_string(
+            "helm_render",
+            chart._raw(),
+            json.dumps(values),
+            json.dumps({**opts, "api_versions": list(api_versions)}),
+        )
+        manifests: dict[str, str] = json.loads(raw)
     objects: list[dict[str, Any]] = []
     sources: list[str] = []
     notes = ""
@@ -208,10 +240,58 @@ def chart_values(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def secret_data(r: Rendered, name: str) -> dict[str, str]:
-    """key -> decoded value of a Secret of the release."""
+    """key -> decoded value of a Secret of the release: rendered, or written by the
+    release's hook Job `agentbus nats-auth-secret` (its first run, see job_secret_data)."""
+    if name in job_secret_names(r):
+        if name not in r.first_run_secrets:  # one set of generated passwords per release
+            r.first_run_secrets[name] = job_secret_data(r, name)
+        return dict(r.first_run_secrets[name])
     secret = r.named("Secret", name)
     assert not secret.get("stringData"), name
     return {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
+
+
+def _job_args(job: dict[str, Any]) -> dict[str, str]:
+    (c,) = job["spec"]["template"]["spec"]["containers"]
+    if c.get("args", [None])[0] != "nats-auth-secret":
+        return {}
+    return dict(a.removeprefix("--").partition("=")[::2] for a in c["args"][1:])
+
+
+def job_secret_names(r: Rendered) -> set[str]:
+    """The Secrets that a hook Job of the release writes (`agentbus nats-auth-secret`)."""
+    return {args["name"] for job in r.of_kind("Job") if (args := _job_args(job))}
+
+
+def job_secret_data(
+    r: Rendered,
+    name: str,
+    *,
+    current: dict[str, str] | None = None,
+    source: dict[str, str] | None = None,
+) -> dict[str, str]:
+    """What the hook Job writes into Secret `name`, from the files of the ConfigMap it
+    mounts, when the Secret holds `current` and natsAuth.passwordsSecret `source`
+    (passwords generated as the Job does)."""
+    from agentbus.cli.nats_auth_secret import new_password
+    from agentbus.contract.nats_auth import auth_secret_data
+
+    (job,) = [j for j in r.of_kind("Job") if _job_args(j).get("name") == name]
+    args = _job_args(job)
+    spec = job["spec"]["template"]["spec"]
+    (c,) = spec["containers"]
+    (mount,) = [m for m in c["volumeMounts"] if m["mountPath"] == args["files-dir"]]
+    (volume,) = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+    files = r.named("ConfigMap", volume["configMap"]["name"]).get("data") or {}
+    assert ("passwords-secret" in args) == (source is not None), args
+    return auth_secret_data(
+        permissions_json=files.get("nats-permissions.json"),
+        auth_file=files.get("nats-auth.conf"),
+        current=current or {},
+        source=source,
+        source_name=args.get("passwords-secret", ""),
+        new_password=new_password,
+    )
 
 
 NATS_CONFIG_DIR: Final = "/etc/nats-config"
@@ -321,3 +401,39 @@ def image_env(dockerfile: Path = REPO_ROOT / "Dockerfile") -> dict[str, str]:
                 key, _, value = token.partition("=")
                 env[key] = value
     return env
+
+
+# Helm's chart.Dependency fields in its struct order, with their omitempty flag: Chart.lock's
+# digest is sha256 of Go's json.Marshal([requested, locked]) (resolver.HashReq).
+_DEPENDENCY_FIELDS: Final = (
+    ("name", False),
+    ("version", True),
+    ("repository", False),
+    ("condition", True),
+    ("tags", True),
+    ("enabled", True),
+    ("import-values", True),
+    ("alias", True),
+)
+
+
+def _go_json_dependency(dep: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, omitempty in _DEPENDENCY_FIELDS:
+        value = dep.get(key, "" if key in ("name", "version", "repository") else None)
+        if omitempty and not value:
+            continue
+        out[key] = value
+    return out
+
+
+def chart_lock_digest(requested: list[dict[str, Any]], locked: list[dict[str, Any]]) -> str:
+    """The `digest` Helm writes into Chart.lock (and checks on `helm dependency build`)."""
+    import hashlib
+    import json
+
+    doc = [[_go_json_dependency(d) for d in requested], [_go_json_dependency(d) for d in locked]]
+    data = json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+    # Go escapes <, > and & in JSON strings
+    data = data.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    return "sha256:" + hashlib.sha256(data.encode()).hexdigest()

@@ -2,8 +2,10 @@
 
 `agentbus permissions --write` writes files/nats-permissions.json and
 files/nats-auth.conf (the nats-server `authorization` block, each password a variable);
-the chart's auth.conf is those variables defined with the rendered passwords, then that
-file. These tests render the chart, check that text exactly, and compare it, with the
+the chart's auth.conf is those variables defined with the passwords, then that file,
+written into the Secret by the chart's hook Job (`agentbus nats-auth-secret`, run here on
+the rendered ConfigMap: see render.secret_data); no render holds a password. These
+tests render the chart, check that text exactly, and compare it, with the
 variables resolved, user by user with what `permissions.render_nats_conf` makes of the
 same passwords (as literals); they check that every pod connects
 as the user of its role (env from the same JSON, its password as a mounted Secret item),
@@ -14,7 +16,6 @@ it all against a real nats-server.
 
 from __future__ import annotations
 
-import base64
 import json
 import posixpath
 import re
@@ -33,6 +34,8 @@ from tests.chart.render import (
     Rendered,
     chart_values,
     env_of,
+    job_secret_data,
+    job_secret_names,
     load_values,
     nats_auth_wiring,
     prepare_chart,
@@ -60,8 +63,13 @@ ROLE_OF_WORKLOAD = {
     ("Job", f"{RELEASE}-provision"): permissions.PROVISIONER,
     ("Pod", f"{RELEASE}-test-submit"): permissions.CLIENT,
 }
-# The lookup of an existing Secret, replaced in test copies of the chart by fixed data.
-LOOKUP = 'lookup "v1" "Secret" .namespace .name'
+
+
+def _workload_name(owner: dict[str, Any]) -> str:
+    """The name of a workload without the spec hash of the provisioning Job's name."""
+    name = str(owner["metadata"]["name"])
+    prefix = f"{RELEASE}-provision-"
+    return prefix.removesuffix("-") if name.startswith(prefix) else name
 
 
 def _json() -> dict[str, Any]:
@@ -142,24 +150,6 @@ def _user_block(conf: str, user: str) -> str:
     return conf[start : conf.index("\n    }\n", start) + len("\n    }\n")]
 
 
-def _chart_with_secrets(tmp_path: Path, secrets: dict[str, dict[str, str]]) -> Path:
-    """A copy of the chart whose `lookup` of a Secret finds `secrets` (name -> data), as
-    it would in a cluster: the upgrade and existing-Secret paths, offline."""
-    chart = prepare_chart(tmp_path)
-    hits = [p for p in sorted((chart / "templates").glob("*.tpl")) if LOOKUP in p.read_text()]
-    assert len(hits) == 1, f"the Secret lookup moved: update this test ({hits})"
-    (helpers,) = hits
-    text = helpers.read_text()
-    assert text.count(LOOKUP) == 1, f"{helpers.name}: one Secret lookup expected"
-    found = {name: {"data": data} for name, data in secrets.items()}
-    helpers.write_text(text.replace(LOOKUP, f"get (fromJson `{json.dumps(found)}`) .name"))
-    return chart
-
-
-def _b64(values: dict[str, str]) -> dict[str, str]:
-    return {k: base64.b64encode(v.encode()).decode() for k, v in values.items()}
-
-
 def _mount_of(container: dict[str, Any], path: str) -> dict[str, Any]:
     """The volumeMount a file path lies under (the deepest one)."""
     hits = [
@@ -238,7 +228,11 @@ def test_every_pod_connects_as_the_user_of_its_role(rendered: RenderFn, scenario
     data = secret_data(r, AUTH_SECRET)
     seen = set()
     for owner, spec in r.pod_specs():
-        key = (owner["kind"], owner["metadata"]["name"])
+        key = (owner["kind"], _workload_name(owner))
+        if key == ("Job", AUTH_SECRET):  # the hook Job writing the Secret: no NATS at all
+            (c,) = spec["containers"]
+            assert not [e for e in c.get("env", []) if e["name"].startswith("AGENTBUS_NATS")]
+            continue
         user = ROLE_OF_WORKLOAD[key]
         seen.add(key)
         (c,) = spec["containers"]
@@ -268,7 +262,7 @@ def test_every_referenced_secret_key_exists(rendered: RenderFn, scenario: str) -
     """Secret items mounted and env secretKeyRefs that name a Secret of the release exist,
     and every *_FILE setting points into a mounted volume."""
     r = rendered(scenario)
-    ours = {s["metadata"]["name"] for s in r.of_kind("Secret")}
+    ours = {s["metadata"]["name"] for s in r.of_kind("Secret")} | job_secret_names(r)
     for owner, spec in r.pod_specs():
         where = f"{owner['kind']}/{owner['metadata']['name']}"
         volumes = {v["name"]: v for v in spec.get("volumes", [])}
@@ -307,14 +301,12 @@ def test_nats_chart_values_include_the_rendered_secret(rendered: RenderFn, scena
     # natsVolumeMountPrefixes) and watches included files: a new auth.conf is reloaded
     assert wiring.mount_path.startswith("/etc/")
     assert not wiring.mount_path.startswith(NATS_CONFIG_DIR)  # the ConfigMap's directory
-    secret = r.named("Secret", AUTH_SECRET)
-    ann = secret["metadata"]["annotations"]
-    # before the provisioning Job (a pre-upgrade hook itself) and the NATS pods
-    assert {"pre-install", "pre-upgrade"} <= set(ann["helm.sh/hook"].split(","))
-    (job,) = r.of_kind("Job")
-    assert int(ann["helm.sh/hook-weight"]) < int(
-        job["metadata"]["annotations"]["helm.sh/hook-weight"]
-    )
+    # the hook Job that writes the Secret runs before anything else of the release: before
+    # the NATS pods and our pods mount it, on install, upgrade and rollback alike
+    assert job_secret_names(r) == {AUTH_SECRET}
+    (job,) = [j for j in r.of_kind("Job") if "helm.sh/hook" in j["metadata"].get("annotations", {})]
+    ann = job["metadata"]["annotations"]
+    assert set(ann["helm.sh/hook"].split(",")) == {"pre-install", "pre-upgrade", "pre-rollback"}
 
 
 def test_nats_exporter_and_monitors_for_the_dashboard(rendered: RenderFn) -> None:
@@ -324,64 +316,122 @@ def test_nats_exporter_and_monitors_for_the_dashboard(rendered: RenderFn) -> Non
     assert nats["config"]["jetstream"]["enabled"] is True
     dashboard = (CHART_DIR / "dashboards" / "agentbus.json").read_text()
     assert "nats_consumer_num_pending" in dashboard
-    # our own metrics carry a `service` label: the monitors keep it (honorLabels)
-    monitors = [
-        *rendered("autoscaling-keda").of_kind("PodMonitor"),
-        *rendered("nats-cluster").of_kind("ServiceMonitor"),
+    # one switch covers NATS too: a PodMonitor for the NATS chart's exporter container
+    # (port prom-metrics) with either of ours; its own podMonitor stays off
+    assert nats["promExporter"]["podMonitor"]["enabled"] is False
+    # without the operator: the NATS pods carry scrape annotations for the exporter's port
+    annotations = nats["podTemplate"]["merge"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == str(nats["promExporter"]["port"])
+    for scenario, kind in (("autoscaling-keda", "PodMonitor"), ("nats-cluster", "ServiceMonitor")):
+        r = rendered(scenario)
+        (ours,) = (
+            r.of_kind(kind)
+            if kind == "ServiceMonitor"
+            else [m for m in r.of_kind("PodMonitor") if m["metadata"]["name"] == RELEASE]
+        )
+        (for_nats,) = [
+            m for m in r.of_kind("PodMonitor") if m["metadata"]["name"] == f"{RELEASE}-nats"
+        ]
+        # our own metrics carry a `service` label: the monitors keep it (honorLabels)
+        endpoints = ours["spec"].get("podMetricsEndpoints") or ours["spec"]["endpoints"]
+        assert all(ep["honorLabels"] is True for ep in endpoints), kind
+        assert [ep["port"] for ep in for_nats["spec"]["podMetricsEndpoints"]] == ["prom-metrics"]
+        # the dashboard's and the alerts' release label on every target
+        for m in (ours, for_nats):
+            assert m["spec"]["podTargetLabels"] == ["app.kubernetes.io/instance"]
+        # it selects the NATS pods (the labels the NetworkPolicy and the NATS chart use)
+        labels = for_nats["spec"]["selector"]["matchLabels"]
+        assert labels == {
+            "app.kubernetes.io/name": "nats",
+            "app.kubernetes.io/instance": RELEASE,
+            "app.kubernetes.io/component": "nats",
+        }
+    assert [m for m in rendered("default").objects if m["kind"].endswith("Monitor")] == []
+
+
+def test_custom_resources_need_their_api(chart_dir: Path) -> None:
+    """PodMonitor, ServiceMonitor, PrometheusRule and ScaledObject are made only where the
+    cluster serves them (.Capabilities.APIVersions); else NOTES.txt names the value and
+    the missing API (an API server would refuse the whole install)."""
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"metrics": {"podMonitor": {"enabled": True}}}, "monitoring.coreos.com/v1/PodMonitor"),
+        (
+            {"metrics": {"serviceMonitor": {"enabled": True}}},
+            "monitoring.coreos.com/v1/ServiceMonitor",
+        ),
+        ({"prometheusRule": {"enabled": True}}, "monitoring.coreos.com/v1/PrometheusRule"),
+        ({"worker": {"keda": {"enabled": True}}}, "keda.sh/v1alpha1/ScaledObject"),
     ]
-    assert len(monitors) == 2
-    for m in monitors:
-        endpoints = m["spec"].get("podMetricsEndpoints") or m["spec"]["endpoints"]
-        assert all(ep["honorLabels"] is True for ep in endpoints), m["kind"]
+    for values, api in cases:
+        kind = api.rsplit("/", 1)[1]
+        missing = render(chart_dir, values, api_versions=())
+        assert missing.of_kind(kind) == [], api
+        assert f"serves no {api}: it was not made" in missing.notes, api
+        assert f"--api-versions {api}" in missing.notes
+        # (the NATS exporter's monitor is a PodMonitor with a ServiceMonitor too)
+        served = render(
+            chart_dir, values, api_versions=(api, "monitoring.coreos.com/v1/PodMonitor")
+        )
+        assert served.of_kind(kind), api
+        assert "WARNING" not in served.notes
+    assert "WARNING" not in render(chart_dir, {}, api_versions=()).notes
 
 
 # --- passwords -----------------------------------------------------------------------------
 
 
-def test_passwords_are_kept_across_upgrades(rendered: RenderFn, tmp_path: Path) -> None:
-    first = secret_data(rendered("default"), AUTH_SECRET)
+def test_passwords_are_kept_across_upgrades(rendered: RenderFn) -> None:
+    r = rendered("default")
+    first = secret_data(r, AUTH_SECRET)
     old = {k: v for k, v in first.items() if k not in ("auth.conf", permissions.ADMIN)}
-    # the release's Secret exists (without admin, as if that user were new)
-    chart = _chart_with_secrets(tmp_path, {AUTH_SECRET: _b64(old)})
-    again = secret_data(render(chart, {}), AUTH_SECRET)
+    # the Secret exists (without admin, as if that user were new) when the Job runs again
+    again = job_secret_data(r, AUTH_SECRET, current={**old, "auth.conf": "stale"})
     for user, password in old.items():
         assert again[user] == password, user
     assert again[permissions.ADMIN] != first[permissions.ADMIN]  # new user: new password
     _assert_auth_conf(again["auth.conf"], again)
+    assert job_secret_data(r, AUTH_SECRET, current=again) == again  # nothing to change
 
 
-def test_passwords_from_an_existing_secret(tmp_path: Path) -> None:
+def test_offline_renders_are_identical_and_hold_no_password(chart_dir: Path) -> None:
+    """`helm template` twice (Argo CD and Flux sync that way): the same objects, and none
+    holds a password, so a sync never rotates one."""
+    first, second = render(chart_dir, {}), render(chart_dir, {})
+    assert first.objects == second.objects
+    assert first.of_kind("Secret") == []
+    text = json.dumps(first.objects)
+    assert "AGENTBUS_NATS_PASSWORD_WORKER:" not in text  # no variable defined, only used
+
+
+def test_passwords_from_an_existing_secret(chart_dir: Path) -> None:
     mine = {u: f"pw-{u}-Zq8rT2vLx9" for u in permissions.ROLES}
     stored = {u: p + "\n" for u, p in mine.items()}  # e.g. `kubectl create secret --from-file`
-    chart = _chart_with_secrets(tmp_path, {"my-nats-passwords": _b64(stored)})
-    r = render(chart, {"natsAuth": {"passwordsSecret": "my-nats-passwords"}})
-    data = secret_data(r, AUTH_SECRET)
+    r = render(chart_dir, {"natsAuth": {"passwordsSecret": "my-nats-passwords"}})
+    data = job_secret_data(r, AUTH_SECRET, current={"worker": "old"}, source=stored)
     assert {u: data[u] for u in mine} == mine
     _assert_auth_conf(data["auth.conf"], mine)
+    (role,) = [o for o in r.of_kind("Role") if o["metadata"]["name"].endswith("-nats-auth")]
+    readable = [n for rule in role["rules"] for n in rule.get("resourceNames", [])]
+    assert sorted(readable) == sorted([AUTH_SECRET, "my-nats-passwords"])
 
 
 @pytest.mark.parametrize(
-    ("secrets", "needle"),
+    ("source", "needle"),
     [
-        ({}, 'no Secret "my-nats-passwords" in namespace'),
         (
-            {"my-nats-passwords": {u: "x" * 20 for u in permissions.ROLES if u != "admin"}},
-            'has no (non-empty) key "admin"',
+            {u: "x" * 20 for u in permissions.ROLES if u != "admin"},
+            "my-nats-passwords has no (non-empty) key 'admin'",
         ),
-        (
-            {"my-nats-passwords": dict.fromkeys(permissions.ROLES, 'ab"cd')},
-            "the password of orchestrator holds a quote",
-        ),
+        (dict.fromkeys(permissions.ROLES, 'ab"cd'), "the password of orchestrator holds a quote"),
     ],
 )
 def test_existing_secret_problems_fail_clearly(
-    tmp_path: Path, secrets: dict[str, dict[str, str]], needle: str
+    chart_dir: Path, source: dict[str, str], needle: str
 ) -> None:
-    import helm_python as helm
-
-    chart = _chart_with_secrets(tmp_path, {k: _b64(v) for k, v in secrets.items()})
-    with pytest.raises(helm.HelmError) as e:
-        render(chart, {"natsAuth": {"passwordsSecret": "my-nats-passwords"}})
+    r = render(chart_dir, {"natsAuth": {"passwordsSecret": "my-nats-passwords"}})
+    with pytest.raises(permissions.PermissionsError) as e:
+        job_secret_data(r, AUTH_SECRET, source=source)
     assert needle in str(e.value)
     assert 'ab"cd' not in str(e.value)  # never a password in an error
 
@@ -413,7 +463,7 @@ def test_external_nats_with_the_charts_users(chart_dir: Path) -> None:
 
 def test_external_nats_with_credentials_of_its_own(rendered: RenderFn) -> None:
     r = rendered("external-nats")
-    assert r.of_kind("Secret") == []
+    assert r.of_kind("Secret") == [] and job_secret_names(r) == set()
     for _owner, c in r.our_containers():
         assert PASSWORD_FILE not in env_of(c)
 

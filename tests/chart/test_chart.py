@@ -28,6 +28,7 @@ from tests.chart.render import (
     SCENARIOS,
     Rendered,
     env_of,
+    job_secret_names,
     labels_match,
     load_values,
     render,
@@ -66,6 +67,45 @@ _SELECTOR = {
     "additionalProperties": False,
 }
 _CRD_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
+    ("monitoring.coreos.com/v1", "PrometheusRule"): {
+        "type": "object",
+        "required": ["spec"],
+        "properties": {
+            "spec": {
+                "type": "object",
+                "required": ["groups"],
+                "additionalProperties": False,
+                "properties": {
+                    "groups": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["name", "rules"],
+                            "additionalProperties": False,
+                            "properties": {
+                                "name": {"type": "string"},
+                                "rules": {
+                                    "type": "array",
+                                    "items": {
+                                        "type": "object",
+                                        "required": ["alert", "expr"],
+                                        "additionalProperties": False,
+                                        "properties": {
+                                            "alert": {"type": "string"},
+                                            "expr": {"type": "string"},
+                                            "for": {"type": "string"},
+                                            "labels": _STR_MAP,
+                                            "annotations": _STR_MAP,
+                                        },
+                                    },
+                                },
+                            },
+                        },
+                    }
+                },
+            }
+        },
+    },
     ("keda.sh/v1alpha1", "ScaledObject"): {
         "type": "object",
         "required": ["spec"],
@@ -112,6 +152,7 @@ _CRD_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
                 "additionalProperties": False,
                 "properties": {
                     "selector": _SELECTOR,
+                    "podTargetLabels": {"type": "array", "items": {"type": "string"}},
                     "podMetricsEndpoints": {
                         "type": "array",
                         "minItems": 1,
@@ -131,6 +172,7 @@ _CRD_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
                 "additionalProperties": False,
                 "properties": {
                     "selector": _SELECTOR,
+                    "podTargetLabels": {"type": "array", "items": {"type": "string"}},
                     "endpoints": {
                         "type": "array",
                         "minItems": 1,
@@ -172,7 +214,7 @@ def test_lint_is_clean(chart_dir: Path, scenario: str, kube_version: str) -> Non
     problems = [m for m in report["messages"] if m["severity"] >= 2]
     assert problems == [] and report["errors"] == [], report
     infos = {m["error"] for m in report["messages"]}
-    assert infos <= {"icon is recommended"}, infos
+    assert infos == set(), infos  # not even "icon is recommended"
 
 
 def test_every_scenario_is_present() -> None:
@@ -306,6 +348,8 @@ def test_selectors_match_pod_labels(rendered: RenderFn, scenario: str) -> None:
         hits = [d for d in deployments if labels_match(pdb["spec"]["selector"], _pod_labels(d))]
         assert len(hits) == 1, pdb["metadata"]["name"]
     for pm in r.of_kind("PodMonitor"):
+        if pm["metadata"]["name"].endswith("-nats"):
+            continue  # the NATS chart's pods (not rendered by the stand-in)
         hits = [w for w in workloads if labels_match(pm["spec"]["selector"], _pod_labels(w))]
         assert sorted(h["metadata"]["name"] for h in hits) == sorted(
             d["metadata"]["name"] for d in ours
@@ -490,6 +534,8 @@ def test_ports_and_probes_are_what_the_services_serve(rendered: RenderFn, scenar
         grace = float(env["AGENTBUS_WORKER__GRACE_PERIOD_S"]["value"])
         assert pod["spec"]["terminationGracePeriodSeconds"] > grace
     for m in [*r.of_kind("PodMonitor"), *r.of_kind("ServiceMonitor")]:
+        if m["metadata"]["name"].endswith("-nats"):
+            continue
         for ep in m["spec"].get("podMetricsEndpoints", m["spec"].get("endpoints")):
             assert ep["port"] == "http" and ep["path"] == "/metrics"
 
@@ -568,13 +614,18 @@ def test_nats_url_names_the_nats_service(rendered: RenderFn, scenario: str) -> N
 def test_pods_are_locked_down(rendered: RenderFn, scenario: str) -> None:
     r = rendered(scenario)
     specs = list(r.pod_specs())
-    assert len(specs) == 5
+    auth_job = f"{RELEASE}-nats-auth"
+    assert len(specs) == 5 + (auth_job in job_secret_names(r))
     for owner, spec in specs:
         name = owner["metadata"]["name"]
         psc = spec["securityContext"]
         assert psc["runAsNonRoot"] is True and psc["runAsUser"] != 0, name
         assert psc["seccompProfile"] == {"type": "RuntimeDefault"}, name
-        assert spec["automountServiceAccountToken"] is False, name
+        # only the Job writing the NATS auth Secret talks to the Kubernetes API, as its own
+        # service account (a hook, with a Role limited to that Secret)
+        assert spec["automountServiceAccountToken"] is (name == auth_job), name
+        if name == auth_job:
+            assert spec["serviceAccountName"] == auth_job
         assert not spec.get("hostNetwork") and not spec.get("hostPID"), name
         volumes = {v["name"]: v for v in spec.get("volumes", [])}
         assert "emptyDir" in volumes["tmp"], name
@@ -627,14 +678,95 @@ def test_network_policy_allows_only_dns_nats_and_listed_egress(rendered: RenderF
 # --- hooks, tests, dashboards, notes -----------------------------------------------------------
 
 
-def test_provisioning_job_is_a_hook_that_retries(rendered: RenderFn) -> None:
-    (job,) = rendered("default").of_kind("Job")
-    ann = job["metadata"]["annotations"]
-    assert ann["helm.sh/hook"] == "post-install,pre-upgrade"
-    assert "before-hook-creation" in ann["helm.sh/hook-delete-policy"]
+def _hooks(o: dict[str, Any]) -> set[str]:
+    ann = o["metadata"].get("annotations") or {}
+    return set(filter(None, str(ann.get("helm.sh/hook", "")).split(",")))
+
+
+def _provision_job(r: Rendered) -> dict[str, Any]:
+    (job,) = [
+        j for j in r.of_kind("Job") if j["metadata"]["name"].startswith(f"{RELEASE}-provision-")
+    ]
+    return job
+
+
+def test_provisioning_job_is_no_hook_and_retries(rendered: RenderFn) -> None:
+    """`helm install --wait` / `upgrade --install --atomic`: Helm creates the Job with the
+    Deployments and waits for both (a post-install hook would run only after the wait,
+    which waits for services that wait for the hook)."""
+    job = _provision_job(rendered("default"))
+    assert _hooks(job) == set()
     assert job["spec"]["backoffLimit"] >= 3
     (c,) = job["spec"]["template"]["spec"]["containers"]
     assert c["args"] == ["provision"]
+    assert job["spec"]["template"]["spec"]["restartPolicy"] == "OnFailure"
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_nothing_the_pods_need_comes_from_a_later_hook(rendered: RenderFn, scenario: str) -> None:
+    """What a pod of the release mounts or reads (ConfigMaps, Secrets, claims, service
+    accounts) is a resource of the release or made by a pre-install hook, never by a
+    post-install/post-upgrade hook, which Helm runs only after its --wait; and no hook but
+    the tests runs after install or upgrade at all."""
+    r = rendered(scenario)
+    for o in r.objects:
+        assert not _hooks(o) & {"post-install", "post-upgrade"}, o["metadata"]["name"]
+    available: set[tuple[str, str]] = {
+        (o["kind"], o["metadata"]["name"])
+        for o in r.objects
+        if not _hooks(o) or "pre-install" in _hooks(o)
+    }
+    available |= {("Secret", n) for n in job_secret_names(r)}  # its Job: pre-install
+    for owner, spec in r.pod_specs():
+        if _hooks(owner):
+            continue
+        need: set[tuple[str, str]] = set()
+        for v in spec.get("volumes", []):
+            if "configMap" in v:
+                need.add(("ConfigMap", v["configMap"]["name"]))
+            if "secret" in v:
+                need.add(("Secret", v["secret"]["secretName"]))
+            if "persistentVolumeClaim" in v:
+                need.add(("PersistentVolumeClaim", v["persistentVolumeClaim"]["claimName"]))
+        if spec.get("serviceAccountName", "default") != "default":
+            need.add(("ServiceAccount", spec["serviceAccountName"]))
+        for c in spec["containers"]:
+            for e in c.get("env", []):
+                ref = e.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    need.add(("Secret", ref["name"]))
+        external = {("Secret", n) for n in _operator_secrets(r.values)}
+        missing = need - available - external
+        assert not missing, (owner["metadata"]["name"], missing)
+
+
+def _operator_secrets(values: Any) -> set[str]:
+    """Secrets the operator creates: every existingSecret / apiKeySecret.name in values."""
+    found: set[str] = set()
+    if isinstance(values, dict):
+        for key, val in values.items():
+            if key == "existingSecret" and val:
+                found.add(str(val))
+            elif key == "apiKeySecret" and isinstance(val, dict) and val.get("name"):
+                found.add(str(val["name"]))
+            else:
+                found |= _operator_secrets(val)
+    elif isinstance(values, list):
+        for val in values:
+            found |= _operator_secrets(val)
+    return found
+
+
+def test_provisioning_job_name_follows_its_spec(chart_dir: Path, rendered: RenderFn) -> None:
+    """A Job's pod template is immutable: an upgrade that changes it gets a new Job (Helm
+    deletes the old one); the same values keep the same name (GitOps: no drift)."""
+    name = _provision_job(rendered("default"))["metadata"]["name"]
+    assert _provision_job(render(chart_dir, {}))["metadata"]["name"] == name
+    changed = _provision_job(render(chart_dir, {"topology": {"maxDeliver": 7}}))
+    assert changed["metadata"]["name"] != name
+    assert len(changed["metadata"]["name"]) <= 63
+    long = render(chart_dir, {}, release="a" * 53)
+    assert all(len(j["metadata"]["name"]) <= 63 for j in long.of_kind("Job"))
 
 
 def test_helm_test_submits_the_mounted_document(rendered: RenderFn) -> None:
@@ -707,3 +839,70 @@ def test_image_env_is_real_settings() -> None:
     ours = {k for k in env if k.startswith("AGENTBUS_")}
     assert ours and ours <= env_var_names()
     assert env["PATH"].startswith("/opt/agentbus/bin:")
+
+
+def test_image_registry_and_pull_secrets_reach_every_pod_of_ours(chart_dir: Path) -> None:
+    r = render(
+        chart_dir,
+        {
+            "image": {"registry": "registry.example.com/", "tag": "1.2.3"},
+            "imagePullSecrets": [{"name": "regcred"}, "other"],
+            "global": {
+                "image": {"registry": "mirror.example.com", "pullSecretNames": ["other", "g"]}
+            },
+        },
+    )
+    owners = {(o["kind"], o["metadata"]["name"]) for o, _c in r.our_containers(with_auth_job=True)}
+    assert len(owners) == 6  # 3 Deployments, provisioning and auth Jobs, the test Pod
+    for _o, c in r.our_containers(with_auth_job=True):
+        assert c["image"] == "registry.example.com/agentbus:1.2.3"
+    for owner, spec in r.pod_specs():
+        names = [s["name"] for s in spec["imagePullSecrets"]]
+        assert names == ["regcred", "other", "g"], owner["metadata"]["name"]
+    # the global registry (the NATS chart's setting) when ours is not set
+    r = render(chart_dir, {"global": {"image": {"registry": "mirror.example.com"}}})
+    assert {c["image"] for _o, c in r.our_containers(with_auth_job=True)} == {
+        "mirror.example.com/agentbus:0.1.0"
+    }
+    assert all("imagePullSecrets" not in spec for _o, spec in render(chart_dir, {}).pod_specs())
+
+
+def test_network_policy_follows_the_nats_port(chart_dir: Path) -> None:
+    def nats_ports(values: dict[str, Any]) -> list[int]:
+        (np,) = render(chart_dir, {"networkPolicy": {"enabled": True}, **values}).of_kind(
+            "NetworkPolicy"
+        )
+        (rule,) = [
+            e
+            for e in np["spec"]["egress"]
+            if e.get("to") or 53 not in [p["port"] for p in e["ports"]]
+        ][:1]
+        return [p["port"] for p in rule["ports"]]
+
+    assert nats_ports({}) == [4222]
+    assert nats_ports({"nats": {"config": {"nats": {"port": 4333}}}}) == [4333]
+    external = {"nats": {"enabled": False}, "natsAuth": {"enabled": False}}
+    url = "nats://a.example:4444, tls://b.example:4445,nats://c.example"
+    assert nats_ports({**external, "externalNats": {"url": url}}) == [4444, 4445, 4222]
+
+
+def test_spread_constraints_select_the_services_own_pods(rendered: RenderFn) -> None:
+    r = rendered("nats-cluster")
+    spec = _deployment(r, "orchestrator")["spec"]["template"]["spec"]
+    (c,) = spec["topologySpreadConstraints"]
+    assert c["labelSelector"]["matchLabels"]["app.kubernetes.io/component"] == "orchestrator"
+    assert labels_match(c["labelSelector"], _pod_labels(_deployment(r, "orchestrator")))
+
+
+def test_network_policy_leaves_the_auth_job_its_api_server(chart_dir: Path) -> None:
+    """The NetworkPolicy exists during an upgrade, when the NATS auth hook Job runs again:
+    it must not select that pod (egress to the Kubernetes API), and selects all others."""
+    r = render(chart_dir, {"networkPolicy": {"enabled": True}})
+    (np,) = r.of_kind("NetworkPolicy")
+    selected = {
+        o["metadata"]["name"]
+        for o, _spec in r.pod_specs()
+        if labels_match(np["spec"]["podSelector"], _pod_labels(o))
+    }
+    names = {o["metadata"]["name"] for o, _spec in r.pod_specs()}
+    assert names - selected == {f"{RELEASE}-nats-auth"}

@@ -333,14 +333,9 @@ def _run_release(r: Rendered, local_pods: LocalPods, chart_nats: ChartNats, *, a
         assert chart_nats.users == {}
         assert anonymous_connect(chart_nats.server.url) == "PONG"
 
-    # 1. the provisioning hook Job
-    (job,) = r.of_kind("Job")
-    out = local_pods.run(
-        f"{job['metadata']['name']}-x7k2p", job["spec"]["template"]["spec"], r, timeout_s=60
-    )
-    assert "topology ready" in out
-
-    # 2. every Deployment, with its replica count
+    # 1. every Deployment, with its replica count, and 2. the provisioning Job after them:
+    # Helm creates both at once (no hook) and `--wait` waits for the services, which must
+    # become ready once the Job has run, whichever started first
     started = []
     for d in r.of_kind("Deployment"):
         for i in range(int(d["spec"].get("replicas", 1))):
@@ -352,6 +347,14 @@ def _run_release(r: Rendered, local_pods: LocalPods, chart_nats: ChartNats, *, a
         "agentbus-summarize-worker",
         "agentbus-summarize-worker",
     ]
+    (job,) = [
+        j for j in r.of_kind("Job") if j["metadata"]["name"].startswith("agentbus-provision-")
+    ]
+    assert "helm.sh/hook" not in (job["metadata"].get("annotations") or {})
+    out = local_pods.run(
+        f"{job['metadata']['name']}-x7k2p", job["spec"]["template"]["spec"], r, timeout_s=60
+    )
+    assert "topology ready" in out
     local_pods.wait_ready(READY_TIMEOUT_S)
 
     # every service is connected as the user its env names (and with auth, its own role)

@@ -81,3 +81,48 @@ def test_a_misspelt_setting_stops_a_service_with_one_line(tmp_path: Path, role: 
         "(did you mean AGENTBUS_WORKER__CONCURRENCY?)"
     ]
     assert done.stdout == ""
+
+
+# --- conventions ---------------------------------------------------------------------------
+
+CLIENT_COMMANDS = [
+    ["submit"], ["status"], ["cancel"], ["history"], ["events"], ["provision"],
+    ["dlq", "list"], ["dlq", "replay"], ["ctl"], ["workers"],
+]  # fmt: skip
+
+
+def test_version_and_completion(tmp_path: Path) -> None:
+    from agentbus.contract.version import agentbus_version
+
+    done = _run(["--version"], tmp_path)
+    assert done.returncode == 0
+    assert done.stdout.strip() == f"agentbus {agentbus_version()}"
+    helped = _run(["--help"], tmp_path, COLUMNS="100")
+    assert "--install-completion" in helped.stdout and "--show-completion" in helped.stdout
+
+
+@pytest.mark.parametrize("command", CLIENT_COMMANDS, ids=" ".join)
+def test_every_client_command_takes_a_server_and_shows_flags_as_flags(
+    tmp_path: Path, command: list[str]
+) -> None:
+    done = _run([*command, "--help"], tmp_path, COLUMNS="120")
+    assert done.returncode == 0, done.stderr
+    assert "--server" in done.stdout and "-s " in done.stdout
+    assert "AGENTBUS_NATS__URL" in done.stdout
+    assert "<bool>" not in done.stdout  # `--json`, not `--json <bool>`
+    assert "--no-" not in done.stdout
+
+
+def test_server_option_wins_and_fails_in_one_line(tmp_path: Path) -> None:
+    done = _run(
+        ["status", "some-job", "-s", "nats://127.0.0.1:1"],
+        tmp_path,
+        AGENTBUS_NATS__URL="nats://127.0.0.1:2",  # the option wins over the environment
+        AGENTBUS_NATS__CONNECT_TIMEOUT_S="0.5",
+        AGENTBUS_NATS__RECONNECT_WAIT_S="0.2",
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "error: cannot connect to NATS at nats://127.0.0.1:1: "
+        "[Errno 111] Connect call failed ('127.0.0.1', 1)"
+    ]

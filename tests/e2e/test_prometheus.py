@@ -67,9 +67,13 @@ def _targets(dash: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def _grafana_expr(expr: str) -> str:
-    """The query as Grafana would send it (its interval variables filled in)."""
+    """The query as Grafana would send it (its interval variables filled in, the
+    namespace and release variables at their default, All: `.*`, which also matches
+    series without those labels, as this test's static scrape makes)."""
     for var in ("$__rate_interval", "${__rate_interval}", "$__interval", "${__interval}"):
         expr = expr.replace(var, RATE_INTERVAL)
+    for var in ("$namespace", "$release"):
+        expr = expr.replace(var, ".*")
     assert "$" not in expr, f"unhandled variable in {expr!r}"
     return expr
 
@@ -102,6 +106,25 @@ def test_dashboard_is_a_grafana_dashboard_on_a_datasource_variable() -> None:
         if "nats_stream_" in expr:
             assert 'is_stream_leader="true"' in expr, expr
         assert not re.search(r"(job|task|agent)_id", expr), expr
+    # one release of one namespace: every series selected by the two variables (All: .*)
+    variables = {v["name"]: v for v in dash["templating"]["list"]}
+    for name, label in (("namespace", "namespace"), ("release", "app_kubernetes_io_instance")):
+        assert variables[name]["includeAll"] is True and variables[name]["allValue"] == ".*"
+        assert label in variables[name]["definition"]
+    scoped = 'namespace=~"$namespace", app_kubernetes_io_instance=~"$release"'
+    for title, expr in _targets(dash):
+        for selector in re.findall(r"\b(?:agentbus|nats)_[a-z_]+(?:\{[^}]*\})?", expr):
+            assert scoped in selector, (title, selector)
+    # each panel says where its data comes from
+    for p in _panels(dash):
+        if p["type"] == "row":
+            continue
+        exprs = " ".join(t["expr"] for t in p["targets"])
+        source = p["description"].rsplit("Source: ", 1)[1]
+        assert ("NATS exporter" in source) == bool(re.search(r"\bnats_", exprs)), p["title"]
+        assert ("agentbus services" in source) == ("agentbus_" in exprs), p["title"]
+    workers = [e for t, e in _targets(dash) if t in ("Workers", "Worker count")]
+    assert workers and all(e.startswith("count(agentbus_nats_connected{") for e in workers)
     needed: tuple[str, ...] = ("jobs", "job duration", "task duration", "in flight", "worker count")
     needed += ("consumer lag", "redeliveries", "dlq depth", "archive lag", "errors")
     missing = [n for n in needed if not any(n in title for title in titles)]

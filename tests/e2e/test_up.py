@@ -86,9 +86,39 @@ def test_up_submit_twenty_documents_and_archive_every_event(tmp_path: Path) -> N
 
         # the other client commands against the same stack
         first = records[-1]["job_id"]
-        st = subprocess.run([*AGENTBUS, "status", first], env=env, capture_output=True, text=True)
+        st = subprocess.run(
+            [*AGENTBUS, "status", first, "--json"], env=env, capture_output=True, text=True
+        )
         assert st.returncode == 0, st.stderr
         assert json.loads(st.stdout)["status"] == "completed"
+        # as a table, within 80 columns on a wide terminal too
+        wide = {**env, "COLUMNS": "200"}
+        st = subprocess.run([*AGENTBUS, "status", first], env=wide, capture_output=True, text=True)
+        assert st.returncode == 0, st.stderr
+        rows = {line.split(maxsplit=1)[0]: line for line in st.stdout.splitlines() if line.strip()}
+        assert "completed" in rows["status"] and first in rows["job"]
+        assert max(len(line) for line in st.stdout.splitlines()) <= 80
+        hist = subprocess.run(
+            [*AGENTBUS, "history", first], env=wide, capture_output=True, text=True
+        )
+        assert hist.returncode == 0, hist.stderr
+        assert "job.completed" in hist.stdout
+        assert max(len(line) for line in hist.stdout.splitlines()) <= 80
+        # -s/--server instead of the environment or the stack file (from another directory)
+        elsewhere = {k: v for k, v in env.items() if k != "AGENTBUS_NATS__URL"}
+        st = subprocess.run(
+            [*AGENTBUS, "status", "-s", url, first, "--json"],
+            env=elsewhere, capture_output=True, text=True, cwd=tmp_path.parent,
+        )  # fmt: skip
+        assert st.returncode == 0, st.stderr
+        assert json.loads(st.stdout)["job_id"] == first
+        # an unknown job: the error alone, no empty table
+        unknown = subprocess.run(
+            [*AGENTBUS, "history", "no-such-job"], env=env, capture_output=True, text=True
+        )
+        assert unknown.returncode == 1
+        assert unknown.stdout == ""
+        assert unknown.stderr.strip() == "error: no archived events for job no-such-job"
         hist = subprocess.run(
             [*AGENTBUS, "history", first, "--json"], env=env, capture_output=True, text=True
         )

@@ -32,7 +32,8 @@ from agentbus.contract.messages import AgentEvent, EventKind, JobStatus
 from agentbus.contract.settings import Settings
 from agentbus.runtime.worker import TaskWorker
 from agentbus_event_archiver import ArchiveError, EventArchiver, EventStore
-from agentbus_event_archiver.store import SCHEMA_VERSION, normalize_url, redact_url
+from agentbus_event_archiver.schema import head_revision
+from agentbus_event_archiver.store import normalize_url, redact_url
 from agentbus_orchestrator import Orchestrator
 from agentbus_summarize_worker import SummarizeSkill
 from tests.conftest import archived_history
@@ -56,9 +57,9 @@ def event(i: int, *, job_id: str = "job-1", ts: datetime | None = None) -> Agent
 async def test_schema_is_created_once(database_url: str) -> None:
     store = EventStore(database_url)
     try:
-        assert await store.create_schema() == 0  # a new archive
-        assert await store.schema_version() == SCHEMA_VERSION
-        assert await store.create_schema() == SCHEMA_VERSION  # idempotent
+        assert await store.create_schema() == ""  # a new archive
+        assert await store.schema_revision() == head_revision()
+        assert await store.create_schema() == head_revision()  # idempotent
         assert await store.count() == 0
     finally:
         await store.close()
@@ -137,8 +138,8 @@ async def test_an_archive_of_the_first_release_is_migrated(database_url: str) ->
 
     store = EventStore(database_url)
     try:
-        assert await store.create_schema() == 1  # found the unversioned first release
-        assert await store.schema_version() == SCHEMA_VERSION
+        assert await store.create_schema() == "legacy-1"  # the unversioned first release
+        assert await store.schema_revision() == head_revision()
 
         def columns(sync_conn: Any) -> set[str]:
             return {c["name"] for c in inspect(sync_conn).get_columns("agent_events")}
@@ -148,7 +149,7 @@ async def test_an_archive_of_the_first_release_is_migrated(database_url: str) ->
         assert await store.history("job-1") == [old]  # the old row is intact
         await store.insert([(event(2), "agent.worker-1.events", 6)])
         assert [e.event_id for e in await store.history("job-1")] == ["ev-1", "ev-2"]
-        assert await store.create_schema() == SCHEMA_VERSION
+        assert await store.create_schema() == head_revision()
     finally:
         await store.close()
 
@@ -159,8 +160,8 @@ async def test_a_newer_archive_is_refused_untouched(database_url: str) -> None:
         await store.create_schema()
         await store.insert([(event(1), "agent.worker-1.events", 1)])
         async with store.engine.begin() as conn:
-            await conn.execute(text("UPDATE agentbus_schema SET version = 99"))
-        with pytest.raises(ArchiveError, match="schema version 99, newer than") as info:
+            await conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+        with pytest.raises(ArchiveError, match="has revision 9999, newer than") as info:
             await store.create_schema()
         assert "password" not in str(info.value)
         assert await store.count() == 1

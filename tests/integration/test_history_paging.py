@@ -38,7 +38,7 @@ from agentbus.contract.settings import Settings
 from agentbus.dev.embedded import EmbeddedNatsServer
 from agentbus_event_archiver import EventArchiver, EventStore
 from agentbus_event_archiver.paging import HistoryKey
-from agentbus_event_archiver.store import SCHEMA_VERSION
+from agentbus_event_archiver.schema import head_revision
 from tests.conftest import Running, make_settings
 
 pytestmark = pytest.mark.integration
@@ -135,9 +135,14 @@ async def test_an_archive_of_schema_2_gets_the_history_index(database_url: str) 
             await conn.execute(text("DROP INDEX ix_agent_events_job_order"))
             await conn.execute(text("CREATE INDEX ix_agent_events_job_ts ON agent_events "
                                     "(job_id, ts)"))  # fmt: skip
-            await conn.execute(text("UPDATE agentbus_schema SET version = 2"))
-        assert await store.create_schema() == 2
-        assert await store.schema_version() == SCHEMA_VERSION == 3
+            # the hand-written version table of the release before Alembic
+            await conn.execute(text("DROP TABLE alembic_version"))
+            await conn.execute(
+                text("CREATE TABLE agentbus_schema (id INTEGER PRIMARY KEY, version INTEGER)")
+            )
+            await conn.execute(text("INSERT INTO agentbus_schema (id, version) VALUES (1, 2)"))
+        assert await store.create_schema() == "legacy-2"
+        assert await store.schema_revision() == head_revision()
 
         def indexes(sync_conn: Any) -> set[str]:
             from sqlalchemy import inspect
@@ -300,3 +305,29 @@ async def test_history_of_6000_tied_events_from_batches(stack: Stack) -> None:
     reply = decode((await nc.request(subjects.RPC_HISTORY, bad, timeout=10)).data, HistoryReply)
     assert reply.payload.error and reply.payload.error.startswith("history.query after: ")
     assert max(stack.replies) <= MAX_PAYLOAD - 4096
+
+
+@pytest.mark.timeout(120)
+async def test_history_waits_for_the_archive_to_hold_the_jobs_end(stack: Stack) -> None:
+    """The archive is eventually consistent: `wait_for_end_s` reads again until the job's
+    end is archived (here published while the client waits), and times out naming the job
+    when it never comes."""
+    job_id = "late-end"
+    for i in range(300):
+        stack.bus.emit_soon(
+            EventKind.TASK_COMPLETED, job_id=job_id, task_id=f"0-{i}", data={"i": i}
+        )
+    await archived(stack.archiver.store, 300)
+
+    async def end_later() -> None:
+        await asyncio.sleep(0.5)
+        await stack.bus.emit_soon(EventKind.JOB_COMPLETED, job_id=job_id, data={})
+
+    async with AgentBusClient(stack.settings.nats) as client:
+        assert len(await client.history(job_id)) == 300  # no wait: what is there now
+        ending = asyncio.create_task(end_later())
+        history = await client.history(job_id, wait_for_end_s=60)
+        await ending
+        assert len(history) == 301 and history[-1].kind is EventKind.JOB_COMPLETED
+        with pytest.raises(TimeoutError, match=r"not its end after 0\.3s"):
+            await client.history("no-end-job", wait_for_end_s=0.3)

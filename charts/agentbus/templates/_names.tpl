@@ -75,11 +75,37 @@ app.kubernetes.io/component: {{ include "agentbus.component" . }}
 
 {{/* Image -------------------------------------------------------------------------- */}}
 
+{{/* registry/repository:tag (or @digest): image.registry, else the NATS chart's
+     global.image.registry (one setting for a mirror of every image of the release). */}}
 {{- define "agentbus.image" -}}
 {{- $img := .Values.image }}
+{{- $registry := $img.registry | default (dig "image" "registry" "" (.Values.global | default dict)) }}
+{{- $repo := ternary (printf "%s/%s" (trimSuffix "/" $registry) $img.repository) $img.repository (ne $registry "") }}
 {{- if $img.digest }}
-{{- printf "%s@%s" $img.repository $img.digest }}
+{{- printf "%s@%s" $repo $img.digest }}
 {{- else }}
-{{- printf "%s:%s" $img.repository (default .Chart.AppVersion $img.tag | toString) }}
+{{- printf "%s:%s" $repo (default .Chart.AppVersion $img.tag | toString) }}
+{{- end }}
+{{- end }}
+
+{{/* imagePullSecrets of every pod of ours: imagePullSecrets, then the NATS chart's
+     global.image.pullSecretNames (names), without duplicates. */}}
+{{- define "agentbus.imagePullSecrets" -}}
+{{- $names := list }}
+{{- range .Values.imagePullSecrets }}
+{{- if kindIs "string" . }}
+{{- $names = append $names . }}
+{{- else }}
+{{- $names = append $names (get . "name") }}
+{{- end }}
+{{- end }}
+{{- range (dig "image" "pullSecretNames" list (.Values.global | default dict)) }}
+{{- $names = append $names . }}
+{{- end }}
+{{- with $names | uniq }}
+imagePullSecrets:
+{{- range . }}
+  - name: {{ . }}
+{{- end }}
 {{- end }}
 {{- end }}

@@ -19,10 +19,35 @@
 {{- end }}
 {{- end }}
 
+{{/* The labels of the bundled NATS's pods (the NATS chart's selector labels). */}}
+{{- define "agentbus.natsPodLabels" -}}
+app.kubernetes.io/name: {{ default "nats" .Values.nats.nameOverride }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: nats
+{{- end }}
+
 {{- define "agentbus.natsPort" -}}
 {{- $port := 4222 }}
 {{- with .Values.nats.config }}{{ with .nats }}{{ with .port }}{{ $port = . }}{{ end }}{{ end }}{{ end }}
 {{- $port | int }}
+{{- end }}
+
+{{/* The TCP ports our pods reach NATS on, as a JSON list: networkPolicy.natsPorts when
+     set, else the bundled NATS's client port (nats.config.nats.port), else the port of
+     each externalNats.url (4222 when it names none). */}}
+{{- define "agentbus.natsClientPorts" -}}
+{{- $ports := list }}
+{{- if .Values.networkPolicy.natsPorts }}
+{{- $ports = .Values.networkPolicy.natsPorts }}
+{{- else if .Values.nats.enabled }}
+{{- $ports = list (include "agentbus.natsPort" . | int) }}
+{{- else }}
+{{- range splitList "," .Values.externalNats.url }}
+{{- $port := (urlParse (trim .)).host | splitList ":" | rest | last | default "4222" }}
+{{- $ports = append $ports ($port | int) }}
+{{- end }}
+{{- end }}
+{{- $ports | uniq | toJson }}
 {{- end }}
 
 {{- define "agentbus.natsUrl" -}}
@@ -107,61 +132,20 @@
 {{- toJson $found }}
 {{- end }}
 
-{{/* The data of an existing Secret (base64 values) or {}: dict "namespace" ns "name" n.
-     Offline (helm template, lint) lookup finds nothing. */}}
-{{- define "agentbus.secretData" -}}
-{{- $secret := lookup "v1" "Secret" .namespace .name | default dict }}
-{{- toJson (get $secret "data" | default dict) }}
-{{- end }}
-
-{{/* user -> password of every user: from natsAuth.passwordsSecret, else those of the
-     release's Secret (kept across upgrades), else new random ones. Called once per render. */}}
-{{- define "agentbus.natsPasswords" -}}
-{{- $users := (include "agentbus.natsPermissions" . | fromJson).users }}
-{{- $existing := .Values.natsAuth.passwordsSecret }}
-{{- $name := default (include "agentbus.natsAuthSecretName" .) $existing }}
-{{- $data := include "agentbus.secretData" (dict "namespace" .Release.Namespace "name" $name) | fromJson }}
-{{- if and $existing (not $data) }}
-{{- fail (printf "natsAuth.passwordsSecret: no Secret %q in namespace %s (create it before installing; `helm template` cannot read Secrets)" $existing .Release.Namespace) }}
-{{- end }}
-{{- $out := dict }}
-{{- range $u := $users }}
-{{- $old := get $data $u.user | default "" | b64dec | trim }}
-{{- if and $existing (not $old) }}
-{{- fail (printf "natsAuth.passwordsSecret %s has no (non-empty) key %q: it needs one key per NATS user" $existing $u.user) }}
-{{- end }}
-{{- $_ := set $out $u.user (ternary $old (randAlphaNum 32) (ne $old "")) }}
-{{- end }}
-{{- toJson $out }}
-{{- end }}
-
-{{/* A quoted nats-server configuration string: dict "value" v "what" "the password of x".
-     Quotes, backslashes and control characters are refused (as agentbus.contract.permissions does),
-     naming `what`, never the value. */}}
-{{- define "agentbus.confString" -}}
-{{- if not (regexMatch `^[^"\\[:cntrl:]]*$` .value) }}
-{{- fail (printf "%s holds a quote, backslash or control character" .what) }}
-{{- end }}
-{{- printf "\"%s\"" .value }}
-{{- end }}
-
-{{/* The Secret's auth.conf: each user's password defined as the nats-server variable that
-     files/nats-auth.conf uses for it (its entry's password_variable), then that file, the
-     `authorization { users = [...] }` block that agentbus.contract.permissions renders. nats-server
-     resolves a variable from earlier in the same file, and refuses one that nothing uses:
-     the variables and the file's users must match (both come from one `--write`).
-     dict "root" $ "passwords" (dict user -> password). */}}
-{{- define "agentbus.natsAuthConf" -}}
+{{/* The chart's files/nats-auth.conf after checking it against files/nats-permissions.json
+     (both from one `agentbus permissions --write`): nats-server resolves a variable from
+     earlier in the same file, and refuses one that nothing uses, so the users of the two
+     files must match. The hook Job (agentbus nats-auth-secret) prepends the passwords. */}}
+{{- define "agentbus.natsAuthFile" -}}
 {{- $write := "run `agentbus permissions --write`" }}
-{{- $users := (include "agentbus.natsPermissions" .root | fromJson).users }}
-{{- $conf := .root.Files.Get "files/nats-auth.conf" }}
+{{- $users := (include "agentbus.natsPermissions" . | fromJson).users }}
+{{- $conf := .Files.Get "files/nats-auth.conf" }}
 {{- if not $conf }}
 {{- fail (printf "files/nats-auth.conf is missing from the chart: %s" $write) }}
 {{- end }}
 {{- if ne (len (regexFindAll `(?m)^\s*password: \$` $conf -1)) (len $users) }}
 {{- fail (printf "files/nats-auth.conf and files/nats-permissions.json do not have the same users: %s" $write) }}
 {{- end }}
-{{- $lines := list "# The password of each NATS user below, as the nats-server variable its entry uses." }}
 {{- range $u := $users }}
 {{- $var := toString $u.password_variable }}
 {{- if not (regexMatch `^[A-Z_][A-Z0-9_]*$` $var) }}
@@ -170,8 +154,6 @@
 {{- if not (contains (printf "\n      password: $%s\n" $var) $conf) }}
 {{- fail (printf "files/nats-auth.conf has no user with the password $%s of %q: %s" $var $u.user $write) }}
 {{- end }}
-{{- $pw := include "agentbus.confString" (dict "value" (get $.passwords $u.user) "what" (printf "the password of %s" $u.user)) }}
-{{- $lines = append $lines (printf "%s: %s" $var $pw) }}
 {{- end }}
-{{- printf "%s\n\n%s" (join "\n" $lines) $conf }}
+{{- $conf }}
 {{- end }}

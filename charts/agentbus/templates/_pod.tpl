@@ -67,10 +67,7 @@ automountServiceAccountToken: false
 enableServiceLinks: false
 securityContext:
   {{- toYaml $v.podSecurityContext | nindent 2 }}
-{{- with $v.imagePullSecrets }}
-imagePullSecrets:
-  {{- toYaml . | nindent 2 }}
-{{- end }}
+{{- include "agentbus.imagePullSecrets" .root }}
 {{- end }}
 
 {{/* A long-running service's pod template: dict "root" $ "service" "worker" "args" (list ...) */}}
@@ -164,7 +161,14 @@ spec:
   {{- end }}
   {{- with $own.topologySpreadConstraints }}
   topologySpreadConstraints:
-    {{- toYaml . | nindent 4 }}
+    {{- /* a constraint without labelSelector spreads this service's own pods */}}
+    {{- range . }}
+    {{- $c := deepCopy . }}
+    {{- if not (hasKey $c "labelSelector") }}
+    {{- $_ := set $c "labelSelector" (dict "matchLabels" (include "agentbus.selectorLabels" $ | fromYaml)) }}
+    {{- end }}
+    - {{- toYaml $c | nindent 6 }}
+    {{- end }}
   {{- end }}
 {{- end }}
 
@@ -172,4 +176,34 @@ spec:
 {{- define "agentbus.archiverSqlite" -}}
 {{- $db := .Values.archiver.database }}
 {{- if and (not $db.existingSecret) (or (not $db.url) (hasPrefix "sqlite" $db.url)) }}true{{ end }}
+{{- end }}
+
+{{/* The provisioning Job's spec (hashed into its name): dict "root" $ "service" "provision". */}}
+{{- define "agentbus.provisionJobSpec" -}}
+{{- $v := .root.Values }}
+backoffLimit: {{ $v.provision.backoffLimit }}
+activeDeadlineSeconds: {{ $v.provision.activeDeadlineSeconds }}
+template:
+  metadata:
+    labels:
+      {{- include "agentbus.componentLabels" . | nindent 6 }}
+  spec:
+    {{- include "agentbus.podCommon" . | trim | nindent 4 }}
+    restartPolicy: OnFailure
+    containers:
+      - name: provision
+        image: {{ include "agentbus.image" .root }}
+        imagePullPolicy: {{ $v.image.pullPolicy }}
+        command: ["agentbus"]
+        args: ["provision"]
+        env:
+          {{- include "agentbus.env" . | trim | nindent 10 }}
+        resources:
+          {{- toYaml $v.provision.resources | nindent 10 }}
+        securityContext:
+          {{- toYaml $v.securityContext | nindent 10 }}
+        volumeMounts:
+          {{- include "agentbus.volumeMounts" . | trim | nindent 10 }}
+    volumes:
+      {{- include "agentbus.volumes" . | trim | nindent 6 }}
 {{- end }}

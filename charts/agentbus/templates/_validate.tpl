@@ -15,6 +15,9 @@
 {{- fail "topology.replicas must not exceed nats.config.cluster.replicas" }}
 {{- end }}
 {{- include "agentbus.validateNatsAuth" . }}
+{{- if and .Values.nats.enabled (dig "promExporter" "podMonitor" "enabled" false .Values.nats) (or .Values.metrics.podMonitor.enabled .Values.metrics.serviceMonitor.enabled) }}
+{{- fail "nats.promExporter.podMonitor.enabled: the chart's metrics.podMonitor/serviceMonitor already make a PodMonitor for the NATS exporter (turn one off: NATS would be scraped twice)" }}
+{{- end }}
 {{- if and .Values.metrics.podMonitor.enabled .Values.metrics.serviceMonitor.enabled }}
 {{- fail "metrics.podMonitor.enabled and metrics.serviceMonitor.enabled: pick one (each service would be scraped twice)" }}
 {{- end }}
@@ -55,4 +58,29 @@
 {{- end }}
 {{- end }}
 {{- end }}
+{{- end }}
+
+{{/* "true" when the cluster serves a custom resource kind (.Capabilities.APIVersions,
+     which `helm template --api-versions` sets offline), else nothing: the resource is not
+     made (an API server would refuse the whole install with "no matches for kind") and
+     NOTES.txt says so, naming the value that asked for it.
+     dict "root" $ "api" "monitoring.coreos.com/v1/PodMonitor" */}}
+{{- define "agentbus.hasApi" -}}
+{{- if .root.Capabilities.APIVersions.Has .api }}true{{ end }}
+{{- end }}
+
+{{/* value -> API of every custom resource asked for that the cluster does not serve. */}}
+{{- define "agentbus.missingApis" -}}
+{{- $m := .Values.metrics }}
+{{- $asked := list }}
+{{- if $m.podMonitor.enabled }}{{ $asked = append $asked (list "metrics.podMonitor.enabled" "monitoring.coreos.com/v1/PodMonitor") }}{{ end }}
+{{- if $m.serviceMonitor.enabled }}{{ $asked = append $asked (list "metrics.serviceMonitor.enabled" "monitoring.coreos.com/v1/ServiceMonitor") }}{{ end }}
+{{- if and (or $m.podMonitor.enabled $m.serviceMonitor.enabled) .Values.nats.enabled .Values.nats.promExporter.enabled }}{{ $asked = append $asked (list "metrics.*Monitor.enabled (the NATS exporter's PodMonitor)" "monitoring.coreos.com/v1/PodMonitor") }}{{ end }}
+{{- if .Values.prometheusRule.enabled }}{{ $asked = append $asked (list "prometheusRule.enabled" "monitoring.coreos.com/v1/PrometheusRule") }}{{ end }}
+{{- if .Values.worker.keda.enabled }}{{ $asked = append $asked (list "worker.keda.enabled" "keda.sh/v1alpha1/ScaledObject") }}{{ end }}
+{{- $out := dict }}
+{{- range $asked }}
+{{- if not (include "agentbus.hasApi" (dict "root" $ "api" (index . 1))) }}{{ $_ := set $out (index . 0) (index . 1) }}{{ end }}
+{{- end }}
+{{- toJson $out }}
 {{- end }}

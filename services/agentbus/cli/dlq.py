@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from agentbus.bus.deadletters import DeadLetter, ReplayResult, list_dead_letters, replay_dead_letter
+from agentbus.cli.options import TABLE_WIDTH, ServerOpt
 from agentbus.contract.settings import Settings
 from agentbus.contract.subjects import check_token
 
@@ -23,11 +24,11 @@ dlq_app = typer.Typer(
 out = Console()
 
 
-def _client_settings() -> Settings:
-    # the same NATS discovery as every client command (env, then `agentbus up`'s state)
+def _client_settings(server: str | None) -> Settings:
+    # the same NATS discovery as every client command (-s, env, then `agentbus up`'s state)
     from agentbus.cli.main import _settings
 
-    return _settings()
+    return _settings(server)
 
 
 def _record(d: DeadLetter) -> dict[str, Any]:
@@ -54,12 +55,13 @@ def list_cmd(
     ] = None,
     limit: Annotated[int, typer.Option(min=1, help="At most this many, oldest first")] = 1000,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON array")] = False,
+    server: ServerOpt = None,
 ) -> None:
     """List dead letters, oldest first: ID, origin, job, deliveries, reason."""
     from agentbus.bus.connect import connect_nats
     from agentbus.cli.main import EXIT_USAGE, _fail, _run
 
-    settings = _client_settings()
+    settings = _client_settings(server)
 
     async def go() -> list[DeadLetter]:
         nc = await connect_nats(settings.nats, name="agentbus-dlq", service="client")
@@ -80,7 +82,8 @@ def list_cmd(
     if not letters:
         out.print("no dead letters")
         return
-    table = Table("id", "time", "from", "job", "task", "deliveries", "reason")
+    table = Table("id", "time", "from", "job", "task", "tries", "reason")
+    table.columns[6].overflow = "fold"
     for d in letters:
         table.add_row(
             str(d.id),
@@ -91,7 +94,7 @@ def list_cmd(
             str(d.deliveries),
             d.reason,
         )
-    out.print(table)
+    out.print(table, width=min(out.width, TABLE_WIDTH))
     out.print(f"{len(letters)} dead letter(s); replay with `agentbus dlq replay ID`")
 
 
@@ -118,17 +121,19 @@ _REPLAY_HELP: Final = (
 @dlq_app.command(name="replay", help=_REPLAY_HELP)
 def replay_cmd(
     ids: Annotated[list[int], typer.Argument(help="Dead letter ID(s) from `agentbus dlq list`")],
-    keep: Annotated[bool, typer.Option(help="Leave the dead letter in the DLQ")] = False,
+    keep: Annotated[bool, typer.Option("--keep", help="Leave the dead letter in the DLQ")] = False,
     force: Annotated[
-        bool, typer.Option(help="Publish again even if this ID was replayed a moment ago")
+        bool,
+        typer.Option("--force", help="Publish again even if this ID was replayed a moment ago"),
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON array")] = False,
+    server: ServerOpt = None,
 ) -> None:
     """Republish dead letters to their original subjects (with new message ids)."""
     from agentbus.bus.connect import connect_nats
     from agentbus.cli.main import _run
 
-    settings = _client_settings()
+    settings = _client_settings(server)
 
     async def go() -> list[ReplayResult]:
         nc = await connect_nats(settings.nats, name="agentbus-dlq", service="client")

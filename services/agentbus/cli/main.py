@@ -19,12 +19,14 @@ from pathlib import Path
 from typing import Annotated, Any, Final, TypeVar
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from agentbus.cli import ops as cli_ops
 from agentbus.cli.dlq import dlq_app
+from agentbus.cli.options import TABLE_WIDTH, ServerOpt
 from agentbus.contract import plugins, subjects
 from agentbus.contract.errors import AgentBusError, ConfigError, DocumentRejected
 from agentbus.contract.messages import AgentEvent, CancelReply, JobState
@@ -37,11 +39,12 @@ from agentbus.runtime.service import AgentService, run_service
 __all__ = ["app", "main"]
 
 DEFAULT_DATA_DIR: Final = Path(".agentbus")
+HISTORY_DATA_CHARS: Final = 60
+"""An event's data in the `history` table (`--json` has all of it)."""
 EXIT_ERROR: Final = 1
 EXIT_USAGE: Final = 2
 
 app = typer.Typer(
-    add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     help="agentbus: a multi-agent summarization pipeline on NATS JetStream.",
@@ -53,19 +56,42 @@ err = Console(stderr=True)
 T = TypeVar("T")
 
 
+def _version(value: bool) -> None:
+    if value:
+        from agentbus.contract.version import agentbus_version
+
+        out.print(f"agentbus {agentbus_version()}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit"
+        ),
+    ] = False,
+) -> None:
+    """agentbus: a multi-agent summarization pipeline on NATS JetStream."""
+
+
 def _fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
     err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
-def _settings() -> Settings:
-    """Settings for client commands, with the NATS URL of a running `agentbus up` if any."""
+def _settings(server: str | None = None) -> Settings:
+    """Settings for client commands: NATS at `server` (-s/--server, AGENTBUS_NATS__URL),
+    else that of a running `agentbus up` in this directory, else the default."""
     # a client command reports failures as one line itself; the bus's reconnect chatter
     # is for long-running services
     logging.getLogger("agentbus.bus").setLevel(logging.ERROR)
     overrides: dict[str, Any] = {}
     state = DEFAULT_DATA_DIR / STATE_FILE
-    if "AGENTBUS_NATS__URL" not in os.environ and state.exists():
+    if server:
+        overrides["nats"] = {"url": server}
+    elif "AGENTBUS_NATS__URL" not in os.environ and state.exists():
         try:
             url = json.loads(state.read_text())["nats_url"]
             overrides["nats"] = {"url": url}
@@ -159,18 +185,55 @@ def permissions_cmd(ctx: typer.Context) -> None:
     raise typer.Exit(permissions.main(ctx.args))
 
 
+@app.command(name="nats-auth-secret", hidden=True)
+def nats_auth_secret_cmd(
+    name: Annotated[str, typer.Option(help="The Secret to create or update")],
+    files_dir: Annotated[
+        Path,
+        typer.Option(help="nats-permissions.json and nats-auth.conf (none: auth is off)"),
+    ],
+    namespace: Annotated[str, typer.Option(help="Default: the pod's namespace")] = "",
+    passwords_secret: Annotated[
+        str, typer.Option(help="A Secret with one password per user (natsAuth.passwordsSecret)")
+    ] = "",
+    label: Annotated[
+        list[str] | None, typer.Option(help="key=value label of the Secret (repeatable)")
+    ] = None,
+) -> None:
+    """In the cluster (the chart's hook Job): create or update the NATS auth Secret,
+    keeping every password it already holds."""
+    from agentbus.cli import nats_auth_secret as nas
+
+    perms_file, auth_file = files_dir / "nats-permissions.json", files_dir / "nats-auth.conf"
+    try:
+        ns = namespace or (nas.SERVICE_ACCOUNT_DIR / "namespace").read_text().strip()
+        done = nas.ensure_auth_secret(
+            nas.in_cluster_api(),
+            namespace=ns,
+            name=name,
+            labels=dict(item.partition("=")[::2] for item in label or []),
+            permissions_json=perms_file.read_text() if perms_file.exists() else None,
+            auth_file=auth_file.read_text() if auth_file.exists() else None,
+            passwords_secret=passwords_secret,
+        )
+    except (AgentBusError, OSError) as e:
+        raise _fail(str(e)) from None
+    out.print(f"Secret {ns}/{name} {done}")
+
+
 @app.command(name="provision")
 def provision_cmd(
     skills: Annotated[
         list[str] | None,
         typer.Option("--skill", help="Skill whose consumer to create (default: every installed)"),
     ] = None,
+    server: ServerOpt = None,
 ) -> None:
     """Create or update streams, consumers, KV buckets and the object store (idempotent)."""
     from agentbus.bus.connect import connect_nats
     from agentbus.bus.topology import provision
 
-    settings = _settings()
+    settings = _settings(server)
     chosen = skills or plugins.installed_skills()
 
     async def go() -> None:
@@ -362,9 +425,10 @@ def submit(
         Priority,
         typer.Option(help="Workers take high before normal before low (low is never starved)"),
     ] = Priority.NORMAL,
+    server: ServerOpt = None,
 ) -> None:
     """Submit documents, wait, and print each summary."""
-    settings = _settings()
+    settings = _settings(server)
     if follow:
         from agentbus.cli.follow import follow_file
 
@@ -429,25 +493,62 @@ def demo(
         raise typer.Exit(EXIT_ERROR)
 
 
+def _status_rows(state: JobState) -> list[tuple[str, str]]:
+    """(field, value) of a job's state as the `status` table shows it."""
+    progress = f"{state.level_done}/{state.level_tasks}"
+    step = "map" if state.level == 0 else f"reduce {state.level}"
+    rows = [
+        ("job", state.job_id),
+        ("status", state.status.value),
+        ("title", state.title),
+        ("priority", state.priority.value),
+        ("document", f"{state.document_chars} chars, {state.chunks} chunk(s)"),
+        ("step", f"{step}: {progress} task(s) done ({state.tasks_done_total} in all)"),
+        ("created", state.created_at.isoformat(timespec="seconds")),
+        ("updated", state.updated_at.isoformat(timespec="seconds")),
+    ]
+    if state.timeout_s is not None:
+        rows.append(("deadline", f"{state.timeout_s:g} s after creation"))
+    if state.error:
+        rows.append(("error", f"{state.error} ({state.failed_by or 'unknown'})"))
+    if state.summary is not None:
+        rows.append(("summary", state.summary))
+    elif state.summary_ref is not None:
+        rows.append(("summary", "in the object store (agentbus history, or the Python client)"))
+    return [(k, v) for k, v in rows if v]
+
+
 @app.command()
-def status(job_id: str) -> None:
+def status(
+    job_id: str,
+    as_json: Annotated[bool, typer.Option("--json", help="The job state as JSON")] = False,
+    server: ServerOpt = None,
+) -> None:
     """Show a job's state (from the jobs KV bucket)."""
     from agentbus.client.api import AgentBusClient
-
-    settings = _settings()
-
-    async def go() -> JobState | None:
-        async with AgentBusClient(settings.nats) as client:
-            return await client.status(job_id)
 
     try:
         subjects.check_token(job_id, field="job_id")
     except ValueError as e:
         raise _fail(str(e), EXIT_USAGE) from None
+    settings = _settings(server)
+
+    async def go() -> JobState | None:
+        async with AgentBusClient(settings.nats) as client:
+            return await client.status(job_id)
+
     state = _run(go())
     if state is None:
         raise _fail(f"no job {job_id} in KV bucket {subjects.JOBS_BUCKET}")
-    out.print_json(state.model_dump_json())
+    if as_json:
+        out.print_json(state.model_dump_json())
+        return
+    table = Table(show_header=False, box=None, padding=(0, 1))
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")
+    for field, value in _status_rows(state):
+        table.add_row(field, value)
+    out.print(table, width=min(out.width, TABLE_WIDTH))
 
 
 @app.command()
@@ -455,6 +556,7 @@ def cancel(
     job_id: str,
     reason: Annotated[str, typer.Option("--reason", help="why (kept in the job state)")] = "",
     as_json: Annotated[bool, typer.Option("--json", help="the reply as JSON")] = False,
+    server: ServerOpt = None,
 ) -> None:
     """Cancel a job: queued tasks dropped, running ones interrupted, no reduce after.
     Idempotent: a finished job is left as it is (one line says so, exit 0)."""
@@ -464,7 +566,7 @@ def cancel(
         subjects.check_token(job_id, field="job_id")
     except ValueError as e:
         raise _fail(str(e), EXIT_USAGE) from None
-    settings = _settings()
+    settings = _settings(server)
 
     async def go() -> CancelReply:
         async with AgentBusClient(settings.nats) as client:
@@ -492,11 +594,12 @@ def history(
     as_json: Annotated[
         bool, typer.Option("--json", help="A JSON array, one event per line, as pages arrive")
     ] = False,
+    server: ServerOpt = None,
 ) -> None:
     """Show every archived event of a job (asks the event-archiver, page by page)."""
     from agentbus.client.api import AgentBusClient
 
-    settings = _settings()
+    settings = _settings(server)
 
     async def as_table() -> list[AgentEvent]:
         async with AgentBusClient(settings.nats) as client:
@@ -522,15 +625,21 @@ def history(
         _run(as_lines())
         return
     events = _run(as_table())
-    table = Table("time", "agent", "event", "task", "data")
+    if not events:  # the error alone, no empty table above it
+        raise _fail(f"no archived events for job {job_id}")
+    table = Table("time", "agent", "event", "task", "data", box=box.SIMPLE_HEAD)
+    for column, overflow in zip(
+        table.columns, ("crop", "fold", "crop", "fold", "fold"), strict=True
+    ):
+        column.overflow = overflow  # type: ignore[assignment]  # rich's literal
+    table.columns[0].no_wrap = table.columns[2].no_wrap = True
     for ev in events:
+        data = json.dumps(ev.data, separators=(",", ":"), default=str)
         table.add_row(
             ev.ts.strftime("%H:%M:%S.%f")[:-3], ev.agent_id, ev.kind.value, ev.task_id or "",
-            json.dumps(ev.data, default=str)[:80],
+            data if len(data) <= HISTORY_DATA_CHARS else data[: HISTORY_DATA_CHARS - 1] + "…",
         )  # fmt: skip
-    out.print(table)
-    if not events:
-        raise _fail(f"no archived events for job {job_id}")
+    out.print(table, width=min(out.width, TABLE_WIDTH))
 
 
 @app.command()
@@ -540,6 +649,7 @@ def events(
     ] = False,
     last: Annotated[int, typer.Option(min=0, help="Replay this many stored events first")] = 20,
     limit: Annotated[int | None, typer.Option(help="Exit after this many events")] = None,
+    server: ServerOpt = None,
 ) -> None:
     """Print agent events (the `agent.>` wildcard); `--follow` tails them live."""
     from nats.aio.msg import Msg
@@ -548,7 +658,7 @@ def events(
     from agentbus.bus.connect import connect_nats
     from agentbus.contract.messages import decode_events
 
-    settings = _settings()
+    settings = _settings(server)
 
     async def go() -> None:
         nc = await connect_nats(settings.nats, name="agentbus-events", service="client")

@@ -18,6 +18,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from agentbus.cli.options import TABLE_WIDTH, ServerOpt
 from agentbus.contract import subjects
 from agentbus.contract.errors import AgentBusError, DocumentRejected
 from agentbus.contract.messages import Command, CommandReply, decode, encode
@@ -136,6 +137,7 @@ def _ctl(
     command: Annotated[ControlCommand, typer.Argument(help="ping, pause, resume or drain")],
     timeout: Annotated[float, typer.Option(min=0.1, help="Seconds to wait for the reply")] = 5.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the reply as JSON")] = False,
+    server: ServerOpt = None,
 ) -> None:
     """Control one service replica: ping, pause (stop taking new work), resume, drain
     (finish in-flight work and exit)."""
@@ -145,7 +147,7 @@ def _ctl(
         subjects.check_token(agent_id, field="agent_id")
     except ValueError as e:
         raise _fail(str(e), EXIT_USAGE) from None
-    settings = _settings()
+    settings = _settings(server)
     reply = _run(send_command(settings, agent_id, command.value, timeout_s=timeout))
     if as_json:
         out.print_json(reply.model_dump_json())
@@ -167,6 +169,7 @@ def _workers(
     timeout: Annotated[
         float, typer.Option(min=0.1, help="Seconds to wait for answers (at most)")
     ] = 2.0,
+    server: ServerOpt = None,
 ) -> None:
     """List every running worker (nats.micro discovery): id, version, skill, state,
     in-flight count and stats."""
@@ -176,7 +179,7 @@ def _workers(
     from agentbus.contract.subjects import WORKER_SERVICE, srv_subject
     from agentbus.contract.workers import WorkerInfo
 
-    settings = _settings()
+    settings = _settings(server)
 
     async def go() -> list[WorkerInfo]:
         nc = await connect_nats(settings.nats, name="agentbus-workers", service="workers")
@@ -191,7 +194,7 @@ def _workers(
         return
     if not found:
         raise _fail(f"no worker answered on {srv_subject('STATS', WORKER_SERVICE)}")
-    table = Table("worker", "skill", "version", "state", "in flight", "tasks ok/retried/dead",
+    table = Table("worker", "skill", "version", "state", "busy", "tasks ok/retry/dead",
                   "rpc ok/err", "rpc ms")  # fmt: skip
     table.columns[0].no_wrap = True
     for w in found:
@@ -202,7 +205,7 @@ def _workers(
             f"{s.tasks_ok}/{s.tasks_retried}/{s.tasks_dead_lettered}",
             f"{s.rpc_ok}/{s.rpc_failed}", f"{s.rpc_mean_ms:.1f}",
         )  # fmt: skip
-    out.print(table)
+    out.print(table, width=min(out.width, TABLE_WIDTH))
     out.print(f"{len(found)} worker(s)", highlight=False)
 
 

@@ -11,13 +11,14 @@ documents above the inline limit go to the object store first and travel by refe
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import itertools
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Self
+from typing import Final, Self
 
 import nats.errors
 import nats.js.errors
@@ -40,6 +41,7 @@ from agentbus.contract.messages import (
     AgentEvent,
     CancelReply,
     CancelRequest,
+    EventKind,
     HistoryQuery,
     HistoryReply,
     JobState,
@@ -55,6 +57,12 @@ from agentbus.contract.settings import LimitsSettings, NatsSettings
 from agentbus.observability import telemetry
 
 __all__ = ["AgentBusClient"]
+
+_JOB_END_EVENTS: Final = frozenset(
+    {EventKind.JOB_COMPLETED, EventKind.JOB_FAILED, EventKind.JOB_CANCELED}
+)
+_HISTORY_RETRY_FIRST_S: Final = 0.05
+_HISTORY_RETRY_MAX_S: Final = 1.0
 
 
 class AgentBusClient:
@@ -337,14 +345,35 @@ class AgentBusClient:
         *,
         timeout_s: float = 5.0,
         page_size: int = HISTORY_PAGE_EVENTS,
+        wait_for_end_s: float = 0.0,
     ) -> list[AgentEvent]:
         """Every archived event of a job, oldest first (asks the event-archiver on
-        `rpc.history`, page by page; `timeout_s` is the wait for each page)."""
-        return [
-            event
-            async for page in self.history_pages(job_id, timeout_s=timeout_s, page_size=page_size)
-            for event in page
-        ]
+        `rpc.history`, page by page; `timeout_s` is the wait for each page).
+
+        The archive is eventually consistent: a job's last events reach it a moment after
+        the job ends. With `wait_for_end_s` > 0 the history is read again (backing off)
+        until it holds the job's end (job.completed, job.failed or job.canceled); after
+        that many seconds without it, TimeoutError."""
+        deadline = time.monotonic() + wait_for_end_s
+        delay_s = _HISTORY_RETRY_FIRST_S
+        while True:
+            events = [
+                event
+                async for page in self.history_pages(
+                    job_id, timeout_s=timeout_s, page_size=page_size
+                )
+                for event in page
+            ]
+            if wait_for_end_s <= 0 or any(e.kind in _JOB_END_EVENTS for e in events):
+                return events
+            left_s = deadline - time.monotonic()
+            if left_s <= 0:
+                raise TimeoutError(
+                    f"the archive holds {len(events)} event(s) of job {job_id} but not its "
+                    f"end after {wait_for_end_s:g}s (is the job still running?)"
+                )
+            await asyncio.sleep(min(delay_s, left_s))
+            delay_s = min(delay_s * 2, _HISTORY_RETRY_MAX_S)
 
     async def history_pages(
         self,

@@ -184,11 +184,11 @@ def release(cluster: str, image: str, chart: Path, tmp_path: Path) -> Iterator[t
     values = tmp_path / "e2e-values.yaml"
     values.write_text(json.dumps(E2E_VALUES))  # JSON is YAML
     try:
-        # no --wait: the provisioning hook runs after the install and the services become
-        # ready once it has; helm waits for the hook Job itself
-        _run("helm", "install", RELEASE, str(chart), "--namespace", namespace,
-             "--create-namespace", "--values", str(values), "--timeout", "10m",
-             timeout_s=900)  # fmt: skip
+        # as most pipelines install: the release fails (and is rolled back) unless every
+        # Deployment is ready and the provisioning Job has completed
+        _run("helm", "upgrade", "--install", RELEASE, str(chart), "--namespace", namespace,
+             "--create-namespace", "--values", str(values), "--wait", "--wait-for-jobs",
+             "--atomic", "--timeout", "10m", timeout_s=900)  # fmt: skip
         yield namespace, chart
     finally:
         _run("helm", "uninstall", RELEASE, "--namespace", namespace, "--wait",
@@ -265,7 +265,7 @@ def test_helm_install_scale_observe_test_uninstall(
     release: tuple[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     namespace, chart = release
-    _rollout(namespace)
+    _rollout(namespace)  # already ready: `helm upgrade --install --wait` waited for it
     _use_client_user(namespace, tmp_path, monkeypatch)
     assert len(_worker_pods(namespace)) == 1
 
@@ -273,9 +273,15 @@ def test_helm_install_scale_observe_test_uninstall(
         jobs = _submit(nats_port, tmp_path, 3, seed=1)
         assert len(_task_agents(nats_port, jobs)) == 1
 
-    # scale 1 -> 3 (helm upgrade: the pre-upgrade provisioning hook runs again)
+    # scale 1 -> 3 (helm upgrade --wait --atomic: the NATS auth hook Job runs again and
+    # keeps the passwords; the running services keep working)
+    secret = ("kubectl", "-n", namespace, "get", "secret", f"{RELEASE}-nats-auth",
+              "-o", "jsonpath={.data}")  # fmt: skip
+    before = _run(*secret).stdout
     _run("helm", "upgrade", RELEASE, str(chart), "--namespace", namespace, "--reuse-values",
-         "--set", "worker.replicas=3", "--timeout", "10m", timeout_s=900)  # fmt: skip
+         "--set", "worker.replicas=3", "--wait", "--wait-for-jobs", "--atomic",
+         "--timeout", "10m", timeout_s=900)  # fmt: skip
+    assert _run(*secret).stdout == before  # no password (nor auth.conf) changed
     _rollout(namespace)
     workers = _worker_pods(namespace)
     assert len(workers) == 3
