@@ -372,7 +372,7 @@ def _run_release(r: Rendered, local_pods: LocalPods, chart_nats: ChartNats, *, a
         for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
             path = p.container[probe]["httpGet"]["path"]
             status, body = p.get(path)
-            assert status == 200, f"{p.pod} {probe} {path}: {status} {body}"
+            assert status == 200, f"{p.pod} {probe} {path}: {status} {body}\n{p.tail()}"
 
     # 4. the `helm test` Pod: submit its document and wait for the summary
     (test_pod,) = r.of_kind("Pod")

@@ -60,6 +60,7 @@ class AgentService:
         self.loops: list[ConsumerLoop] = []
         self._tasks: list[asyncio.Task[None]] = []
         self.bus: Bus | None = None
+        self._set_up = False  # `setup` has returned: until then there are no loops to check
         self.stopped = asyncio.Event()
 
     async def setup(self, bus: Bus) -> list[ConsumerLoop]:
@@ -70,7 +71,7 @@ class AgentService:
         """Release resources after the loops have stopped."""
 
     def readiness(self) -> tuple[bool, str]:
-        if self.bus is None:
+        if self.bus is None or not self._set_up:
             return False, "starting"
         if not self.bus.connected:
             return False, "NATS not connected"
@@ -115,6 +116,7 @@ class AgentService:
     async def start(self, bus: Bus) -> None:
         self.bus = bus
         self.loops = await self.setup(bus)
+        self._set_up = True
         self._tasks = [asyncio.create_task(loop.run()) for loop in self.loops]
 
     async def stop(self, *, grace_s: float) -> bool:
