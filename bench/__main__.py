@@ -1,4 +1,4 @@
-"""`python -m bench [pipeline|rpc|scaling|archiver|memory|cancel|priority|docsize]
+"""`python -m bench [pipeline|rpc|scaling|archiver|memory|cancel|priority|fairness|docsize]
 [options]` (see `--help`)."""
 
 from __future__ import annotations
@@ -11,7 +11,16 @@ from typing import Any, Final
 
 from bench.common import wait_for_quiet, write_result
 
-BENCHMARKS: Final = ("pipeline", "rpc", "scaling", "archiver", "memory", "cancel", "priority")
+BENCHMARKS: Final = (
+    "pipeline",
+    "rpc",
+    "scaling",
+    "archiver",
+    "memory",
+    "cancel",
+    "priority",
+    "fairness",
+)
 ON_REQUEST: Final = ("docsize",)
 """Run only when named (each takes many minutes)."""
 

@@ -77,6 +77,7 @@ EVENTS_TABLE: Final = Table(
     Column("subject", String(300), nullable=False),
     Column("data", Text, nullable=False),
     Column("archived_at", DateTime(timezone=True), nullable=True),
+    Column("tenant", String(64), nullable=True),
     Index("ix_agent_events_job_order", "job_id", "ts", "stream_seq", "event_id"),
     Index("ix_agent_events_kind", "kind"),
 )
@@ -114,6 +115,12 @@ def normalize_url(url: str) -> URL:
             f"{parsed.get_backend_name()!r} (sqlite+aiosqlite or postgresql+asyncpg)"
         )
     return parsed
+
+
+def _tenant_of(event: AgentEvent) -> str | None:
+    """The `tenant` column: the event's `data.tenant` (job and task events say it)."""
+    tenant = event.data.get("tenant")
+    return tenant[:64] if isinstance(tenant, str) and tenant else None
 
 
 def _utc(ts: datetime) -> datetime:
@@ -216,6 +223,7 @@ class EventStore:
                 "subject": subject[:300],
                 "data": json.dumps(ev.data, default=str),
                 "archived_at": now,
+                "tenant": _tenant_of(ev),
             }
             for ev, subject, seq in rows
         ]

@@ -38,8 +38,10 @@ from agentbus.contract.messages import (
     TaskResult,
 )
 from agentbus.contract.messages import utcnow as _utcnow
-from agentbus.contract.priority import Priority, task_subject
+from agentbus.contract.priority import Priority
 from agentbus.contract.settings import Settings
+from agentbus.contract.tenants import DEFAULT_TENANT
+from agentbus.contract.tenants import task_subject as tenant_task_subject
 from agentbus.observability import metrics, telemetry
 from agentbus_orchestrator import lifecycle, progress
 from agentbus_orchestrator.lifecycle import Completion, Outcome, ResultKey
@@ -278,6 +280,7 @@ class Collector:
                     plan.groups,
                     plan.max_chars,
                     priority=state.priority,
+                    tenant=state.tenant,
                 ),
                 self.bus.progress(
                     StreamItem(
@@ -314,17 +317,20 @@ class Collector:
         max_chars: int,
         *,
         priority: Priority = Priority.NORMAL,
+        tenant: str = DEFAULT_TENANT,
     ) -> None:
-        """One task per text, on the subject of the job's priority (map and reduce)."""
+        """One task per text, on the subject of the job's priority and tenant (map and
+        reduce)."""
         bus = self.bus
-        subject = task_subject(skill, priority)
+        subject = tenant_task_subject(skill, priority, tenant)
         wire_priority = None if priority is Priority.NORMAL else priority
+        wire_tenant = None if tenant == DEFAULT_TENANT else tenant
 
         async def one(index: int, text: str) -> None:
             task_id = lifecycle.task_id_for(level, index)
             task = TaskAssign(
                 job_id=job_id, task_id=task_id, level=level, index=index, count=len(texts),
-                text=text, max_chars=max_chars, priority=wire_priority,
+                text=text, max_chars=max_chars, priority=wire_priority, tenant=wire_tenant,
             )  # fmt: skip
             await bus.publish(
                 subject, task, msg_id=f"{job_id}:{task_id}", stream=subjects.TASKS_STREAM

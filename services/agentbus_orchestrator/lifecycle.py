@@ -130,6 +130,7 @@ def intake(
     trace_id: str | None,
     timer: str | None = None,
     priority: Priority = Priority.NORMAL,
+    tenant: str = "default",
 ) -> JobState:
     """The state of a job whose map tasks (one per chunk) are about to be published."""
     if chunks < 1:
@@ -151,6 +152,7 @@ def intake(
         trace_id=trace_id,
         timer=timer,
         priority=priority,
+        tenant=tenant,
     )
 
 

@@ -34,6 +34,7 @@ from agentbus.bus.core import Bus, storage_full
 from agentbus.bus.deadletters import is_replay
 from agentbus.bus.documents import check_document, fetch_document
 from agentbus.bus.headers import delivery_count
+from agentbus.bus.tenant_pull import TenantConsumerLoop
 from agentbus.contract import subjects
 from agentbus.contract.chunking import chunk_text
 from agentbus.contract.errors import DocumentRejected, MessageDecodeError
@@ -50,10 +51,18 @@ from agentbus.contract.messages import (
 )
 from agentbus.contract.priority import Priority
 from agentbus.contract.settings import Settings
+from agentbus.contract.tenants import (
+    DEFAULT_TENANT,
+    intake_consumer,
+    job_tenant,
+    limits_of,
+    tenant_names,
+)
 from agentbus.observability import metrics, telemetry
 from agentbus.observability.logs import log_context
 from agentbus.runtime.service import AgentService
 from agentbus_orchestrator import lifecycle
+from agentbus_orchestrator.admission import Admission, not_before_s
 from agentbus_orchestrator.advisories import MAX_DELIVERIES_ADVISORY, on_max_deliveries
 from agentbus_orchestrator.cancel import Canceller
 from agentbus_orchestrator.collect import Collector
@@ -108,12 +117,15 @@ class Orchestrator(AgentService):
         self.cfg = settings.orchestrator
         self._store: JobStore | None = None
         self._collector: Collector | None = None
+        self._admission: Admission | None = None
 
     async def setup(self, bus: Bus) -> list[ConsumerLoop]:
         await bus.kv(subjects.JOBS_BUCKET)
         await bus.kv(subjects.JOB_PARTS_BUCKET)
         self._store = JobStore(bus)
         self._collector = Collector(bus, self._store, self.settings, service=self.name)
+        await bus.kv(subjects.TENANTS_BUCKET)
+        self._admission = Admission(bus, self.settings.tenants, service=self.name)
         metrics.init_orchestrator(bus.service)
         await bus.nc.subscribe(
             MAX_DELIVERIES_ADVISORY,
@@ -126,14 +138,26 @@ class Orchestrator(AgentService):
             queue=subjects.ORCHESTRATOR_CONSUMER,  # one replica answers each cancel
             cb=canceller.on_request,
         )
-        return [
-            ConsumerLoop(
+        tenants = tenant_names(self.settings.tenants)
+        intake: ConsumerLoop = ConsumerLoop(
+            bus,
+            stream=subjects.JOBS_STREAM,
+            durable=subjects.ORCHESTRATOR_CONSUMER,
+            handler=self.handle_job,
+            concurrency=self.cfg.concurrency,
+        )
+        if len(tenants) > 1:
+            # each configured tenant's jobs on their own consumer, taken in by weight
+            intake = TenantConsumerLoop(
                 bus,
                 stream=subjects.JOBS_STREAM,
-                durable=subjects.ORCHESTRATOR_CONSUMER,
+                durables={t: intake_consumer(t) for t in tenants},
+                weights={t: limits_of(t, self.settings.tenants).weight for t in tenants},
                 handler=self.handle_job,
                 concurrency=self.cfg.concurrency,
-            ),
+            )
+        return [
+            intake,
             ConsumerLoop(
                 bus,
                 stream=subjects.RESULTS_STREAM,
@@ -144,6 +168,8 @@ class Orchestrator(AgentService):
         ]
 
     async def teardown(self) -> None:
+        if self._admission is not None:
+            await self._admission.flush()
         if self._collector is not None:
             await self._collector.close()
 
@@ -151,6 +177,11 @@ class Orchestrator(AgentService):
     def store(self) -> JobStore:
         assert self._store is not None
         return self._store
+
+    @property
+    def admission(self) -> Admission:
+        assert self._admission is not None
+        return self._admission
 
     @property
     def collector(self) -> Collector:
@@ -177,12 +208,20 @@ class Orchestrator(AgentService):
                 attributes={"agentbus.job_id": job.job_id},
             ),
         ):
+            held_s = not_before_s(msg) - time.time()
+            if held_s > 0:  # held back by its tenant's rate or budget: not yet
+                await msg.nak(delay=held_s)
+                return
             loaded = None
             if delivery_count(msg) > 1 and not is_replay(msg.headers):
                 loaded = await self.store.load(job.job_id)
                 if loaded is not None and self._is_timer(msg, job, loaded[0]):
                     await self._check_deadline(msg, job, loaded[0])
                     return
+            tenant = self._tenant_of(msg, job)
+            limited = loaded is None and self.admission.limited(tenant)
+            if limited and not await self._admitted(msg, job, tenant):
+                return
             if delivery_count(msg) > self.settings.topology.max_deliver:
                 # the job's error carries the dead letter's reason, as every failure does
                 reason = f"job intake over max_deliver ({delivery_count(msg)} deliveries)"
@@ -191,6 +230,25 @@ class Orchestrator(AgentService):
                 return
             async with _in_progress(msg, every_s=self.settings.topology.ack_wait_s / 3):
                 await self._intake_until_stored(msg, job, loaded=loaded)
+
+    async def _admitted(self, msg: Msg, job: JobSubmit, tenant: str) -> bool:
+        """Within its tenant's job rate and token budget (counted across replicas): take
+        the job in; else fail it with the reason, or hold it, per the tenant's setting."""
+        verdict = await self.admission.verdict(tenant)
+        if verdict.refused is not None:
+            if await self.store.load(job.job_id) is not None:
+                await msg.ack()  # a job submitted again under its id: that job, untouched
+                return False
+            category = "budget" if "budget" in verdict.outcome else "rate"
+            log.info("job refused: %s", verdict.refused)
+            await self._fail_new(job, verdict.refused, category=category, tenant=tenant)
+            await msg.ack()
+            return False
+        if verdict.hold_s > 0:
+            log.info("job held %.1f s (%s of tenant %s)", verdict.hold_s, verdict.outcome, tenant)
+            await self.admission.hold(msg, job_id=job.job_id, hold_s=verdict.hold_s)
+            return False
+        return True
 
     async def _intake_until_stored(
         self, msg: Msg, job: JobSubmit, *, loaded: tuple[JobState, int] | None
@@ -232,11 +290,13 @@ class Orchestrator(AgentService):
     def _sha256_of(self, job: JobSubmit) -> str | None:
         return job.document_sha256 or (job.document.sha256 if job.document else None)
 
-    async def _fail_new(self, job: JobSubmit, reason: str, *, category: str) -> None:
+    async def _fail_new(
+        self, job: JobSubmit, reason: str, *, category: str, tenant: str = DEFAULT_TENANT
+    ) -> None:
         """Record a job that could not even start as failed (creating its state if needed)."""
         state = JobState(
             job_id=job.job_id, status=JobStatus.FAILED, title=job.title, error=reason,
-            failed_by=category, document_sha256=self._sha256_of(job),
+            failed_by=category, document_sha256=self._sha256_of(job), tenant=tenant,
         )  # fmt: skip
         if await self.store.create(state) is None:
             await self.collector.fail(job.job_id, reason, category=category)
@@ -307,6 +367,7 @@ class Orchestrator(AgentService):
             now=utcnow(), timeout_s=job.timeout_s, document_sha256=self._sha256_of(job),
             trace_id=telemetry.current_trace_id() or telemetry.trace_id_of(msg.headers),
             timer=msg.reply or None, priority=job.priority or Priority.NORMAL,
+            tenant=self._tenant_of(msg, job),
         )  # fmt: skip
         if reopen:
             await self.store.transition(
@@ -330,10 +391,16 @@ class Orchestrator(AgentService):
         for stored in self._emit_intake(state):
             await stored
         await self.collector.publish_level(
-            job.job_id, job.skill, 0, chunks, per_task, priority=state.priority
-        )
+            job.job_id, job.skill, 0, chunks, per_task, priority=state.priority,
+            tenant=state.tenant,
+        )  # fmt: skip
         await self._end_intake(msg, job, state)
         log.debug("job accepted: %d chars in %d chunk(s)", document_chars, len(chunks))
+
+    def _tenant_of(self, msg: Msg, job: JobSubmit) -> str:
+        """The job's tenant: its subject's (`jobs.submit.{tenant}`), else the one a trusted
+        client claimed, else `default` (`agentbus.contract.tenants.job_tenant`)."""
+        return job_tenant(subject=msg.subject, claimed=job.tenant, cfg=self.settings.tenants)
 
     @staticmethod
     def _moved_on(state: JobState) -> bool:
@@ -354,6 +421,7 @@ class Orchestrator(AgentService):
                 "chars": state.document_chars,
                 "summary_chars": state.summary_chars,
                 "priority": state.priority.value,
+                "tenant": state.tenant,
             },
         )
         chunked = self.bus.emit_soon(
@@ -417,6 +485,8 @@ class Orchestrator(AgentService):
                 # fast worker's result can arrive first: it is retried shortly, never dropped.
                 await msg.nak(delay=_AHEAD_RETRY_S)
                 return
+            if outcome in (Outcome.RECORDED, Outcome.FAILED) and r.tokens:
+                await self.admission.count_tokens(r.tenant or DEFAULT_TENANT, r.tokens)
             if outcome is Outcome.INVALID:
                 await bus.dead_letter(
                     msg,

@@ -158,24 +158,24 @@ async def test_every_release_before_alembic_is_upgraded(
     assert upgraded == await _new_archive_shape(fresh)
 
 
-def _with_a_tenant_revision(dest: Path) -> Path:
-    """A copy of the migrations plus a revision 0002 as a later release would write it: a
+def _with_a_later_revision(dest: Path) -> Path:
+    """A copy of the migrations plus a revision 0003 as a later release would write it: a
     column and an index added to the events table."""
     copy = dest / "migrations"
     shutil.copytree(schema.MIGRATIONS_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
-    (copy / "versions" / "0002_tenant.py").write_text(
-        '"""tenant\n\nRevision ID: 0002\nRevises: 0001\n"""\n'
+    (copy / "versions" / "0003_region.py").write_text(
+        '"""region\n\nRevision ID: 0003\nRevises: 0002\n"""\n'
         "import sqlalchemy as sa\n"
         "from alembic import op\n\n"
-        'revision = "0002"\ndown_revision = "0001"\nbranch_labels = None\ndepends_on = None\n\n'
+        'revision = "0003"\ndown_revision = "0002"\nbranch_labels = None\ndepends_on = None\n\n'
         "def upgrade():\n"
         '    with op.batch_alter_table("agent_events") as batch:\n'
-        '        batch.add_column(sa.Column("tenant", sa.String(64), nullable=True))\n'
-        '        batch.create_index("ix_agent_events_tenant", ["tenant"])\n\n'
+        '        batch.add_column(sa.Column("region", sa.String(64), nullable=True))\n'
+        '        batch.create_index("ix_agent_events_region", ["region"])\n\n'
         "def downgrade():\n"
         '    with op.batch_alter_table("agent_events") as batch:\n'
-        '        batch.drop_index("ix_agent_events_tenant")\n'
-        '        batch.drop_column("tenant")\n'
+        '        batch.drop_index("ix_agent_events_region")\n'
+        '        batch.drop_column("region")\n'
     )
     return copy
 
@@ -189,17 +189,17 @@ async def test_a_later_revision_adds_a_column_to_an_archive_in_use(
         await store.insert([(OLD, "agent.worker-1.events", 5)])
     finally:
         await store.close()
-    monkeypatch.setattr(schema, "MIGRATIONS_DIR", _with_a_tenant_revision(tmp_path))
+    monkeypatch.setattr(schema, "MIGRATIONS_DIR", _with_a_later_revision(tmp_path))
     store = EventStore(database_url)
     try:
-        assert await store.create_schema() == "0001"
-        assert await store.schema_revision() == "0002"
+        assert await store.create_schema() == "0002"
+        assert await store.schema_revision() == "0003"
         async with store.engine.connect() as conn:
             shape = await conn.run_sync(_shape)
-            tenants = (await conn.execute(text("SELECT tenant FROM agent_events"))).all()
-        assert shape["columns"]["tenant"][1] is True
-        assert shape["indexes"]["ix_agent_events_tenant"] == ["tenant"]
-        assert tenants == [(None,)]
+            regions = (await conn.execute(text("SELECT region FROM agent_events"))).all()
+        assert shape["columns"]["region"][1] is True
+        assert shape["indexes"]["ix_agent_events_region"] == ["region"]
+        assert regions == [(None,)]
         assert await store.history("job-1") == [OLD]  # the row, intact
     finally:
         await store.close()

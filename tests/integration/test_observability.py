@@ -46,6 +46,7 @@ Sample = tuple[str, tuple[tuple[str, str], ...]]
 ALLOWED_LABELS = {"service", "skill", "stream", "consumer", "outcome", "reason", "backend", "kind"}
 ALLOWED_LABELS |= {"version", "le"}
 ALLOWED_LABELS |= {"priority"}  # high, normal, low (agentbus_tasks_pulled_total)
+ALLOWED_LABELS |= {"tenant"}  # configured tenants or default: a bounded set (contract/tenants)
 
 
 async def _until(check: Callable[[], Awaitable[bool]], *, timeout_s: float, what: str) -> None:

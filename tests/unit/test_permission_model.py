@@ -68,10 +68,16 @@ def test_each_service_pulls_only_its_own_consumers() -> None:
             if s.startswith("$JS.API.CONSUMER.MSG.NEXT.")
         }
 
-    assert pulls("orchestrator") == {"JOBS.orchestrator", "RESULTS.orchestrator-results"}
+    # JOBS.*: the configured tenants' intake consumers (`orchestrator-{tenant}`) too
+    assert pulls("orchestrator") == {
+        "JOBS.orchestrator", "JOBS.*", "RESULTS.orchestrator-results",
+    }  # fmt: skip
     # one consumer per priority (normal keeps the name of old)
+    # and any consumer of TASKS: the configured tenants' (`{skill}-workers-{p}-{tenant}`)
+    # are named by the deployment's settings, and every TASKS consumer is the workers'
     assert pulls("worker") == {
         "TASKS.summarize-workers", "TASKS.summarize-workers-high", "TASKS.summarize-workers-low",
+        "TASKS.*",
     }  # fmt: skip
     assert pulls("archiver") == {"AGENT_EVENTS.event-archiver"}
     assert pulls("client") == set() and pulls("provisioner") == set()
@@ -83,7 +89,8 @@ def test_skills_extend_the_worker_and_provisioner() -> None:
     assert "$JS.API.CONSUMER.MSG.NEXT.TASKS.translate-workers-high" in perms["worker"].publish
     assert "rpc.translate" in perms["worker"].subscribe
     assert "rpc.translate" in perms["client"].publish
-    assert "$JS.API.CONSUMER.INFO.TASKS.translate-workers" in perms["provisioner"].publish
+    # every consumer of TASKS (each skill's, priority's and tenant's) by one wildcard
+    assert "$JS.API.CONSUMER.INFO.TASKS.*" in perms["provisioner"].publish
     with pytest.raises(ValueError, match="skill"):
         build_permissions(skills=["bad.skill"])
 
@@ -192,3 +199,18 @@ def test_cli_writes_and_checks_both_chart_files(
     capsys.readouterr()
     assert main(["--format", "conf"]) == 0
     assert capsys.readouterr().out == render_auth_conf()
+
+
+def test_a_tenant_user_submits_only_as_its_tenant() -> None:
+    perms = build_permissions(tenant_users={"acme": ["acme-app"], "beta": ["beta-1", "beta-2"]})
+    acme = perms["acme-app"]
+    submits = {s for s in acme.publish if s.startswith("jobs.submit")}
+    assert submits == {"jobs.submit.acme"}
+    assert {s for s in perms["beta-2"].publish if s.startswith("jobs.submit")} == {
+        "jobs.submit.beta"
+    }
+    # the trusted client may submit as anyone; service users are not tenant users
+    assert {"jobs.submit", "jobs.submit.*"} <= set(perms["client"].publish)
+    assert acme.inbox_prefix == "_INBOX_acme-app" and not acme.allow_responses
+    with pytest.raises(PermissionsError, match="service user"):
+        build_permissions(tenant_users={"acme": ["worker"]})

@@ -18,7 +18,7 @@ from nats.aio.msg import Msg
 
 from agentbus.bus.core import REBIND_BACKOFF_S, Bus
 from agentbus.bus.headers import delivery_count
-from agentbus.bus.pull import Puller
+from agentbus.bus.pull import Puller, PullSource
 from agentbus.contract.errors import AgentBusError
 from agentbus.observability import metrics
 
@@ -65,7 +65,7 @@ class ConsumerLoop:
         self._resumed.set()
         self._inflight: set[asyncio.Task[None]] = set()
         self._freed = asyncio.Event()  # a slot freed up (cheaper than asyncio.wait on all)
-        self._puller: Puller | None = None
+        self._puller: PullSource | None = None
         self._idle = asyncio.Event()  # no pull request open (nothing more can arrive)
         self._idle.set()
         self._failures = 0
@@ -106,7 +106,7 @@ class ConsumerLoop:
         self._resumed.set()
         self._freed.set()
 
-    async def _bind(self) -> Puller:
+    async def _bind(self) -> PullSource:
         if self._puller is not None:
             await self._puller.close()
             self._puller = None

@@ -29,7 +29,7 @@ from agentbus.bus.headers import delivery_count, header_safe, headers_size, kept
 from agentbus.bus.progress import ProgressPublisher
 from agentbus.bus.publisher import JetStreamPublisher
 from agentbus.contract import subjects
-from agentbus.contract.errors import BusError
+from agentbus.contract.errors import BusError, NoStreamError
 from agentbus.contract.headers import (
     DLQ_HEADER_DELIVERIES,
     DLQ_HEADER_MSG_ID,
@@ -223,7 +223,7 @@ class Bus:
                 if left <= 0 or self.nc.is_closed:
                     raise BusError(f"publish to {subject} failed: {e or type(e).__name__}") from e
                 if isinstance(e, _NO_RESPONDERS) and await self._no_stream_takes(subject):
-                    raise BusError(
+                    raise NoStreamError(
                         f"publish to {subject} failed: no stream takes this subject "
                         "(run `agentbus provision`)"
                     ) from e

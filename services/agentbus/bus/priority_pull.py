@@ -35,6 +35,7 @@ from nats.aio.msg import Msg
 from agentbus.bus.consume import ConsumerLoop, Handler
 from agentbus.bus.core import Bus
 from agentbus.bus.pull import Puller
+from agentbus.bus.tenant_pull import TenantPullers
 from agentbus.contract.errors import AgentBusError
 from agentbus.contract.priority import (
     DEFAULT_PATIENCE,
@@ -83,7 +84,12 @@ class PriorityConsumerLoop(ConsumerLoop):
         concurrency: int,
         fetch_timeout_s: float = 1.0,
         patience: Mapping[Priority, int] = DEFAULT_PATIENCE,
+        tenants: Mapping[Priority, Mapping[str, str]] | None = None,
+        weights: Mapping[str, int] | None = None,
     ) -> None:
+        """`tenants`: per priority, tenant -> its durable (the default tenant's is the
+        one of `durables`); each priority's pulls are then shared among the tenants by
+        `weights` (`agentbus.bus.tenant_pull`)."""
         super().__init__(
             bus,
             stream=stream,
@@ -97,7 +103,14 @@ class PriorityConsumerLoop(ConsumerLoop):
         self.skipped: dict[Priority, int] = dict.fromkeys(PRIORITIES, 0)
         self.pulled: dict[Priority, int] = dict.fromkeys(PRIORITIES, 0)
         """Tasks pulled per priority (also `agentbus_tasks_pulled_total`)."""
-        self._pullers: dict[Priority, Puller] = {}
+        self.tenants = {p: dict(t) for p, t in (tenants or {}).items() if len(t) > 1}
+        self.weights = dict(weights or {})
+        self._pullers: dict[Priority, Puller | TenantPullers] = {}
+        self._tenant_counters = {
+            t: metrics.TENANT_TASKS_PULLED.labels(bus.service, t)
+            for by_tenant in self.tenants.values()
+            for t in by_tenant
+        }
         self._rest_until: dict[Priority, float] = dict.fromkeys(PRIORITIES, 0.0)
         self._counters = {p: metrics.TASKS_PULLED.labels(bus.service, p.value) for p in PRIORITIES}
         self._cancels: set[asyncio.Future[None]] = set()
@@ -108,11 +121,26 @@ class PriorityConsumerLoop(ConsumerLoop):
     async def _bind(self) -> Puller:
         await self.close()
         for p in PRIORITIES:
-            puller = Puller(self.bus.nc, stream=self.stream, durable=self.durables[p])
-            await puller.start()
-            self._pullers[p] = puller
-        self._puller = self._pullers[Priority.NORMAL]
+            by_tenant = self.tenants.get(p)
+            if by_tenant:
+                group = TenantPullers(
+                    self.bus.nc, stream=self.stream, durables=by_tenant, weights=self.weights
+                )
+                group.on_pulled = self._tenant_pulled
+                await group.start()
+                self._pullers[p] = group
+            else:
+                puller = Puller(self.bus.nc, stream=self.stream, durable=self.durables[p])
+                await puller.start()
+                self._pullers[p] = puller
+        normal = self._pullers[Priority.NORMAL]
+        self._puller = normal if isinstance(normal, Puller) else next(iter(normal.pullers.values()))
         return self._puller
+
+    def _tenant_pulled(self, tenant: str, count: int) -> None:
+        counter = self._tenant_counters.get(tenant)
+        if counter is not None:
+            counter.inc(count)
 
     async def close(self) -> None:
         pullers, self._pullers = list(self._pullers.values()), {}

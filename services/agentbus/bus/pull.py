@@ -24,7 +24,7 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Protocol
 
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
@@ -32,7 +32,7 @@ from nats.aio.subscription import Subscription
 
 from agentbus.contract.errors import PullError
 
-__all__ = ["PullError", "Puller"]
+__all__ = ["PullError", "PullSource", "Puller"]
 
 log = logging.getLogger("agentbus.pull")
 
@@ -63,6 +63,17 @@ class _Request:
         if not self.ended.done():
             self.error = error
             self.ended.set_result(None)
+
+
+class PullSource(Protocol):
+    """What a consumer loop pulls from: one `Puller`, or a group of them
+    (`agentbus.bus.tenant_pull.TenantPullers`)."""
+
+    async def pull(
+        self, batch: int, *, expires_s: float, deliver: Callable[[Msg], None]
+    ) -> int: ...
+
+    async def close(self) -> None: ...
 
 
 class Puller:

@@ -28,6 +28,10 @@ from agentbus.contract import plugins, subjects
 from agentbus.contract.errors import TopologyError
 from agentbus.contract.priority import PRIORITIES, task_consumer, task_subject
 from agentbus.contract.settings import Settings
+from agentbus.contract.tenants import intake_consumer, intake_subject, tenant_names
+from agentbus.contract.tenants import limits_of as tenant_limits
+from agentbus.contract.tenants import task_consumer as tenant_task_consumer
+from agentbus.contract.tenants import task_subject as tenant_task_subject
 
 __all__ = ["ProvisionReport", "consumer_configs", "provision", "stream_configs"]
 
@@ -79,11 +83,24 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
     max_msg = settings.limits.max_message_bytes + 64 * 1024
     work, limits = RetentionPolicy.WORK_QUEUE, RetentionPolicy.LIMITS
     return [
-        stream(subjects.JOBS_STREAM, [subjects.JOBS_SUBJECT], work, max_msg_size=max_msg),
+        stream(
+            subjects.JOBS_STREAM,
+            # and each configured tenant's `jobs.submit.{tenant}` (only theirs: a job
+            # submitted as another tenant finds no stream, and the client submits it as
+            # the default tenant's)
+            [intake_subject(t) for t in tenant_names(settings.tenants)],
+            work,
+            max_msg_size=max_msg,
+        ),
         stream(
             subjects.TASKS_STREAM,
-            # normal-priority tasks keep the subject of old; high and low have their own
-            [subjects.TASKS_SUBJECTS, subjects.TASKS_PRIORITY_SUBJECTS],
+            # normal-priority tasks keep the subject of old; high and low have their own,
+            # and so has each configured tenant at each priority
+            [
+                subjects.TASKS_SUBJECTS,
+                subjects.TASKS_PRIORITY_SUBJECTS,
+                subjects.TASKS_TENANT_SUBJECTS,
+            ],
             work,
             max_msg_size=max_msg,
         ),
@@ -163,11 +180,30 @@ def consumer_configs(
             durable(subjects.ARCHIVER_CONSUMER, ">", max_ack_pending=50_000, bounded=False),
         ),
     ]
+    # each configured tenant's jobs have their own consumer: the orchestrator shares its
+    # intake among tenants by weight, as workers do their tasks
+    for tenant in tenant_names(settings.tenants)[1:]:
+        cfg = durable(
+            intake_consumer(tenant),
+            intake_subject(tenant),
+            max_ack_pending=_RUNNING_JOBS_MAX,
+            bounded=False,
+        )
+        out.append((subjects.JOBS_STREAM, cfg))
     for skill in skills:
         # one consumer per priority (`agentbus.contract.priority` says why)
         for priority in PRIORITIES:
             cfg = durable(task_consumer(skill, priority), task_subject(skill, priority))
             out.append((subjects.TASKS_STREAM, cfg))
+            # and per configured tenant (`agentbus.contract.tenants`): the server holds
+            # a tenant's tasks beyond its cap of tasks in flight, across every worker
+            for tenant in tenant_names(settings.tenants)[1:]:
+                cfg = durable(
+                    tenant_task_consumer(skill, priority, tenant),
+                    tenant_task_subject(skill, priority, tenant),
+                    max_ack_pending=tenant_limits(tenant, settings.tenants).max_in_flight,
+                )
+                out.append((subjects.TASKS_STREAM, cfg))
     return out
 
 
@@ -226,6 +262,8 @@ async def provision(
         for bucket, ttl in (
             (subjects.JOBS_BUCKET, t.jobs_ttl_s),
             (subjects.JOB_PARTS_BUCKET, t.jobs_ttl_s),
+            # two keys per tenant (jobs this minute, tokens this window), no expiry
+            (subjects.TENANTS_BUCKET, 0.0),
         ):
             what = f"KV bucket {bucket}"
             try:
@@ -236,7 +274,7 @@ async def provision(
                     KeyValueConfig(
                         bucket=bucket,
                         history=1,
-                        ttl=ttl,
+                        ttl=ttl or None,
                         storage=_storage(settings),
                         replicas=t.replicas,
                         max_value_size=settings.limits.max_message_bytes,

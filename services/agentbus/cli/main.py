@@ -25,6 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from agentbus.cli import ops as cli_ops
+from agentbus.cli import tenants as cli_tenants
 from agentbus.cli.dlq import dlq_app
 from agentbus.cli.options import TABLE_WIDTH, ServerOpt
 from agentbus.contract import plugins, subjects
@@ -339,6 +340,7 @@ async def _submit_files(
     summary_chars: int | None,
     progress: bool,
     priority: Priority = Priority.NORMAL,
+    tenant: str | None = None,
 ) -> list[dict[str, Any]]:
     from agentbus.bus.documents import read_document
     from agentbus.client.api import AgentBusClient
@@ -358,7 +360,7 @@ async def _submit_files(
         for i, text in texts.items():
             job_id = await client.submit(
                 text, title=files[i].name, summary_chars=summary_chars, name=str(files[i]),
-                priority=priority,
+                priority=priority, tenant=tenant,
             )  # fmt: skip
             jobs.append((i, job_id))
 
@@ -425,10 +427,22 @@ def submit(
         Priority,
         typer.Option(help="Workers take high before normal before low (low is never starved)"),
     ] = Priority.NORMAL,
+    tenant: Annotated[
+        str | None,
+        typer.Option(
+            help="Submit as this tenant (a trusted client; a tenant's own NATS user may "
+            "submit only as its tenant): fair share, caps, rates, budgets"
+        ),
+    ] = None,
     server: ServerOpt = None,
 ) -> None:
     """Submit documents, wait, and print each summary."""
     settings = _settings(server)
+    if tenant is not None:
+        try:
+            subjects.check_token(tenant, field="--tenant")
+        except ValueError as e:
+            raise _fail(str(e), EXIT_USAGE) from None
     if follow:
         from agentbus.cli.follow import follow_file
 
@@ -455,6 +469,7 @@ def submit(
             summary_chars=summary_chars,
             progress=progress,
             priority=priority,
+            tenant=tenant,
         )
     )
     failures = _print_records(records, as_json=as_json)
@@ -726,6 +741,7 @@ def events(
 
 
 cli_ops.register(app)
+cli_tenants.register(app)
 
 
 def main() -> None:

@@ -33,6 +33,7 @@ from agentbus.contract.errors import (
     JobExistsError,
     JobFailed,
     MessageDecodeError,
+    NoStreamError,
     RpcError,
 )
 from agentbus.contract.messages import (
@@ -72,12 +73,17 @@ class AgentBusClient:
         *,
         limits: LimitsSettings | None = None,
         client_id: str | None = None,
+        tenant: str | None = None,
     ) -> None:
+        """`tenant`: submit every job as this tenant (on `jobs.submit.{tenant}`, which
+        NATS permissions reserve for the tenant's users); None: the `default` tenant,
+        unless `submit(tenant=...)` says otherwise."""
         self.nats_settings = (
             NatsSettings(url=nats_settings) if isinstance(nats_settings, str) else nats_settings
         )
         self.limits = limits or LimitsSettings()
         self.client_id = client_id or f"client-{new_id()[:12]}"
+        self.tenant = None if tenant is None else subjects.check_token(tenant, field="tenant")
         self._bus: Bus | None = None
 
     async def connect(self) -> Self:
@@ -118,6 +124,7 @@ class AgentBusClient:
         timeout_s: float | None = None,
         skill: str = subjects.SUMMARIZE_SKILL,
         priority: Priority | str = Priority.NORMAL,
+        tenant: str | None = None,
     ) -> str:
         """Submit one document; returns its job id once JetStream has accepted it.
 
@@ -126,8 +133,13 @@ class AgentBusClient:
         `timeout_s` is the job's deadline (default: the orchestrator's
         `AGENTBUS_ORCHESTRATOR__JOB_TIMEOUT_S`). `priority` (`high`, `normal`, `low`):
         workers take a higher priority's tasks first, without starving the lower ones.
+        `tenant` (default: the client's): whose job it is, for fair share, caps, rates
+        and budgets; a tenant that is not configured counts as `default`.
         Raises `DocumentRejected` (empty, not UTF-8 text, above the size cap) and
-        `ValueError` for an unknown priority."""
+        `ValueError` for an unknown priority or an invalid tenant name."""
+        owner = tenant if tenant is not None else self.tenant
+        if owner is not None:
+            subjects.check_token(owner, field="tenant")
         try:
             level = Priority(priority)
         except ValueError:
@@ -151,7 +163,7 @@ class AgentBusClient:
         job = JobSubmit(
             job_id=job_id, skill=subjects.check_token(skill, field="skill"), title=title,
             summary_chars=summary_chars, document_sha256=sha256, timeout_s=timeout_s,
-            priority=None if level is Priority.NORMAL else level,
+            priority=None if level is Priority.NORMAL else level, tenant=owner,
         )  # fmt: skip
         # the job's trace starts here; its context travels in the job message's headers
         attributes = {"agentbus.job_id": job_id, "messaging.destination": subjects.JOBS_SUBJECT}
@@ -165,6 +177,18 @@ class AgentBusClient:
             job = job.model_copy(update={"document": ref})
         else:
             job = job.model_copy(update={"text": data.decode()})
+        if job.tenant is not None:
+            try:
+                await self.bus.publish(
+                    subjects.tenant_submit(job.tenant), job, msg_id=job.job_id,
+                    stream=subjects.JOBS_STREAM,
+                )  # fmt: skip
+                return
+            except NoStreamError:
+                # a tenant that is not configured (no stream takes its subject): the job
+                # goes in as the default tenant's, its claim kept (a tenant's own user may
+                # not publish there, and gets the permission error instead)
+                pass
         await self.bus.publish(
             subjects.JOBS_SUBJECT, job, msg_id=job.job_id, stream=subjects.JOBS_STREAM
         )

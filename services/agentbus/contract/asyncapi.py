@@ -59,6 +59,7 @@ _EVENTS: Final = ["AgentEvent", "AgentEventBatch"]
 _PARAMETERS: Final = {
     "skill": f"A worker skill (e.g. `{_SKILL_EXAMPLE}`); one subject token.",
     "priority": "A job's priority other than normal: `high` or `low`.",
+    "tenant": "A configured tenant (AGENTBUS_TENANTS__CONFIGURED); one subject token.",
     "job_id": "The job id (a subject token, [A-Za-z0-9_-]{1,128}).",
     "task_id": "The task id within its job: `{level}-{index}`.",
     "agent_id": "The id of one running service replica (AGENTBUS_AGENT_ID).",
@@ -92,6 +93,19 @@ def _channels() -> list[_Channel]:
              "subjects": [subjects.JOBS_SUBJECT], "consumer": subjects.ORCHESTRATOR_CONSUMER},
         ),
         _Channel(
+            "jobsSubmitTenant", t(subjects.tenant_submit), "Job intake as a tenant",
+            "A client submits a job as one tenant; NATS permissions reserve the subject for "
+            "that tenant's users, so the subject's tenant is the job's, whatever it claims. "
+            "The JOBS stream takes the subjects of configured tenants, each read by its own "
+            "orchestrator consumer: the intake is shared among tenants by weight.",
+            ["JobSubmit"],
+            {"kind": "jetstream", "stream": subjects.JOBS_STREAM, "retention": "workqueue",
+             "subjects": [subjects.JOBS_TENANT_SUBJECTS],
+             "consumer": subjects.tenant_orchestrator_consumer("acme"),
+             "consumer_template": t(subjects.tenant_orchestrator_consumer)},
+            {"tenant": ["acme"]},
+        ),
+        _Channel(
             "tasksAssign", t(subjects.task_assign), "Task assignment",
             "The orchestrator publishes one task per chunk (level 0) or per group of summaries "
             "(reduce levels); workers of the skill pull them from a shared durable consumer. "
@@ -116,6 +130,20 @@ def _channels() -> list[_Channel]:
              "consumer": subjects.priority_workers_consumer(_SKILL_EXAMPLE, Priority.HIGH.value),
              "consumer_template": t(subjects.priority_workers_consumer)},
             {"skill": [_SKILL_EXAMPLE], "priority": [Priority.HIGH.value, Priority.LOW.value]},
+        ),
+        _Channel(
+            "tasksAssignTenant", t(subjects.tenant_task_assign), "Task assignment (tenant)",
+            "The tasks of a configured tenant's job at one priority; the default tenant's "
+            "stay on the subjects above. One durable consumer per tenant and priority, its "
+            "max_ack_pending the tenant's cap of tasks in flight; workers share each "
+            "priority's slots among the tenants with work by weight.",
+            ["TaskAssign"],
+            {"kind": "jetstream", "stream": subjects.TASKS_STREAM, "retention": "workqueue",
+             "subjects": [subjects.TASKS_TENANT_SUBJECTS],
+             "consumer": subjects.tenant_workers_consumer(_SKILL_EXAMPLE, "normal", "acme"),
+             "consumer_template": t(subjects.tenant_workers_consumer)},
+            {"skill": [_SKILL_EXAMPLE], "priority": [p.value for p in Priority],
+             "tenant": ["acme"]},
         ),
         _Channel(
             "taskResults", t(subjects.result_subject), "Task results",
@@ -256,6 +284,15 @@ _OPERATIONS: Final = (
     _Operation("receiveJob", "receive", "jobsSubmit", ["JobSubmit"], "orchestrator",
                "Record the job, chunk it, publish its tasks; then keep the message as the "
                "job's timer (nak with the delay to its deadline check) until the job ends."),
+    _Operation("submitTenantJob", "send", "jobsSubmitTenant", ["JobSubmit"], "client",
+               "Submit a document as a tenant."),
+    _Operation("receiveTenantJob", "receive", "jobsSubmitTenant", ["JobSubmit"],
+               "orchestrator", "As receiveJob, after the tenant's job rate and token budget "
+               "let the job in."),
+    _Operation("assignTenantTask", "send", "tasksAssignTenant", ["TaskAssign"],
+               "orchestrator", "Publish a map or reduce task of a configured tenant's job."),
+    _Operation("receiveTenantTask", "receive", "tasksAssignTenant", ["TaskAssign"], "worker",
+               "Pull each priority's tasks across tenants by weight, within each tenant's cap."),
     _Operation("assignTask", "send", "tasksAssign", ["TaskAssign"], "orchestrator",
                "Publish a map or reduce task."),
     _Operation("receiveTask", "receive", "tasksAssign", ["TaskAssign"], "worker",
@@ -543,6 +580,15 @@ def build_asyncapi(*, server_url: str = "nats://127.0.0.1:4222") -> dict[str, An
                     "key": "{job_id}.{level}.{index}",
                     "value": {"type": "string"},
                     "description": "Summaries of finished tasks until their level is reduced.",
+                },
+                subjects.TENANTS_BUCKET: {
+                    "key": "{tenant}.jobs | {tenant}.tokens",
+                    "value": {
+                        "type": "object",
+                        "properties": {"index": {"type": "integer"}, "used": {"type": "integer"}},
+                    },
+                    "description": "A tenant's jobs this minute and tokens this budget window "
+                    "(fixed windows: `index` = time // window), updated by compare-and-set.",
                 },
             },
             "object_store": {

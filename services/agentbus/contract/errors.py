@@ -13,6 +13,7 @@ __all__ = [
     "JobFailed",
     "MessageDecodeError",
     "NatsServerError",
+    "NoStreamError",
     "PermissionsError",
     "PullError",
     "RpcError",
@@ -56,6 +57,11 @@ class NatsServerError(AgentBusError):
 
 class BusError(AgentBusError):
     """A NATS operation failed; the message names the subject or stream."""
+
+
+class NoStreamError(BusError):
+    """No JetStream stream takes the subject published on (a missing topology, or the
+    submit subject of a tenant that is not configured)."""
 
 
 class RpcError(AgentBusError):

@@ -14,6 +14,7 @@ __all__ = [
     "DLQ_HEADER_SUBJECT",
     "DLQ_HEADER_TRUNCATED",
     "MSG_ID_HEADER",
+    "NOT_BEFORE_HEADER",
     "REPLAY_OF_HEADER",
     "TRACEPARENT_HEADER",
     "TRACESTATE_HEADER",
@@ -39,3 +40,6 @@ DLQ_HEADER_TRUNCATED: Final = "Agentbus-Dlq-Truncated"
 """Set (to the original size) when a dead letter's payload had to be cut to fit."""
 REPLAY_OF_HEADER: Final = "Agentbus-Replay-Of"
 """On a replayed dead letter: the DLQ sequence it came from."""
+NOT_BEFORE_HEADER: Final = "Agentbus-Not-Before"
+"""On a job held back by its tenant's rate or budget (published again by the
+orchestrator): the Unix time before which it is not taken in."""

@@ -128,7 +128,10 @@ class JobSubmit(Payload):
     """Deadline of this job in seconds from its acceptance (default: the orchestrator's)."""
     priority: Priority | None = None
     """high, normal (None: the default) or low; kept by every task of the job."""
-    OMIT_WHEN_NONE: ClassVar[frozenset[str]] = frozenset({"priority"})
+    tenant: Token | None = None
+    """The tenant a trusted client submits for, on `jobs.submit` (None: `default`); on
+    `jobs.submit.{tenant}` the subject's tenant wins (`agentbus.contract.tenants`)."""
+    OMIT_WHEN_NONE: ClassVar[frozenset[str]] = frozenset({"priority", "tenant"})
 
 
 class TaskAssign(Payload):
@@ -143,7 +146,9 @@ class TaskAssign(Payload):
     max_chars: int = Field(ge=20)
     priority: Priority | None = None
     """The job's priority (None: normal); the subject says it too."""
-    OMIT_WHEN_NONE: ClassVar[frozenset[str]] = frozenset({"priority"})
+    tenant: Token | None = None
+    """The job's tenant (None: `default`); the subject says it too."""
+    OMIT_WHEN_NONE: ClassVar[frozenset[str]] = frozenset({"priority", "tenant"})
 
 
 class TokenUsage(BaseModel):
@@ -164,6 +169,12 @@ class TaskResult(Payload):
     worker_id: Token
     duration_ms: float = Field(ge=0)
     usage: TokenUsage | None = None
+    tenant: Token | None = None
+    """The task's tenant (None: `default`)."""
+    tokens: int | None = Field(default=None, ge=0)
+    """Tokens counted against the tenant's budget: the backend's usage (prompt +
+    completion), or an estimate (characters / 4) for a backend that reports none."""
+    OMIT_WHEN_NONE: ClassVar[frozenset[str]] = frozenset({"tenant", "tokens"})
 
 
 class StreamKind(StrEnum):
@@ -518,6 +529,8 @@ class JobState(BaseModel):
     task goes on when that task's dead letter is replayed and succeeds."""
     timeout_s: float | None = Field(default=None, ge=0)
     """The job's own deadline (seconds from creation); None: the orchestrator's setting."""
+    tenant: Token = "default"
+    """Whose job: its tasks are shared out, capped and budgeted by tenant."""
     priority: Priority = Priority.NORMAL
     """Which tasks (map and reduce) of the job workers take first."""
     timer: Annotated[str, StringConstraints(max_length=256)] | None = None

@@ -11,9 +11,13 @@ gave up on):
 - `worker`: pulls `TASKS/{skill}-workers` (and `-high`, `-low`: one consumer per
   priority), publishes results and token deltas (`progress.*`), answers `rpc.{skill}`;
 - `archiver`: pulls `AGENT_EVENTS/event-archiver`, answers `rpc.history`;
-- `client`: publishes `jobs.submit`, writes documents, reads (watches) job state and
+- `client`: publishes `jobs.submit` (and `jobs.submit.{tenant}`: a trusted client may
+  submit as any tenant), writes documents, reads (watches) job state and
   live partial results (ordered consumers on `PROGRESS`), asks
   `rpc.history` and `rpc.{skill}`;
+- one user per tenant user (`AGENTBUS_TENANTS__CONFIGURED`, a tenant's `users`): the
+  `client` permissions, except that it submits only on `jobs.submit.{tenant}`, so its
+  jobs are that tenant's whatever they claim;
 - `provisioner`: creates and updates the streams, consumers, KV buckets and object store;
 - `admin`: everything (operators: `agentbus events`, DLQ inspection, replays).
 
@@ -232,6 +236,7 @@ def _provision_streams(skills: Sequence[str]) -> list[str]:
         *subjects.ALL_STREAMS,
         _KV_STREAM_PREFIX + subjects.JOBS_BUCKET,
         _KV_STREAM_PREFIX + subjects.JOB_PARTS_BUCKET,
+        _KV_STREAM_PREFIX + subjects.TENANTS_BUCKET,
         _OBJ_STREAM_PREFIX + subjects.DOCUMENTS_BUCKET,
     ]
     out = [f"{_JS}.INFO", f"{_JS}.STREAM.NAMES", f"{_JS}.STREAM.LIST"]
@@ -242,10 +247,13 @@ def _provision_streams(skills: Sequence[str]) -> list[str]:
             f"{_JS}.STREAM.UPDATE.{stream}",
         ]
     durables = [
-        (subjects.JOBS_STREAM, subjects.ORCHESTRATOR_CONSUMER),
         (subjects.RESULTS_STREAM, subjects.ORCHESTRATOR_RESULTS_CONSUMER),
         (subjects.AGENT_EVENTS_STREAM, subjects.ARCHIVER_CONSUMER),
-        *((subjects.TASKS_STREAM, task_consumer(s, p)) for s in skills for p in PRIORITIES),
+        # every consumer of JOBS and TASKS: the orchestrator's and the workers' of each
+        # priority, and those of configured tenants (named by the deployment's settings);
+        # one wildcard each keeps the user's JWT below nats-server's control line limit
+        (subjects.JOBS_STREAM, "*"),
+        (subjects.TASKS_STREAM, "*"),
     ]
     for stream, durable in durables:
         out += [
@@ -276,9 +284,12 @@ def _user(
 
 
 def build_permissions(
-    *, skills: Sequence[str] = (subjects.SUMMARIZE_SKILL,)
+    *,
+    skills: Sequence[str] = (subjects.SUMMARIZE_SKILL,),
+    tenant_users: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, UserPermissions]:
-    """The permissions of every user, by user name (the names in `ROLES`)."""
+    """The permissions of every user, by user name (the names in `ROLES`, then the users
+    of `tenant_users`: tenant -> its clients' NATS users)."""
     skills = sorted({subjects.check_token(s, field="skill") for s in skills})
     users: dict[str, UserPermissions] = {}
 
@@ -289,16 +300,26 @@ def build_permissions(
         [
             *pub,
             *_pull(subjects.JOBS_STREAM, subjects.ORCHESTRATOR_CONSUMER),
+            # and the configured tenants' intake consumers (`orchestrator-{tenant}`): every
+            # consumer of JOBS is the orchestrator's
+            *_pull(subjects.JOBS_STREAM, "*"),
             *_pull(subjects.RESULTS_STREAM, subjects.ORCHESTRATOR_RESULTS_CONSUMER),
             subjects.TASKS_SUBJECTS,
             subjects.PROGRESS_SUBJECTS,
             subjects.TASKS_PRIORITY_SUBJECTS,
+            subjects.TASKS_TENANT_SUBJECTS,
             subjects.dlq_subject(subjects.JOBS_STREAM),
             subjects.dlq_subject(subjects.RESULTS_STREAM),
             *_kv_read(subjects.JOBS_BUCKET),
             *_kv_write(subjects.JOBS_BUCKET),
             *_kv_read(subjects.JOB_PARTS_BUCKET),
             *_kv_write(subjects.JOB_PARTS_BUCKET),
+            # tenants' rates and token budgets (compare-and-set counters), and jobs held
+            # back by them published again on their own subject
+            subjects.JOBS_SUBJECT,
+            subjects.JOBS_TENANT_SUBJECTS,
+            *_kv_read(subjects.TENANTS_BUCKET),
+            *_kv_write(subjects.TENANTS_BUCKET),
             *_obj_read(subjects.DOCUMENTS_BUCKET),
             # the max-deliveries safety net: file the dead letter of a task JetStream gave
             # up on, and take that task off the work queue
@@ -331,6 +352,9 @@ def build_permissions(
         for priority in PRIORITIES:  # one consumer per priority
             worker_pub += _pull(subjects.TASKS_STREAM, task_consumer(skill, priority))
         worker_sub.append(f"rpc.{skill}")
+    # and one per configured tenant and priority (named by the deployment's settings, so
+    # any consumer of TASKS: they are all the workers')
+    worker_pub += _pull(subjects.TASKS_STREAM, "*")
     users[WORKER] = _user(
         WORKER,
         "task workers of the skills " + ", ".join(skills),
@@ -352,11 +376,9 @@ def build_permissions(
         allow_responses=True,
     )
 
-    users[CLIENT] = _user(
-        CLIENT,
-        "submits documents, watches job state, reads history",
-        [
-            subjects.JOBS_SUBJECT,
+    def client_publish(*submit: str) -> list[str]:
+        return [
+            *submit,
             subjects.JOBS_CANCEL,
             subjects.RPC_HISTORY,
             *(f"rpc.{skill}" for skill in skills),
@@ -365,10 +387,26 @@ def build_permissions(
             *_stream_read(subjects.PROGRESS_STREAM),
             *_obj_read(subjects.DOCUMENTS_BUCKET),
             *_obj_write(subjects.DOCUMENTS_BUCKET),
-        ],
+        ]
+
+    users[CLIENT] = _user(
+        CLIENT,
+        "submits documents (as any tenant), watches job state, reads history",
+        client_publish(subjects.JOBS_SUBJECT, subjects.JOBS_TENANT_SUBJECTS),
         [f"{inbox_prefix(CLIENT)}.>"],
         allow_responses=False,
     )
+    for tenant, names in sorted((tenant_users or {}).items()):
+        for name in names:
+            if name in ROLES:
+                raise PermissionsError(f"tenant {tenant}'s user {name!r} is a service user")
+            users[name] = _user(
+                name,
+                f"a client of tenant {tenant}: submits only as {tenant}",
+                client_publish(subjects.tenant_submit(tenant)),
+                [f"{inbox_prefix(name)}.>"],
+                allow_responses=False,
+            )
 
     users[PROVISIONER] = _user(
         PROVISIONER,

@@ -42,6 +42,8 @@ __all__ = [
     "OrchestratorSettings",
     "Settings",
     "SummarizerSettings",
+    "TenantLimits",
+    "TenantsSettings",
     "TopologySettings",
     "WorkerSettings",
     "default_agent_id",
@@ -233,6 +235,48 @@ class ArchiverSettings(_Section):
     """After a small batch, wait this long for the next one to fill (0 = never)."""
 
 
+class TenantLimits(_Section):
+    """What one tenant may use (`AGENTBUS_TENANTS__DEFAULT__*`, or a tenant's entry of
+    `AGENTBUS_TENANTS__CONFIGURED` as JSON). Enforced at the queue: `agentbus.contract.tenants`."""
+
+    weight: int = Field(default=1, ge=1, le=1000)
+    """Share of the workers' slots against other tenants with work (fair share by weight)."""
+    max_in_flight: int = Field(default=10_000, ge=1, le=1_000_000)
+    """Tasks of the tenant running at once, across every worker (per priority: the
+    max_ack_pending of the tenant's consumers, enforced by the server)."""
+    jobs_per_minute: int | None = Field(default=None, ge=1)
+    """Jobs taken in per minute, across every orchestrator replica (None: no limit)."""
+    over_rate: Literal["refuse", "queue"] = "refuse"
+    """Over the rate: refuse the job ("retry after N s"), or queue it until the minute turns."""
+    token_budget: int | None = Field(default=None, ge=1)
+    """LLM tokens (prompt + completion) per window, counted across every replica (None: no
+    budget)."""
+    budget_window_s: PositiveFloat = 3600.0
+    over_budget: Literal["wait", "fail"] = "wait"
+    """Budget spent: the tenant's new jobs wait until the window turns, or fail with the reason."""
+    users: list[str] = Field(default_factory=list)
+    """NATS users of the tenant's clients (`agentbus permissions`: they may submit only as
+    this tenant)."""
+
+
+class TenantsSettings(_Section):
+    """Tenants: a configured, bounded set (metric labels stay bounded). A job of a tenant
+    not configured here (or without one) belongs to the `default` tenant and its limits."""
+
+    default: TenantLimits = Field(default_factory=TenantLimits)
+    configured: dict[str, TenantLimits] = Field(default_factory=dict)
+    """Tenant name -> limits; each has its own task queues (JSON in
+    `AGENTBUS_TENANTS__CONFIGURED`, e.g. `{"acme": {"weight": 3, "max_in_flight": 20}}`)."""
+
+    @field_validator("configured")
+    @classmethod
+    def _names(cls, value: dict[str, TenantLimits]) -> dict[str, TenantLimits]:
+        for name in value:
+            if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,31}", name) or name == "default":
+                raise ValueError(f"tenant name {name!r} must be 1-32 of [a-z0-9_-], not 'default'")
+        return value
+
+
 def default_agent_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
@@ -256,6 +300,7 @@ class Settings(BaseSettings):
     summarizer: SummarizerSettings = Field(default_factory=SummarizerSettings)
     orchestrator: OrchestratorSettings = Field(default_factory=OrchestratorSettings)
     archiver: ArchiverSettings = Field(default_factory=ArchiverSettings)
+    tenants: TenantsSettings = Field(default_factory=TenantsSettings)
 
     @field_validator("log_level", mode="before")
     @classmethod

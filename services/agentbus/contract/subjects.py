@@ -25,6 +25,7 @@ __all__ = [
     "JOBS_CANCELED_WILDCARD",
     "JOBS_STREAM",
     "JOBS_SUBJECT",
+    "JOBS_TENANT_SUBJECTS",
     "JOB_PARTS_BUCKET",
     "ORCHESTRATOR_CONSUMER",
     "ORCHESTRATOR_RESULTS_CONSUMER",
@@ -39,6 +40,8 @@ __all__ = [
     "TASKS_PRIORITY_SUBJECTS",
     "TASKS_STREAM",
     "TASKS_SUBJECTS",
+    "TASKS_TENANT_SUBJECTS",
+    "TENANTS_BUCKET",
     "TOKEN_RE",
     "WORKERS_CONSUMER",
     "WORKERS_QUEUE",
@@ -58,6 +61,10 @@ __all__ = [
     "rpc_subject",
     "srv_subject",
     "task_assign",
+    "tenant_orchestrator_consumer",
+    "tenant_submit",
+    "tenant_task_assign",
+    "tenant_workers_consumer",
     "workers_consumer",
 ]
 
@@ -66,6 +73,11 @@ TOKEN_RE: Final = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 # --- JetStream streams -------------------------------------------------------------
 JOBS_STREAM: Final = "JOBS"
 JOBS_SUBJECT: Final = "jobs.submit"
+JOBS_TENANT_SUBJECTS: Final = "jobs.submit.*"
+"""`jobs.submit.{tenant}`: a job submitted as a tenant. The subject is the tenant's identity:
+NATS permissions let a tenant's user publish only on its own (`agentbus permissions`).
+The JOBS stream takes the subjects of configured tenants only (each read by its own
+orchestrator consumer, `tenant_orchestrator_consumer`)."""
 
 TASKS_STREAM: Final = "TASKS"
 TASKS_SUBJECTS: Final = "tasks.*.assign"
@@ -73,6 +85,9 @@ TASKS_SUBJECTS: Final = "tasks.*.assign"
 TASKS_PRIORITY_SUBJECTS: Final = "tasks.*.assign.*"
 """High and low priority tasks, `tasks.{skill}.assign.{priority}`, in the same stream
 (`agentbus.contract.priority.task_subject` picks the subject of a priority)."""
+TASKS_TENANT_SUBJECTS: Final = "tasks.*.assign.*.*"
+"""Tasks of a configured tenant, `tasks.{skill}.assign.{priority}.{tenant}` (the default
+tenant's keep the subjects above; `agentbus.contract.tenants.task_subject`)."""
 
 RESULTS_STREAM: Final = "RESULTS"
 RESULTS_SUBJECTS: Final = "results.>"
@@ -111,6 +126,8 @@ ARCHIVER_QUEUE: Final = "event-archivers"
 JOBS_BUCKET: Final = "jobs"
 JOB_PARTS_BUCKET: Final = "job-parts"
 DOCUMENTS_BUCKET: Final = "documents"
+TENANTS_BUCKET: Final = "tenant-usage"
+"""Per-tenant counters (jobs this minute, tokens this window), updated by compare-and-set."""
 
 # --- nats.micro discovery -------------------------------------------------------------
 SRV_PREFIX: Final = "$SRV"
@@ -153,6 +170,27 @@ def workers_consumer(skill: str) -> str:
 def priority_workers_consumer(skill: str, priority: str) -> str:
     """`{skill}-workers-{priority}`: the workers' consumer of one other priority."""
     return f"{workers_consumer(skill)}-{check_token(priority, field='priority')}"
+
+
+def tenant_submit(tenant: str) -> str:
+    """`jobs.submit.{tenant}`: where a client submits as `tenant`."""
+    return f"{JOBS_SUBJECT}.{check_token(tenant, field='tenant')}"
+
+
+def tenant_orchestrator_consumer(tenant: str) -> str:
+    """`orchestrator-{tenant}`: the orchestrator's consumer of one tenant's jobs."""
+    return f"{ORCHESTRATOR_CONSUMER}-{check_token(tenant, field='tenant')}"
+
+
+def tenant_task_assign(skill: str, priority: str, tenant: str) -> str:
+    """`tasks.{skill}.assign.{priority}.{tenant}`: the tasks of one configured tenant."""
+    return f"{priority_task_assign(skill, priority)}.{check_token(tenant, field='tenant')}"
+
+
+def tenant_workers_consumer(skill: str, priority: str, tenant: str) -> str:
+    """`{skill}-workers-{priority}-{tenant}`: the workers' consumer of a tenant's tasks of
+    one priority (its max_ack_pending is the tenant's cap of tasks in flight)."""
+    return f"{priority_workers_consumer(skill, priority)}-{check_token(tenant, field='tenant')}"
 
 
 def result_subject(job_id: str, task_id: str) -> str:

@@ -35,6 +35,7 @@ from agentbus.dev.embedded import EmbeddedNatsServer
 __all__ = ["STATE_FILE", "ProcessState", "ServiceProcess", "Stack", "StackError", "free_port"]
 
 STATE_FILE: Final = "stack.json"
+TENANTS_ENV: Final = "AGENTBUS_TENANTS__CONFIGURED"
 _PR_SET_PDEATHSIG: Final = 1
 
 
@@ -223,7 +224,15 @@ class Stack:
         return p
 
     async def _provision(self) -> None:
-        settings = load_settings(nats=NatsSettings(url=self.nats_url))
+        # the services' tenants (given in `env`) have their own consumers to create
+        overrides: dict[str, object] = {}
+        tenants = self.extra_env.get(TENANTS_ENV)
+        if tenants:
+            try:
+                overrides["tenants"] = {"configured": json.loads(tenants)}
+            except ValueError as e:
+                raise StackError(f"{TENANTS_ENV}: not JSON: {e}") from e
+        settings = load_settings(nats=NatsSettings(url=self.nats_url), **overrides)
         nc = await connect_nats(settings.nats, name="agentbus-up", service="provision")
         try:
             await provision(nc.jetstream(), settings)

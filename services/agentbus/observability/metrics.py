@@ -52,6 +52,11 @@ __all__ = [
     "TASK_CANCEL_OUTCOMES",
     "TASK_OUTCOMES",
     "TASK_SECONDS",
+    "TENANT_JOBS",
+    "TENANT_TASKS_PULLED",
+    "TENANT_TOKENS",
+    "TENANT_TOKENS_WINDOW",
+    "TENANT_TOKEN_BUDGET",
     "WORKER_FREE_SLOTS",
     "WORKER_IN_FLIGHT",
     "dead_letter_reason",
@@ -159,6 +164,35 @@ TASKS_PULLED: Final = Counter(
     "agentbus_tasks_pulled_total",
     "Tasks a worker pulled, by the priority of their consumer (high, normal, low)",
     ["service", "priority"],
+)
+# Tenants: the label is a configured tenant or `default` (a bounded set, by construction:
+# `agentbus.contract.tenants.resolve`). Queue per tenant: the NATS exporter's
+# `nats_consumer_num_pending` of `{skill}-workers-{priority}-{tenant}`.
+TENANT_TASKS_PULLED: Final = Counter(
+    "agentbus_tenant_tasks_pulled_total",
+    "Tasks a worker pulled, by tenant (fair share by weight)",
+    ["service", "tenant"],
+)
+TENANT_JOBS: Final = Counter(
+    "agentbus_tenant_jobs_total",
+    "Jobs at intake by tenant and outcome (accepted, refused_rate, queued_rate, "
+    "waiting_budget, failed_budget)",
+    ["service", "tenant", "outcome"],
+)
+TENANT_TOKENS: Final = Counter(
+    "agentbus_tenant_tokens_total",
+    "LLM tokens (prompt + completion) counted against a tenant's budget",
+    ["service", "tenant"],
+)
+TENANT_TOKENS_WINDOW: Final = Gauge(
+    "agentbus_tenant_tokens_window",
+    "Tokens a tenant used in its current budget window (shared counter, last seen)",
+    ["service", "tenant"],
+)
+TENANT_TOKEN_BUDGET: Final = Gauge(
+    "agentbus_tenant_token_budget",
+    "A tenant's token budget per window (absent: no budget)",
+    ["service", "tenant"],
 )
 REDELIVERIES: Final = Counter(
     "agentbus_redeliveries_total",

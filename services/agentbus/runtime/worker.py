@@ -35,6 +35,8 @@ from agentbus.contract.errors import BusError, MessageDecodeError, SkillError
 from agentbus.contract.messages import EventKind, TaskAssign, TaskResult, TokenUsage, decode
 from agentbus.contract.priority import PRIORITIES, task_consumer
 from agentbus.contract.settings import Settings
+from agentbus.contract.tenants import budget_tokens, limits_of, tenant_names
+from agentbus.contract.tenants import task_consumer as tenant_consumer
 from agentbus.contract.version import agentbus_version
 from agentbus.observability import metrics, telemetry
 from agentbus.observability.logs import log_context
@@ -107,6 +109,7 @@ class TaskWorker(AgentService):
             )  # fmt: skip
             await self.endpoint.start()
         metrics.init_worker(bus.service, skill=self.skill.name, backend=self.skill.backend)
+        tenants = tenant_names(self.settings.tenants)
         return [
             # one consumer per priority, high first without starving low
             PriorityConsumerLoop(
@@ -116,6 +119,12 @@ class TaskWorker(AgentService):
                 handler=self.handle,
                 concurrency=self.settings.worker.concurrency,
                 fetch_timeout_s=self.settings.worker.fetch_timeout_s,
+                # and, with tenants configured, each priority shared among them by weight
+                tenants={
+                    p: {t: tenant_consumer(self.skill.name, p, t) for t in tenants}
+                    for p in PRIORITIES
+                },
+                weights={t: limits_of(t, self.settings.tenants).weight for t in tenants},
             )
         ]
 
@@ -228,7 +237,12 @@ class TaskWorker(AgentService):
                 EventKind.TASK_STARTED,
                 job_id=t.job_id,
                 task_id=t.task_id,
-                data={"attempt": attempt, "level": t.level, "chars": len(t.text)},
+                data={
+                    "attempt": attempt,
+                    "level": t.level,
+                    "chars": len(t.text),
+                    **({"tenant": t.tenant} if t.tenant else {}),
+                },
             )
             started = time.perf_counter()
             with collecting(bus, t) as sink:  # the skill's task copies this context
@@ -279,6 +293,10 @@ class TaskWorker(AgentService):
                 worker_id=bus.agent_id,
                 duration_ms=elapsed * 1000,
                 usage=out.usage,
+                tenant=t.tenant,
+                tokens=budget_tokens(
+                    out.usage, input_chars=len(t.text), output_chars=len(out.text)
+                ),
             )
             # result and event go out side by side; the task is acked only once both
             # are stored
@@ -294,6 +312,7 @@ class TaskWorker(AgentService):
                     "duration_ms": round(elapsed * 1000, 3),
                     "summary_chars": len(out.text),
                     "usage": out.usage.model_dump() if out.usage else None,
+                    **({"tenant": t.tenant} if t.tenant else {}),
                 },
             )
             await self._publish_result(result)
