@@ -6,6 +6,7 @@ full rules, annotation templates included."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -13,10 +14,14 @@ from typing import Any, Final
 
 import pytest
 import yaml
+from prometheus_client import REGISTRY, generate_latest
 
+from agentbus.observability import metrics
 from tests.chart.render import NAMESPACE, RELEASE, render
 
 pytestmark = pytest.mark.chart
+
+assert metrics.TENANT_TOKEN_BUDGET  # imported for its metrics, registered on import
 
 OURS: Final = f'namespace="{NAMESPACE}", app_kubernetes_io_instance="{RELEASE}"'
 OTHER: Final = f'namespace="{NAMESPACE}", app_kubernetes_io_instance="other"'
@@ -29,6 +34,8 @@ ALERTS: Final = (
     "AgentbusJobsPastDeadline",
     "AgentbusArchiveLagHigh",
     "AgentbusNatsPermissionViolations",
+    "AgentbusTenantTokenBudgetNearlySpent",
+    "AgentbusTenantTokenBudgetSpent",
 )
 
 
@@ -70,6 +77,16 @@ def _case(
         ],
     }
 
+
+# tenant acme spends 100 tokens a minute of a 1,000 budget (over 90 % from minute 10);
+# tenant free has no budget (no budget series) and another release's acme is far over
+_TENANT_SERIES: Final = [
+    (_s("agentbus_tenant_tokens_window", OURS, service="orchestrator", tenant="acme"), "0+100x20"),
+    (_s("agentbus_tenant_token_budget", OURS, service="orchestrator", tenant="acme"), "1000x20"),
+    (_s("agentbus_tenant_tokens_window", OURS, service="orchestrator", tenant="free"), "0+999x20"),
+    (_s("agentbus_tenant_tokens_window", OTHER, service="orchestrator", tenant="acme"), "5000x20"),
+    (_s("agentbus_tenant_token_budget", OTHER, service="orchestrator", tenant="acme"), "1000x20"),
+]
 
 TESTS: Final[dict[str, dict[str, Any]]] = {
     "AgentbusDeadLettersGrowing": _case(
@@ -273,6 +290,29 @@ TESTS: Final[dict[str, dict[str, Any]]] = {
             ("18m", "AgentbusNatsPermissionViolations", []),
         ],
     ),
+    "AgentbusTenantTokenBudgetNearlySpent": _case(
+        _TENANT_SERIES,
+        [
+            ("9m", "AgentbusTenantTokenBudgetNearlySpent", []),  # 90 %: not above
+            ("11m", "AgentbusTenantTokenBudgetNearlySpent", []),  # not yet for 2 minutes
+            (
+                "13m",
+                "AgentbusTenantTokenBudgetNearlySpent",
+                [_alert("AgentbusTenantTokenBudgetNearlySpent", tenant="acme")],
+            ),
+        ],
+    ),
+    "AgentbusTenantTokenBudgetSpent": _case(
+        _TENANT_SERIES,
+        [
+            ("9m", "AgentbusTenantTokenBudgetSpent", []),
+            (
+                "12m",
+                "AgentbusTenantTokenBudgetSpent",
+                [_alert("AgentbusTenantTokenBudgetSpent", "critical", tenant="acme")],
+            ),
+        ],
+    ),
 }
 
 
@@ -291,7 +331,7 @@ def test_every_listed_alert_exists_and_the_rules_check(
     names = [rule["alert"] for g in rule_groups for rule in g["rules"]]
     assert names == list(ALERTS) == [t for t in TESTS if "/" not in t]
     (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": rule_groups}))
-    assert "SUCCESS: 7 rules found" in _promtool(
+    assert "SUCCESS: 9 rules found" in _promtool(
         promtool, "check", "rules", "rules.yaml", cwd=tmp_path
     )
 
@@ -310,6 +350,21 @@ def test_alert_fires_when_it_should(
     tests = {"rule_files": ["rules.yaml"], "evaluation_interval": "1m", "tests": [TESTS[alert]]}
     (tmp_path / "tests.yaml").write_text(yaml.safe_dump(tests))
     _promtool(promtool, "test", "rules", "tests.yaml", cwd=tmp_path)
+
+
+def test_every_agentbus_metric_an_alert_names_is_exported(
+    rule_groups: list[dict[str, Any]],
+) -> None:
+    exposition = generate_latest(REGISTRY).decode()
+    exported = set(re.findall(r"^# TYPE (agentbus_[a-z_]+) ", exposition, flags=re.M))
+    named = {
+        re.sub(r"_bucket$", "", m)
+        for g in rule_groups
+        for r in g["rules"]
+        for m in re.findall(r"agentbus_[a-z_]+", r["expr"])
+    }
+    assert len(named) >= 8
+    assert named <= exported, named - exported
 
 
 def test_alerts_can_be_switched_off_and_tuned(chart_dir: Path) -> None:

@@ -1,4 +1,4 @@
-"""The tenants' dashboard and alert rules name only metrics agentbus exports, with the
+"""The tenants' dashboard names only metrics agentbus exports, with the
 labels it gives them (a typo would be an empty panel or an alert that never fires)."""
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any, Final
 
 import pytest
-import yaml
 
 from agentbus.observability import metrics
 
@@ -17,7 +16,6 @@ pytestmark = pytest.mark.unit
 
 CHART: Final = Path(__file__).parents[2] / "charts/agentbus"
 DASHBOARD: Final = CHART / "dashboards/agentbus-tenants.json"
-RULES: Final = CHART / "files/prometheus-rules/tenants.yaml"
 TENANT_METRICS: Final = {
     "agentbus_tenant_tasks_pulled_total": metrics.TENANT_TASKS_PULLED,
     "agentbus_tenant_jobs_total": metrics.TENANT_JOBS,
@@ -29,10 +27,7 @@ TENANT_METRICS: Final = {
 
 def _exprs() -> list[str]:
     dash: dict[str, Any] = json.loads(DASHBOARD.read_text())
-    out = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
-    rules = yaml.safe_load(RULES.read_text())
-    out += [r["expr"] for g in rules["groups"] for r in g["rules"]]
-    return out
+    return [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
 
 
 def test_every_agentbus_metric_named_is_exported_with_a_tenant_label() -> None:
@@ -40,13 +35,3 @@ def test_every_agentbus_metric_named_is_exported_with_a_tenant_label() -> None:
     assert named == set(TENANT_METRICS)
     for metric in TENANT_METRICS.values():
         assert "tenant" in metric._labelnames
-
-
-def test_the_alert_rules_are_one_prometheus_rule_group() -> None:
-    rules = yaml.safe_load(RULES.read_text())
-    (group,) = rules["groups"]
-    alerts = {r["alert"]: r for r in group["rules"]}
-    assert set(alerts) == {"AgentbusTenantTokenBudgetNearlySpent", "AgentbusTenantTokenBudgetSpent"}
-    for rule in alerts.values():
-        assert rule["labels"]["severity"] in ("warning", "critical")
-        assert "{{ $labels.tenant }}" in rule["annotations"]["summary"]

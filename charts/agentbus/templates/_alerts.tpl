@@ -118,4 +118,38 @@ groups:
             (files/nats-permissions.json) and its code disagree, or something misuses its user.
       {{- end }}
       {{- end }}
+      {{- with $a.tenantBudget }}
+      {{- if .enabled }}
+      - alert: AgentbusTenantTokenBudgetNearlySpent
+        expr: |-
+          max by ({{ $by }}, tenant) (agentbus_tenant_tokens_window{ {{- $sel -}} })
+            / on ({{ $by }}, tenant) max by ({{ $by }}, tenant) (agentbus_tenant_token_budget{ {{- $sel -}} })
+            > {{ .ratio }}
+        for: {{ .for }}
+        labels:
+          severity: {{ .severity }}
+        annotations:
+          summary: Tenant {{ "{{ $labels.tenant }}" }} has used {{ "{{ $value | humanizePercentage }}" }} of its token budget
+          description: >-
+            When the budget is spent the tenant's new jobs wait for the window to turn, or
+            fail with the reason (its over_budget setting). `agentbus tenants` shows the use,
+            the budget and when the window turns.
+      {{- end }}
+      {{- end }}
+      {{- with $a.tenantBudgetSpent }}
+      {{- if .enabled }}
+      - alert: AgentbusTenantTokenBudgetSpent
+        expr: |-
+          max by ({{ $by }}, tenant) (agentbus_tenant_tokens_window{ {{- $sel -}} })
+            / on ({{ $by }}, tenant) max by ({{ $by }}, tenant) (agentbus_tenant_token_budget{ {{- $sel -}} })
+            >= 1
+        for: {{ .for }}
+        labels:
+          severity: {{ .severity }}
+        annotations:
+          summary: Tenant {{ "{{ $labels.tenant }}" }} has spent its token budget
+          description: >-
+            Its new jobs wait or fail until the budget window turns (`agentbus tenants`).
+      {{- end }}
+      {{- end }}
 {{- end }}
