@@ -16,6 +16,7 @@ from agentbus.contract.errors import MessageDecodeError
 from agentbus.contract.messages import (
     HARD_MAX_MESSAGE_BYTES,
     MAX_EVENT_DATA_DEPTH,
+    MAX_LEGACY_TASK_INDEX,
     MESSAGE_TYPES,
     AgentEvent,
     AgentEventBatch,
@@ -354,3 +355,14 @@ def test_event_data_is_storable_json() -> None:
     doc["payload"]["duration_ms"] = float("inf")
     with pytest.raises(MessageDecodeError, match="duration_ms"):
         decode(json.dumps(doc).encode(), TaskResult)
+
+
+@pytest.mark.parametrize("index", [MAX_LEGACY_TASK_INDEX, 2**40, 2**70])
+def test_legacy_level_done_with_a_huge_index_is_refused_not_allocated(index: int) -> None:
+    # found by the fuzz test above: [2**40] asked for a 128 GiB bitmap (the CI run's
+    # pytest was OOM-killed at 23 GB)
+    doc = json.loads(STATE.model_dump_json()) | {"level_done": [0, index]}
+    with pytest.raises(MessageDecodeError, match="level_done"):
+        decode_job_state(json.dumps(doc).encode())
+    ok = decode_job_state(json.dumps(doc | {"level_done": [0, MAX_LEGACY_TASK_INDEX - 1]}).encode())
+    assert ok.level_done == 2

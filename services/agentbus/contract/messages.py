@@ -74,6 +74,10 @@ MAX_EVENT_DATA_DEPTH: Final = 16
 """Nesting depth allowed in an event's free-form `data`."""
 
 MAX_EVENTS_PER_BATCH: Final = 10_000
+MAX_LEGACY_TASK_INDEX: Final = 8 * 1024 * 1024
+"""A task index a legacy job state (`level_done` as a list) may name: its bitmap then stays
+within 1 MiB. A larger one is refused, not allocated (a hostile value of 2**40 would ask
+for a 128 GiB bitmap)."""
 """Events one `AgentEventBatch` may hold."""
 
 HISTORY_PAGE_EVENTS: Final = 500
@@ -546,6 +550,11 @@ class JobState(BaseModel):
         """States written before the bitmap listed the recorded indices: convert them."""
         if isinstance(data, dict) and isinstance(data.get("level_done"), list):
             indices = {i for i in data["level_done"] if isinstance(i, int) and i >= 0}
+            if indices and max(indices) >= MAX_LEGACY_TASK_INDEX:
+                raise ValueError(
+                    f"level_done: task index {max(indices)} out of range "
+                    f"(at most {MAX_LEGACY_TASK_INDEX - 1})"
+                )
             bits = bytearray((max(indices, default=-1) + 8) // 8)
             for i in indices:
                 bits[i >> 3] |= 1 << (i & 7)
