@@ -19,7 +19,7 @@ import pytest
 from nats.aio.msg import Msg
 
 from agentbus.contract import subjects
-from agentbus.contract.messages import AgentEvent, EventKind
+from agentbus.contract.messages import AgentEvent, EventKind, JobSubmit, TaskAssign, decode
 from agentbus.dev.embedded import EmbeddedNatsServer
 from agentbus.dev.stack import ServiceProcess
 from tests.e2e.faults.harness import Probe, holds, measure, report, until
@@ -29,7 +29,6 @@ from tests.e2e.faults.processes import (
     archive_url,
     metric,
     running_stack,
-    wait_in_flight,
 )
 from tests.e2e.faults.workload import BASE_ENV, JOBS, long_doc, small_doc
 
@@ -38,6 +37,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.faults]
 ACK_WAIT_S = float(BASE_ENV["AGENTBUS_TOPOLOGY__ACK_WAIT_S"])
 REJOIN = 40
 """Jobs submitted after the partition healed: the returning replica takes its share."""
+TASKS = (subjects.TASKS_SUBJECTS, subjects.TASKS_PRIORITY_SUBJECTS, subjects.TASKS_TENANT_SUBJECTS)
+"""Where a worker's tasks are delivered from."""
 PINGS = {
     # the cut-off service gives its connection up after ~1.5 s of silence (3 pings)
     "AGENTBUS_NATS__PING_INTERVAL_S": "0.5",
@@ -192,10 +193,11 @@ async def test_worker_partitioned_past_ack_wait_changes_nothing_when_it_returns(
         )
         job_ids = await probe.submit(docs)
         await probe.wait_terminal(job_ids, timeout_s=60, until=lambda n: n >= JOBS // 5)
-        await wait_in_flight(victim, at_least=2)
         ok = "agentbus_tasks_processed_total"
         done_before = await gauge(victim, ok, outcome="ok") or 0.0
-        proxy.sever()
+        # cut right after a task reached it: it holds that one whatever the CPU load
+        proxy.sever_after(*TASKS)
+        await until(holds(lambda: proxy.severed), timeout_s=30, what="a task reached the victim")
         severed_at = time.monotonic()
         await noticed(victim)
         # the others finish every job while it is away, for at least 3 x ack_wait
@@ -235,9 +237,22 @@ async def test_worker_partitioned_past_ack_wait_changes_nothing_when_it_returns(
         if e.kind is EventKind.TASK_COMPLETED:
             done_by.setdefault((e.job_id, e.task_id), set()).add(e.agent_id)
     rejoined = {t for t in mine if t[0] in rejoin}
+    # the task delivered to it just before the cut: it held that one through the partition
+    cut = proxy.stats.cut_after
+    assert cut is not None and cut.metadata.stream == subjects.TASKS_STREAM, cut
+    cut_task = decode(cut.body, TaskAssign).payload
+    cut_key = (cut_task.job_id, cut_task.task_id)
+    started_elsewhere = [
+        int(e.data["attempt"])
+        for e in events
+        if e.kind is EventKind.TASK_STARTED
+        and (e.job_id, e.task_id) == cut_key
+        and e.agent_id != victim.agent_id
+    ]
     outcome.extra.update(
         {
             "partition-s": round(proxy.stats.severed_s[0], 1),
+            "cut-after": f"{cut_task.job_id}/{cut_task.task_id}#{cut.metadata.num_delivered}",
             "held-by-victim": len(held),
             "victim-late-results": int(late_done),
             "late-bytes": proxy.stats.late_up,
@@ -248,7 +263,11 @@ async def test_worker_partitioned_past_ack_wait_changes_nothing_when_it_returns(
     outcome.check()
     assert outcome.completed == JOBS and outcome.dead_lettered == 0
     assert proxy.stats.severed_s[0] > 3 * ACK_WAIT_S
-    assert held, "the partitioned worker held no task"
+    # the task it held was delivered again, to another replica, which did it
+    assert started_elsewhere, f"the held task {cut_key} was not redelivered to another replica"
+    assert max(started_elsewhere) > cut.metadata.num_delivered, started_elsewhere
+    assert done_by[cut_key] - {victim.agent_id}, done_by[cut_key]
+    assert cut_key in held
     for task in held:  # done by another replica (the victim's copy, if any, came late)
         assert done_by[task] - {victim.agent_id}, task
     # what it wrote into the partition reached the server after it healed: its results
@@ -294,9 +313,12 @@ async def test_orchestrator_partitioned_past_ack_wait_changes_nothing_when_it_re
         )  # fmt: skip
         job_ids = await probe.submit(first)
         await probe.wait_terminal(job_ids, timeout_s=60, until=lambda n: n >= JOBS // 5)
-        proxy.sever()
-        severed_at = time.monotonic()
+        # cut right after a job reached it (one of `first` still queued, or of `during`):
+        # it holds that one whatever the CPU load
+        proxy.sever_after(subjects.JOBS_SUBJECT, subjects.JOBS_TENANT_SUBJECTS)
         job_ids += await probe.submit(during)
+        await until(holds(lambda: proxy.severed), timeout_s=30, what="a job reached the victim")
+        severed_at = time.monotonic()
         await noticed(victim)
         await probe.wait_terminal(job_ids, timeout_s=90)
         await asyncio.sleep(max(0.0, severed_at + 3 * ACK_WAIT_S - time.monotonic()))
@@ -318,9 +340,14 @@ async def test_orchestrator_partitioned_past_ack_wait_changes_nothing_when_it_re
         )  # fmt: skip
         after = await revisions(probe, job_ids)
     by_victim = Counter(e.job_id in rejoin for e in events if e.agent_id == victim.agent_id)
+    # the job delivered to it just before the cut: it held that one through the partition
+    cut = proxy.stats.cut_after
+    assert cut is not None and cut.metadata.stream == subjects.JOBS_STREAM, cut
+    cut_job = decode(cut.body, JobSubmit).payload.job_id
     outcome.extra.update(
         {
             "partition-s": round(proxy.stats.severed_s[0], 1),
+            "cut-after": f"{cut_job}#{cut.metadata.num_delivered}",
             "taken-over": "/".join(f"{s}:{int(v)}" for s, v in taken_over.items()),
             "late-bytes": proxy.stats.late_up,
             "victim-events-before/after": f"{by_victim[False]}/{by_victim[True]}",
@@ -331,8 +358,12 @@ async def test_orchestrator_partitioned_past_ack_wait_changes_nothing_when_it_re
     assert outcome.completed == JOBS and outcome.dead_lettered == 0
     assert proxy.stats.severed_s[0] > 3 * ACK_WAIT_S
     assert by_victim[False] > 0, "the victim did no work before the partition"
-    # what the victim's pulls took as it was cut off was redelivered to the survivor
+    # what the victim's pulls took as it was cut off was redelivered to the survivor, which
+    # finished it
     assert taken_over[subjects.JOBS_STREAM] > 0, taken_over
+    assert cut_job in job_ids
+    cut_state = states[cut_job]
+    assert cut_state is not None and cut_state.summary, cut_state
     assert proxy.stats.late_up > 0
     assert after == before, "a late write of the partitioned orchestrator changed a job"
     assert facts(events, job_ids) == facts(events_before, job_ids)
