@@ -17,6 +17,7 @@ import nats
 import nats.errors
 import pytest
 from nats.aio.msg import Msg
+from nats.js.api import ConsumerConfig, StreamConfig
 
 from agentbus.contract import subjects
 from agentbus.contract.messages import AgentEvent, EventKind, JobSubmit, TaskAssign, decode
@@ -136,7 +137,9 @@ async def test_proxy_partition_is_a_black_hole_noticed_by_pings(
     async with PartitionProxy(nats_single.client_port) as proxy:
         watcher = await nats.connect(nats_single.url)
         cut = await nats.connect(
-            proxy.url, ping_interval=1, max_outstanding_pings=2, connect_timeout=1,
+            # stale after 3 unanswered pings, 4-6 s after the last PONG: long after the
+            # 1 s flush below, however late a loaded CPU runs this task
+            proxy.url, ping_interval=2, max_outstanding_pings=2, connect_timeout=1,
             reconnect_time_wait=0.2, max_reconnect_attempts=-1, error_cb=on_error,
             disconnected_cb=on_disconnected, reconnected_cb=on_reconnected,
         )  # fmt: skip
@@ -152,17 +155,21 @@ async def test_proxy_partition_is_a_black_hole_noticed_by_pings(
                 await cut.flush(timeout=1)  # the PONG never comes, the socket stays open
             assert events == [] and cut.is_connected
             await until(
-                holds(lambda: "disconnected" in events), timeout_s=10, what="pings noticed it"
+                holds(lambda: "disconnected" in events), timeout_s=20, what="pings noticed it"
             )
-            await asyncio.sleep(1.0)  # reconnect attempts meet the partition too
+            # reconnect attempts meet the partition too
+            await until(
+                holds(lambda: proxy.stats.held_connections >= 1),
+                timeout_s=10,
+                what="a reconnect attempt is held",
+            )
             assert [d for _, d in got] == [b"before"], "a byte crossed the partition"
-            assert proxy.stats.held_connections >= 1
             healed_at = time.monotonic()
             proxy.heal()
             await until(holds(lambda: "reconnected" in events), timeout_s=10, what="reconnect")
             await cut.publish("partition.after", b"after")
             await cut.flush()
-            await until(holds(lambda: len(got) >= 3), timeout_s=5, what="late and new messages")
+            await until(holds(lambda: len(got) >= 3), timeout_s=10, what="late and new messages")
             await asyncio.sleep(0.5)
         finally:
             await cut.close()
@@ -170,6 +177,45 @@ async def test_proxy_partition_is_a_black_hole_noticed_by_pings(
     assert sorted(d for _, d in got) == [b"after", b"before", b"during"]
     assert all(t >= healed_at for t, d in got if d == b"during")
     assert proxy.stats.late_up > 0 and proxy.stats.severed_s[0] > 1.0
+
+
+@pytest.mark.timeout(60)
+async def test_proxy_severs_right_after_a_jetstream_delivery(
+    nats_single: EmbeddedNatsServer,
+) -> None:
+    """`sever_after`: the client behind the proxy gets the first delivery on the subject,
+    whole, and nothing after it (the rest of its pull is held in the partition); its ack
+    stays in the partition too, so the server delivers all of them again after ack_wait;
+    the ack arrives after heal."""
+    assert nats_single.client_port is not None
+    async with PartitionProxy(nats_single.client_port) as proxy:
+        direct = await nats.connect(nats_single.url)
+        cut = await nats.connect(proxy.url)
+        try:
+            js = direct.jetstream()
+            await js.add_stream(StreamConfig(name="CUT", subjects=["cut.>"]))
+            await js.add_consumer(
+                "CUT", ConsumerConfig(durable_name="d", ack_wait=1.0, max_deliver=5)
+            )
+            for i in range(3):
+                await js.publish(f"cut.{i}", f"m{i}".encode())
+            victim = await cut.jetstream().pull_subscribe_bind(durable="d", stream="CUT")
+            proxy.sever_after("cut.>")
+            got = await victim.fetch(3, timeout=2)
+            assert proxy.severed and proxy.stats.cut_after is not None
+            assert [m.data for m in got] == [b"m0"] == [proxy.stats.cut_after.body]
+            await got[0].ack()  # into the partition
+            other = await js.pull_subscribe_bind(durable="d", stream="CUT")
+            again = await other.fetch(3, timeout=10)  # after ack_wait
+            assert sorted(m.data for m in again) == [b"m0", b"m1", b"m2"]
+            assert all(m.metadata.num_delivered == 2 for m in again)
+            for m in again:
+                await m.ack()
+            proxy.heal()
+            await until(holds(lambda: proxy.stats.late_up > 0), timeout_s=10, what="late ack")
+        finally:
+            await cut.close()
+            await direct.close()
 
 
 @pytest.mark.timeout(150)
