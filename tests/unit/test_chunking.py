@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from typing import Final
 
 import pytest
 from hypothesis import given, settings
@@ -245,25 +246,57 @@ def test_chunk_text_reasonably_full_on_prose() -> None:
     assert len(chunks) <= math.ceil(len(text) / (max_chars / 2))
 
 
-def test_chunk_text_20_mib_is_fast() -> None:
+MIB: Final = 1024 * 1024
+LINEAR_RATIO_MAX: Final = 30.0
+"""CPU time of a 10x larger input over that of the smaller one: linear work gives ~10,
+quadratic ~100. 3x headroom for measurement noise."""
+
+
+def _cpu_s(text: str, *, max_chars: int, repeat: int = 2) -> float:
+    """The least process CPU time of `repeat` runs of `chunk_text` (CPU time, not wall time:
+    other processes on the machine do not count towards it; the least of a few runs drops
+    the noise of cache misses and context switches)."""
+    best = math.inf
+    for _ in range(repeat):
+        started = time.process_time()
+        chunk_text(text, max_chars=max_chars)
+        best = min(best, time.process_time() - started)
+    return best
+
+
+def _prose_mib(mib: int) -> str:
     block = _prose(400, seed=5, paragraph_every=6) + "\n\n"
-    text = block * (20 * 1024 * 1024 // len(block) + 1)
-    assert len(text) >= 20 * 1024 * 1024
-    started = time.perf_counter()
+    return block * (mib * MIB // len(block) + 1)
+
+
+def test_chunk_text_20_mib_is_linear() -> None:
+    """20 MiB of prose is chunked with work linear in its size: its process CPU time is
+    within `LINEAR_RATIO_MAX` times that of 2 MiB of the same prose (~10 when linear).
+    A ratio of CPU times holds whatever else the machine runs, where a wall-time bound
+    fails under load; a quadratic algorithm is far over (~100)."""
+    text = _prose_mib(20)
+    assert len(text) >= 20 * MIB
     chunks = chunk_text(text, max_chars=6000)
-    elapsed_s = time.perf_counter() - started
-    assert elapsed_s < 3.0
     assert all(0 < len(c) <= 6000 for c in chunks)
     assert sum(len(c) for c in chunks) > 0.95 * len(text) - 2 * len(chunks)
+    small_s = _cpu_s(_prose_mib(2), max_chars=6000, repeat=5)
+    large_s = _cpu_s(text, max_chars=6000, repeat=5)
+    assert large_s < LINEAR_RATIO_MAX * small_s, (small_s, large_s)
 
 
-def test_chunk_text_20_mib_without_whitespace_is_fast() -> None:
-    text = "x" * (20 * 1024 * 1024)
-    started = time.perf_counter()
+def test_chunk_text_20_mib_without_whitespace_is_linear() -> None:
+    """20 MiB without a single whitespace (no boundary anywhere: every chunk is a hard cut
+    after the searches for a better cut fail) is cut into exactly ceil(n / max_chars) full
+    chunks with work linear in its size: its process CPU time is within
+    `LINEAR_RATIO_MAX` times that of 2 MiB (~10 when linear, ~100 if each cut searched
+    to the end of the text). CPU time, as a ratio: no wall-time bound that load breaks."""
+    text = "x" * (20 * MIB)
     chunks = chunk_text(text, max_chars=6000)
-    assert time.perf_counter() - started < 3.0
     assert "".join(chunks) == text
+    assert len(chunks) == math.ceil(len(text) / 6000)
     assert all(len(c) == 6000 for c in chunks[:-1])
+    small_s, large_s = _cpu_s("x" * (2 * MIB), max_chars=6000), _cpu_s(text, max_chars=6000)
+    assert large_s < LINEAR_RATIO_MAX * small_s, (small_s, large_s)
 
 
 @settings(max_examples=400, deadline=None)

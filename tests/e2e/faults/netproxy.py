@@ -5,6 +5,10 @@
         proxy.sever()        # a black hole: nothing forwarded either way, no socket closed
         proxy.heal()         # forward again; connections opened while severed are closed
 
+        proxy.sever_after("tasks.>")   # or: cut right after a JetStream delivery on a subject
+        await until(holds(lambda: proxy.severed), ...)
+        proxy.stats.cut_after          # the delivery the client got last: it holds it
+
 `sever` stops reading from both sides of every connection, so what each side writes
 stays in socket buffers and in the proxy, as it would behind a real partition, and no
 side sees a close: the client notices only when its pings go unanswered. A connection
@@ -13,6 +17,13 @@ as a SYN into a partition would). `heal` delivers everything held, in order, on 
 connections it was written to (a client's late publishes and acks reach the server),
 passes on the closes that happened meanwhile, and closes the connections that never got
 through, so the client reconnects through the proxy.
+
+`sever_after` makes the moment of the cut deterministic instead of a guess after a sleep:
+the proxy reads the server's side of each connection as NATS protocol (`ServerStream`)
+and severs as soon as it has forwarded one whole JetStream delivery (a MSG or HMSG whose
+reply is a `$JS.ACK.` subject) on a matching subject, before it forwards anything more
+either way. The client therefore holds that message across the partition and its ack
+cannot cross: the server redelivers it elsewhere after ack_wait, whatever the CPU load.
 """
 
 from __future__ import annotations
@@ -20,11 +31,104 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass, field
-from typing import Self
+from typing import Final, Self
 
-__all__ = ["PartitionProxy", "ProxyStats"]
+from nats.aio.msg import Msg
+
+__all__ = ["Delivery", "PartitionProxy", "ProxyStats", "ServerStream", "subject_matches"]
 
 _CHUNK = 64 * 1024
+_JS_ACK: Final = "$JS.ACK."
+
+
+def subject_matches(pattern: str, subject: str) -> bool:
+    """NATS subject matching: `*` is one token, a last `>` one or more."""
+    want, got = pattern.split("."), subject.split(".")
+    for i, token in enumerate(want):
+        if token == ">" and i == len(want) - 1:
+            return len(got) > i
+        if i >= len(got) or (token != "*" and token != got[i]):
+            return False
+    return len(got) == len(want)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A message the server sent a client (MSG or HMSG)."""
+
+    subject: str
+    reply: str | None
+    body: bytes
+    """The payload without the headers."""
+    end: int
+    """Offset just past the message (its trailing CRLF) in the chunk that completed it."""
+
+    @property
+    def jetstream(self) -> bool:
+        """A JetStream consumer's delivery (acked on its reply subject)."""
+        return self.reply is not None and self.reply.startswith(_JS_ACK)
+
+    @property
+    def metadata(self) -> Msg.Metadata:
+        """Stream, consumer, delivery count... of a JetStream delivery (from its reply)."""
+        assert self.reply is not None and self.jetstream, self
+        return Msg.Metadata._from_reply(self.reply)
+
+
+class ServerStream:
+    """An incremental parser of what nats-server writes to a client: the control lines
+    (INFO, PING, +OK, ...) are skipped, MSG and HMSG come out as `Delivery`s once their
+    payload is complete, wherever the chunks were split."""
+
+    def __init__(self) -> None:
+        self._line = bytearray()
+        self._payload = bytearray()
+        self._need = 0
+        """Payload bytes (with the trailing CRLF) still to come of the current message."""
+        self._head: tuple[str, str | None, int] | None = None
+        """The current message's subject, reply and header length."""
+
+    def feed(self, data: bytes) -> list[Delivery]:
+        out: list[Delivery] = []
+        i = 0
+        while i < len(data):
+            if self._need:
+                take = min(self._need, len(data) - i)
+                self._payload += data[i : i + take]
+                self._need -= take
+                i += take
+                if not self._need:
+                    assert self._head is not None
+                    subject, reply, header_len = self._head
+                    body = bytes(self._payload[header_len:-2])
+                    out.append(Delivery(subject, reply, body, end=i))
+                    self._head, self._payload = None, bytearray()
+                continue
+            nl = data.find(b"\n", i)
+            if nl < 0:
+                self._line += data[i:]
+                break
+            self._line += data[i : nl + 1]
+            i = nl + 1
+            self._control(bytes(self._line).decode("utf-8", "replace").split())
+            self._line.clear()
+        return out
+
+    def _control(self, args: list[str]) -> None:
+        op = args[0].upper() if args else ""
+        # MSG <subject> <sid> [reply] <#bytes>; HMSG <subject> <sid> [reply] <#hdr> <#total>
+        if op == "MSG" and len(args) in (4, 5):
+            reply, header_len, size = (args[3] if len(args) == 5 else None), 0, int(args[-1])
+        elif op == "HMSG" and len(args) in (5, 6):
+            reply, header_len, size = (
+                (args[3] if len(args) == 6 else None),
+                int(args[-2]),
+                int(args[-1]),
+            )
+        else:
+            return
+        self._head = (args[1], reply, header_len)
+        self._need = size + 2
 
 
 @dataclass
@@ -42,6 +146,8 @@ class ProxyStats:
     healed (what the client wrote into the partition: late publishes, acks, pings)."""
     severed_s: list[float] = field(default_factory=list)
     """Length of each partition."""
+    cut_after: Delivery | None = None
+    """The delivery after which `sever_after` cut the link (the client holds it)."""
 
 
 class _Pipe:
@@ -53,6 +159,8 @@ class _Pipe:
         self.tasks: list[asyncio.Task[None]] = []
         self.cut = False
         """Open when a partition began: all it forwards later is late."""
+        self.server_stream = ServerStream()
+        """What the server wrote to the client, parsed (for `sever_after`)."""
 
     async def pump(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, up: bool
@@ -72,6 +180,14 @@ class _Pipe:
                         proxy.stats.late_up += len(data)
                 else:
                     proxy.stats.forwarded_down += len(data)
+                    cut_at = proxy._cut_at(self.server_stream.feed(data))
+                    if cut_at is not None:
+                        # the delivery reaches the client, then nothing more either way
+                        # (no await between the write and the cut); the rest is held
+                        writer.write(data[:cut_at])
+                        proxy.sever()
+                        data = data[cut_at:]
+                        await proxy._open.wait()
                 writer.write(data)
                 await writer.drain()
         except (ConnectionError, OSError):
@@ -99,6 +215,7 @@ class PartitionProxy:
         self._server: asyncio.Server | None = None
         self._pipes: list[_Pipe] = []
         self._held: list[asyncio.StreamWriter] = []
+        self._sever_on: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
@@ -136,10 +253,29 @@ class PartitionProxy:
     def sever(self) -> None:
         """Stop forwarding in both directions; close nothing."""
         assert not self.severed, "already severed"
+        self._sever_on = ()
         self._open.clear()
         for pipe in self._pipes:
             pipe.cut = True
         self._severed_at = asyncio.get_running_loop().time()
+
+    def sever_after(self, *patterns: str) -> None:
+        """Sever right after the next JetStream delivery on a subject matching one of
+        `patterns` (NATS wildcards) has been forwarded to a client, whole; nothing more
+        crosses in either direction. `stats.cut_after` is that delivery."""
+        assert patterns and not self.severed, "nothing to wait for, or already severed"
+        self._sever_on = patterns
+
+    def _cut_at(self, deliveries: list[Delivery]) -> int | None:
+        """Where in the chunk to cut (just past the first awaited delivery), if at all."""
+        if not self._sever_on or self.severed:
+            return None
+        for d in deliveries:
+            if d.jetstream and any(subject_matches(p, d.subject) for p in self._sever_on):
+                self._sever_on = ()
+                self.stats.cut_after = d
+                return d.end
+        return None
 
     def heal(self) -> None:
         """Forward again: first what was held, then the closes that happened meanwhile;

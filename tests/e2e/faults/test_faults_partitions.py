@@ -17,9 +17,10 @@ import nats
 import nats.errors
 import pytest
 from nats.aio.msg import Msg
+from nats.js.api import ConsumerConfig, StreamConfig
 
 from agentbus.contract import subjects
-from agentbus.contract.messages import AgentEvent, EventKind
+from agentbus.contract.messages import AgentEvent, EventKind, JobSubmit, TaskAssign, decode
 from agentbus.dev.embedded import EmbeddedNatsServer
 from agentbus.dev.stack import ServiceProcess
 from tests.e2e.faults.harness import Probe, holds, measure, report, until
@@ -29,7 +30,6 @@ from tests.e2e.faults.processes import (
     archive_url,
     metric,
     running_stack,
-    wait_in_flight,
 )
 from tests.e2e.faults.workload import BASE_ENV, JOBS, long_doc, small_doc
 
@@ -38,6 +38,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.faults]
 ACK_WAIT_S = float(BASE_ENV["AGENTBUS_TOPOLOGY__ACK_WAIT_S"])
 REJOIN = 40
 """Jobs submitted after the partition healed: the returning replica takes its share."""
+TASKS = (subjects.TASKS_SUBJECTS, subjects.TASKS_PRIORITY_SUBJECTS, subjects.TASKS_TENANT_SUBJECTS)
+"""Where a worker's tasks are delivered from."""
 PINGS = {
     # the cut-off service gives its connection up after ~1.5 s of silence (3 pings)
     "AGENTBUS_NATS__PING_INTERVAL_S": "0.5",
@@ -135,7 +137,9 @@ async def test_proxy_partition_is_a_black_hole_noticed_by_pings(
     async with PartitionProxy(nats_single.client_port) as proxy:
         watcher = await nats.connect(nats_single.url)
         cut = await nats.connect(
-            proxy.url, ping_interval=1, max_outstanding_pings=2, connect_timeout=1,
+            # stale after 3 unanswered pings, 4-6 s after the last PONG: long after the
+            # 1 s flush below, however late a loaded CPU runs this task
+            proxy.url, ping_interval=2, max_outstanding_pings=2, connect_timeout=1,
             reconnect_time_wait=0.2, max_reconnect_attempts=-1, error_cb=on_error,
             disconnected_cb=on_disconnected, reconnected_cb=on_reconnected,
         )  # fmt: skip
@@ -151,17 +155,21 @@ async def test_proxy_partition_is_a_black_hole_noticed_by_pings(
                 await cut.flush(timeout=1)  # the PONG never comes, the socket stays open
             assert events == [] and cut.is_connected
             await until(
-                holds(lambda: "disconnected" in events), timeout_s=10, what="pings noticed it"
+                holds(lambda: "disconnected" in events), timeout_s=20, what="pings noticed it"
             )
-            await asyncio.sleep(1.0)  # reconnect attempts meet the partition too
+            # reconnect attempts meet the partition too
+            await until(
+                holds(lambda: proxy.stats.held_connections >= 1),
+                timeout_s=10,
+                what="a reconnect attempt is held",
+            )
             assert [d for _, d in got] == [b"before"], "a byte crossed the partition"
-            assert proxy.stats.held_connections >= 1
             healed_at = time.monotonic()
             proxy.heal()
             await until(holds(lambda: "reconnected" in events), timeout_s=10, what="reconnect")
             await cut.publish("partition.after", b"after")
             await cut.flush()
-            await until(holds(lambda: len(got) >= 3), timeout_s=5, what="late and new messages")
+            await until(holds(lambda: len(got) >= 3), timeout_s=10, what="late and new messages")
             await asyncio.sleep(0.5)
         finally:
             await cut.close()
@@ -169,6 +177,45 @@ async def test_proxy_partition_is_a_black_hole_noticed_by_pings(
     assert sorted(d for _, d in got) == [b"after", b"before", b"during"]
     assert all(t >= healed_at for t, d in got if d == b"during")
     assert proxy.stats.late_up > 0 and proxy.stats.severed_s[0] > 1.0
+
+
+@pytest.mark.timeout(60)
+async def test_proxy_severs_right_after_a_jetstream_delivery(
+    nats_single: EmbeddedNatsServer,
+) -> None:
+    """`sever_after`: the client behind the proxy gets the first delivery on the subject,
+    whole, and nothing after it (the rest of its pull is held in the partition); its ack
+    stays in the partition too, so the server delivers all of them again after ack_wait;
+    the ack arrives after heal."""
+    assert nats_single.client_port is not None
+    async with PartitionProxy(nats_single.client_port) as proxy:
+        direct = await nats.connect(nats_single.url)
+        cut = await nats.connect(proxy.url)
+        try:
+            js = direct.jetstream()
+            await js.add_stream(StreamConfig(name="CUT", subjects=["cut.>"]))
+            await js.add_consumer(
+                "CUT", ConsumerConfig(durable_name="d", ack_wait=1.0, max_deliver=5)
+            )
+            for i in range(3):
+                await js.publish(f"cut.{i}", f"m{i}".encode())
+            victim = await cut.jetstream().pull_subscribe_bind(durable="d", stream="CUT")
+            proxy.sever_after("cut.>")
+            got = await victim.fetch(3, timeout=2)
+            assert proxy.severed and proxy.stats.cut_after is not None
+            assert [m.data for m in got] == [b"m0"] == [proxy.stats.cut_after.body]
+            await got[0].ack()  # into the partition
+            other = await js.pull_subscribe_bind(durable="d", stream="CUT")
+            again = await other.fetch(3, timeout=10)  # after ack_wait
+            assert sorted(m.data for m in again) == [b"m0", b"m1", b"m2"]
+            assert all(m.metadata.num_delivered == 2 for m in again)
+            for m in again:
+                await m.ack()
+            proxy.heal()
+            await until(holds(lambda: proxy.stats.late_up > 0), timeout_s=10, what="late ack")
+        finally:
+            await cut.close()
+            await direct.close()
 
 
 @pytest.mark.timeout(150)
@@ -192,10 +239,11 @@ async def test_worker_partitioned_past_ack_wait_changes_nothing_when_it_returns(
         )
         job_ids = await probe.submit(docs)
         await probe.wait_terminal(job_ids, timeout_s=60, until=lambda n: n >= JOBS // 5)
-        await wait_in_flight(victim, at_least=2)
         ok = "agentbus_tasks_processed_total"
         done_before = await gauge(victim, ok, outcome="ok") or 0.0
-        proxy.sever()
+        # cut right after a task reached it: it holds that one whatever the CPU load
+        proxy.sever_after(*TASKS)
+        await until(holds(lambda: proxy.severed), timeout_s=30, what="a task reached the victim")
         severed_at = time.monotonic()
         await noticed(victim)
         # the others finish every job while it is away, for at least 3 x ack_wait
@@ -235,9 +283,22 @@ async def test_worker_partitioned_past_ack_wait_changes_nothing_when_it_returns(
         if e.kind is EventKind.TASK_COMPLETED:
             done_by.setdefault((e.job_id, e.task_id), set()).add(e.agent_id)
     rejoined = {t for t in mine if t[0] in rejoin}
+    # the task delivered to it just before the cut: it held that one through the partition
+    cut = proxy.stats.cut_after
+    assert cut is not None and cut.metadata.stream == subjects.TASKS_STREAM, cut
+    cut_task = decode(cut.body, TaskAssign).payload
+    cut_key = (cut_task.job_id, cut_task.task_id)
+    started_elsewhere = [
+        int(e.data["attempt"])
+        for e in events
+        if e.kind is EventKind.TASK_STARTED
+        and (e.job_id, e.task_id) == cut_key
+        and e.agent_id != victim.agent_id
+    ]
     outcome.extra.update(
         {
             "partition-s": round(proxy.stats.severed_s[0], 1),
+            "cut-after": f"{cut_task.job_id}/{cut_task.task_id}#{cut.metadata.num_delivered}",
             "held-by-victim": len(held),
             "victim-late-results": int(late_done),
             "late-bytes": proxy.stats.late_up,
@@ -248,7 +309,11 @@ async def test_worker_partitioned_past_ack_wait_changes_nothing_when_it_returns(
     outcome.check()
     assert outcome.completed == JOBS and outcome.dead_lettered == 0
     assert proxy.stats.severed_s[0] > 3 * ACK_WAIT_S
-    assert held, "the partitioned worker held no task"
+    # the task it held was delivered again, to another replica, which did it
+    assert started_elsewhere, f"the held task {cut_key} was not redelivered to another replica"
+    assert max(started_elsewhere) > cut.metadata.num_delivered, started_elsewhere
+    assert done_by[cut_key] - {victim.agent_id}, done_by[cut_key]
+    assert cut_key in held
     for task in held:  # done by another replica (the victim's copy, if any, came late)
         assert done_by[task] - {victim.agent_id}, task
     # what it wrote into the partition reached the server after it healed: its results
@@ -294,9 +359,12 @@ async def test_orchestrator_partitioned_past_ack_wait_changes_nothing_when_it_re
         )  # fmt: skip
         job_ids = await probe.submit(first)
         await probe.wait_terminal(job_ids, timeout_s=60, until=lambda n: n >= JOBS // 5)
-        proxy.sever()
-        severed_at = time.monotonic()
+        # cut right after a job reached it (one of `first` still queued, or of `during`):
+        # it holds that one whatever the CPU load
+        proxy.sever_after(subjects.JOBS_SUBJECT, subjects.JOBS_TENANT_SUBJECTS)
         job_ids += await probe.submit(during)
+        await until(holds(lambda: proxy.severed), timeout_s=30, what="a job reached the victim")
+        severed_at = time.monotonic()
         await noticed(victim)
         await probe.wait_terminal(job_ids, timeout_s=90)
         await asyncio.sleep(max(0.0, severed_at + 3 * ACK_WAIT_S - time.monotonic()))
@@ -318,9 +386,14 @@ async def test_orchestrator_partitioned_past_ack_wait_changes_nothing_when_it_re
         )  # fmt: skip
         after = await revisions(probe, job_ids)
     by_victim = Counter(e.job_id in rejoin for e in events if e.agent_id == victim.agent_id)
+    # the job delivered to it just before the cut: it held that one through the partition
+    cut = proxy.stats.cut_after
+    assert cut is not None and cut.metadata.stream == subjects.JOBS_STREAM, cut
+    cut_job = decode(cut.body, JobSubmit).payload.job_id
     outcome.extra.update(
         {
             "partition-s": round(proxy.stats.severed_s[0], 1),
+            "cut-after": f"{cut_job}#{cut.metadata.num_delivered}",
             "taken-over": "/".join(f"{s}:{int(v)}" for s, v in taken_over.items()),
             "late-bytes": proxy.stats.late_up,
             "victim-events-before/after": f"{by_victim[False]}/{by_victim[True]}",
@@ -331,8 +404,12 @@ async def test_orchestrator_partitioned_past_ack_wait_changes_nothing_when_it_re
     assert outcome.completed == JOBS and outcome.dead_lettered == 0
     assert proxy.stats.severed_s[0] > 3 * ACK_WAIT_S
     assert by_victim[False] > 0, "the victim did no work before the partition"
-    # what the victim's pulls took as it was cut off was redelivered to the survivor
+    # what the victim's pulls took as it was cut off was redelivered to the survivor, which
+    # finished it
     assert taken_over[subjects.JOBS_STREAM] > 0, taken_over
+    assert cut_job in job_ids
+    cut_state = states[cut_job]
+    assert cut_state is not None and cut_state.summary, cut_state
     assert proxy.stats.late_up > 0
     assert after == before, "a late write of the partitioned orchestrator changed a job"
     assert facts(events, job_ids) == facts(events_before, job_ids)
