@@ -159,6 +159,29 @@ _SCHEMAS: Final[dict[str, Any]] = {
             "removed": {"type": "boolean"},
         }
     ),
+    "SseEvent": {
+        "description": "one server-sent event: `id` the cursor, `event` the kind, `data` JSON",
+        **_obj(
+            {
+                "id": {"type": "string", "pattern": "^[0-9]+$"},
+                "event": {
+                    "type": "string",
+                    "enum": [
+                        "started",
+                        "chunk",
+                        "delta",
+                        "reduce",
+                        "completed",
+                        "failed",
+                        "canceled",
+                        "error",
+                    ],
+                },
+                "data": _STR,
+            },
+            required=["event", "data"],
+        ),
+    },
     "WhoAmI": _obj(
         {
             "name": _STR,
@@ -175,7 +198,7 @@ def openapi_document() -> dict[str, Any]:
         "200": {
             "description": "server-sent events: one per partial result, `id` = its cursor "
             "(send it back as Last-Event-ID to resume right after it)",
-            "content": {"text/event-stream": {"schema": _STR}},
+            "content": {"text/event-stream": {"schema": {"$ref": "#/components/schemas/SseEvent"}}},
         }
     }
     return {

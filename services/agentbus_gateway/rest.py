@@ -241,7 +241,12 @@ async def submit_job(request: web.Request) -> web.Response:
         return json_error(413, f"request body of {request.content_length} bytes above {cap}")
     try:
         if request.content_type == "multipart/form-data":
-            sub = await _read_multipart(request, cap=cap)
+            try:
+                sub = await _read_multipart(request, cap=cap)
+            except (BadRequest, ConnectionResetError):
+                raise
+            except Exception as e:  # aiohttp's parser: no boundary, broken framing, ...
+                raise BadRequest(400, f"malformed multipart body: {e or type(e).__name__}") from e
         elif request.content_type == "application/json":
             sub = await _read_json(request, cap=cap)
         else:
