@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ _READ_CHUNK: Final = 64 * 1024
 
 
 _RECENT_JOBS: Final = 10_000
+_RECORDED_POLL_S: Final = 0.05
 
 
 @dataclass
@@ -77,7 +79,7 @@ _ROLES: Final[dict[tuple[str, str], Role]] = {
     ("GET", "/v1/dlq"): Role.OPERATE,
     ("POST", "/v1/dlq/{dlq_id}/replay"): Role.OPERATE,
     ("GET", "/v1/whoami"): Role.READ,
-    ("POST", "/a2a"): Role.SUBMIT,
+    ("POST", "/a2a"): Role.READ,  # and each method its own (agentbus_gateway.a2a_rpc)
 }
 
 
@@ -129,16 +131,26 @@ def _job_id(request: web.Request) -> str:
         ) from None
 
 
-async def visible_job(ctx: GatewayContext, key: ApiKey, job_id: str) -> JobState | None:
+async def visible_job(
+    ctx: GatewayContext, key: ApiKey, job_id: str, *, recorded: bool = False
+) -> JobState | None:
     """The job's state if it exists and `key` may see it (else None: 404, not 403, so a
-    key cannot learn which ids other tenants use)."""
-    state = await asyncio.wait_for(
-        ctx.client.status(job_id), timeout=ctx.settings.gateway.request_timeout_s
-    )
-    if state is None:
+    key cannot learn which ids other tenants use). `recorded`: a job this replica just
+    accepted is waited for (up to the request timeout) until an orchestrator has recorded
+    it, as a cancel needs (a cancel before intake would not know the job's tenant)."""
+    timeout_s = ctx.settings.gateway.request_timeout_s
+    deadline = time.monotonic() + timeout_s
+    while True:
+        state = await asyncio.wait_for(ctx.client.status(job_id), timeout=timeout_s)
+        if state is not None:
+            ctx.recent.pop(job_id, None)
+            break
         state = ctx.recent.get(job_id)
-    else:
-        ctx.recent.pop(job_id, None)
+        if state is None or not recorded or time.monotonic() > deadline:
+            break
+        if not key.sees_tenant(state.tenant):
+            return None
+        await asyncio.sleep(_RECORDED_POLL_S)
     if state is None or not key.sees_tenant(state.tenant):
         return None
     return state
@@ -333,7 +345,7 @@ async def job_events(request: web.Request) -> web.Response:
 async def cancel_job(request: web.Request) -> web.Response:
     ctx, key = _ctx(request), _key(request)
     job_id = _job_id(request)
-    if await visible_job(ctx, key, job_id) is None:
+    if await visible_job(ctx, key, job_id, recorded=True) is None:
         return _not_found(job_id)
     reason = request.query.get("reason", "")[:512] or f"canceled through the gateway ({key.name})"
     reply = await ctx.client.cancel(

@@ -17,6 +17,7 @@ from agentbus.contract.settings import Settings
 from agentbus.contract.tenants import DEFAULT_TENANT
 from agentbus.observability import metrics
 from agentbus.runtime.service import AgentService
+from agentbus_gateway.a2a_rpc import add_a2a_routes
 from agentbus_gateway.app import build_app
 from agentbus_gateway.errors import ApiKeysError, GatewayError
 from agentbus_gateway.keys import KeyRing, load_keys
@@ -54,7 +55,7 @@ class Gateway(AgentService):
         ctx = GatewayContext(
             client=self.client, keys=self.keys, settings=self.settings, service=bus.service
         )
-        app = build_app(ctx, readiness=self.readiness)
+        app = build_app(ctx, readiness=self.readiness, extra=add_a2a_routes)
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
         await runner.setup()
         site = web.TCPSite(runner, self.cfg.host, self.cfg.port)
