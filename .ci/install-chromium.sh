@@ -14,4 +14,4 @@ if [ ! -x /usr/bin/chromium ]; then
   fi
   rm -f "$log"
 fi
-/usr/bin/chromium --version >/dev/null
+/usr/bin/chromium --version >/dev/null 2>&1 || { echo "/usr/bin/chromium does not start" >&2; exit 1; }
