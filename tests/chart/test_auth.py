@@ -60,6 +60,7 @@ ROLE_OF_WORKLOAD = {
     ("Deployment", f"{RELEASE}-orchestrator"): permissions.ORCHESTRATOR,
     ("Deployment", f"{RELEASE}-summarize-worker"): permissions.WORKER,
     ("Deployment", f"{RELEASE}-event-archiver"): permissions.ARCHIVER,
+    ("Deployment", f"{RELEASE}-gateway"): permissions.GATEWAY,
     ("Job", f"{RELEASE}-provision"): permissions.PROVISIONER,
     ("Pod", f"{RELEASE}-test-submit"): permissions.CLIENT,
 }
@@ -458,7 +459,7 @@ def test_external_nats_with_the_charts_users(chart_dir: Path) -> None:
     data = secret_data(r, AUTH_SECRET)  # auth.conf for the external server to include
     _assert_auth_conf(data["auth.conf"], data)
     users = {env_of(c)["AGENTBUS_NATS__USER"]["value"] for _o, c in r.our_containers()}
-    assert users == {"orchestrator", "worker", "archiver", "provisioner", "client"}
+    assert users == {"orchestrator", "worker", "archiver", "gateway", "provisioner", "client"}
 
 
 def test_external_nats_with_credentials_of_its_own(rendered: RenderFn) -> None:
