@@ -555,6 +555,37 @@ def test_ports_and_probes_are_what_the_services_serve(rendered: RenderFn, scenar
             assert ep["port"] == "http" and ep["path"] == "/metrics"
 
 
+def test_helm_test_through_the_gateway(rendered: RenderFn) -> None:
+    """With tests.gatewayApiKeySecret, a second `helm test` Pod submits the document
+    through the gateway's Service with the mounted key: a real hidden CLI command."""
+    import typer.main
+
+    from agentbus.cli.main import app
+
+    r = rendered("gateway")
+    assert r.named("Pod", f"{RELEASE}-test-submit")  # beside the one through NATS
+    pod = r.named("Pod", f"{RELEASE}-test-gateway")
+    (c,) = pod["spec"]["containers"]
+    assert c["command"] == ["agentbus"] and c["args"][0] == "gateway-test"
+    group: Any = typer.main.get_command(app)
+    options = {o for p in group.commands["gateway-test"].params for o in p.opts}
+    assert {a for a in c["args"] if a.startswith("--")} <= options
+    url = urlsplit(next(a for a in c["args"] if a.startswith("http://")))
+    svc = r.named("Service", url.hostname or "")
+    (api,) = [p for p in svc["spec"]["ports"] if p["name"] == "api"]
+    assert (api["port"], api["targetPort"]) == (url.port, "api")
+    key_file = c["args"][c["args"].index("--key-file") + 1]
+    (mount,) = [m for m in c["volumeMounts"] if key_file.startswith(m["mountPath"] + "/")]
+    (volume,) = [v for v in pod["spec"]["volumes"] if v["name"] == mount["name"]]
+    secret = r.values["tests"]["gatewayApiKeySecret"]
+    assert volume["secret"]["secretName"] == secret["name"]
+    assert [i["path"] for i in volume["secret"]["items"]] == [key_file.rsplit("/", 1)[1]]
+    assert "helm.sh/hook" in pod["metadata"]["annotations"]
+    # without a key Secret (the default), only the test through NATS
+    pods = [p["metadata"]["name"] for p in rendered("default").of_kind("Pod")]
+    assert pods == [f"{RELEASE}-test-submit"]
+
+
 # --- scaling -------------------------------------------------------------------------------
 
 
@@ -635,7 +666,8 @@ def test_pods_are_locked_down(rendered: RenderFn, scenario: str) -> None:
     r = rendered(scenario)
     specs = list(r.pod_specs())
     auth_job = f"{RELEASE}-nats-auth"
-    assert len(specs) == 6 + (auth_job in job_secret_names(r))
+    gateway_test = bool(r.values.get("tests", {}).get("gatewayApiKeySecret", {}).get("name"))
+    assert len(specs) == 6 + (auth_job in job_secret_names(r)) + gateway_test
     for owner, spec in specs:
         name = owner["metadata"]["name"]
         psc = spec["securityContext"]

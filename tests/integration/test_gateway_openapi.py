@@ -6,6 +6,8 @@ every response (status, content type, body) matches the document."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,6 +48,29 @@ def gateway_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def test_the_served_document_is_the_one_tested(gateway_url: str, tmp_path: Path) -> None:
     with urllib.request.urlopen(gateway_url + "/openapi.json", timeout=10) as r:
         assert json.loads(r.read()) == openapi_document()
+
+
+def test_the_helm_test_command_through_the_gateway(gateway_url: str, tmp_path: Path) -> None:
+    """`agentbus gateway-test` (the chart's helm test Pod through the REST API)."""
+    key_file = tmp_path / "api-key"
+    key_file.write_text(KEY + "\n")
+    doc = tmp_path / "document.txt"
+    doc.write_text("The river floods the delta every spring. " * 60)
+    argv = [sys.executable, "-m", "agentbus", "gateway-test", "--key-file", str(key_file)]
+    done = subprocess.run(
+        [*argv, "--timeout", "60", gateway_url, str(doc)],
+        capture_output=True, text=True, timeout=90,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    (record,) = json.loads(done.stdout)
+    assert record["status"] == "completed" and record["summary"]
+    key_file.write_text("not-a-key-0123456789")
+    refused = subprocess.run(
+        [*argv, "--timeout", "5", gateway_url, str(doc)], capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert refused.returncode == 1
+    assert refused.stderr.startswith("error: POST ") and " 401 " in refused.stderr
 
 
 @schema.parametrize()

@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from agentbus.cli import gateway_test as cli_gateway_test
 from agentbus.cli import ops as cli_ops
 from agentbus.cli import tenants as cli_tenants
 from agentbus.cli.dlq import dlq_app
@@ -772,6 +773,7 @@ def events(
 
 cli_ops.register(app)
 cli_tenants.register(app)
+cli_gateway_test.register(app)
 
 
 def main() -> None:
