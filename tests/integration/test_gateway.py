@@ -227,3 +227,30 @@ async def test_cors_off_unless_configured_and_public_routes(front: Front) -> Non
         assert set(doc["paths"]) >= {"/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/stream"}
         async with http.get("/metrics") as r:
             assert r.status == 404  # metrics live on the health port, as every service's
+
+
+async def test_cors_when_configured(secure: SecureNats, tmp_path: Path, running: Running) -> None:
+    f = await start_front(
+        secure, tmp_path, running, gateway={"cors_origins": ["https://console.example"]}
+    )
+    try:
+        async with aiohttp.ClientSession(f.url) as http:
+            preflight = {
+                "Origin": "https://console.example",
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization, content-type",
+            }
+            async with http.options("/v1/jobs", headers=preflight) as r:
+                assert r.status == 204
+                assert r.headers["Access-Control-Allow-Origin"] == "https://console.example"
+                assert "Authorization" in r.headers["Access-Control-Allow-Headers"]
+            headers = {**auth("read"), "Origin": "https://console.example"}
+            async with http.get("/v1/workers", headers=headers) as r:
+                assert r.status == 200
+                assert r.headers["Access-Control-Allow-Origin"] == "https://console.example"
+            headers = {**auth("read"), "Origin": "https://elsewhere.example"}
+            async with http.get("/v1/workers", headers=headers) as r:
+                assert "Access-Control-Allow-Origin" not in r.headers
+    finally:
+        await f.admin.close()
+    assert_no_violations(secure)
