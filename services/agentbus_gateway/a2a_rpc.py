@@ -14,8 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
-from typing import Any, Final, TypeVar
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any, Final, TypeVar, cast
 
 from a2a.types.a2a_pb2 import (
     CancelTaskRequest,
@@ -40,6 +40,7 @@ from aiohttp import web
 from google.protobuf.json_format import MessageToDict, ParseDict, ParseError
 from google.protobuf.message import Message as ProtoMessage
 
+from agentbus.client.stream import PartialResult
 from agentbus.contract import plugins, subjects
 from agentbus.contract.errors import AgentBusError, DocumentRejected
 from agentbus.contract.messages import JobState, JobStatus
@@ -221,20 +222,22 @@ async def _events(
     call: _Call, job_id: str, after: EventId | None
 ) -> AsyncIterator[tuple[EventId, StreamResponse]]:
     cursor = None if after is None or after.cursor == 0 else after.cursor - 1
-    async for item in call.ctx.client.stream(job_id, after=cursor):
-        summary = None
-        if item.summary_ref is not None:
-            state = await call.ctx.client.status(job_id)
-            if state is not None:
-                with contextlib.suppress(AgentBusError):
-                    summary = await call.ctx.client.fetch_summary(state)
-        for n, event in enumerate(stream_events(item, summary=summary)):
-            eid = EventId(item.cursor, n)
-            if after is None or eid > after:
-                # the SSE id, also where a client library that hides SSE ids can read it
-                update = getattr(event, event.WhichOneof("payload") or "status_update")
-                update.metadata.update({EVENT_ID_KEY: str(eid)})
-                yield eid, event
+    items = call.ctx.client.stream(job_id, after=cursor)
+    async with contextlib.aclosing(cast(AsyncGenerator[PartialResult], items)) as results:
+        async for item in results:
+            summary = None
+            if item.summary_ref is not None:
+                state = await call.ctx.client.status(job_id)
+                if state is not None:
+                    with contextlib.suppress(AgentBusError):
+                        summary = await call.ctx.client.fetch_summary(state)
+            for n, event in enumerate(stream_events(item, summary=summary)):
+                eid = EventId(item.cursor, n)
+                if after is None or eid > after:
+                    # the SSE id, also where a client library that hides SSE ids can read it
+                    update = getattr(event, event.WhichOneof("payload") or "status_update")
+                    update.metadata.update({EVENT_ID_KEY: str(eid)})
+                    yield eid, event
 
 
 async def _stream(
@@ -246,47 +249,27 @@ async def _stream(
     await response.prepare(call.request)
     gauge = metrics.GATEWAY_OPEN_STREAMS.labels(call.ctx.service, "a2a")
     gauge.inc()
-    queue: asyncio.Queue[object] = asyncio.Queue(maxsize=64)
 
-    async def pump() -> None:
-        try:
-            async for pair in _events(call, state.job_id, after):
-                await queue.put(pair)
-            await queue.put(None)
-        except Exception as e:
-            await queue.put(e)
+    async def send(pair: tuple[EventId, StreamResponse]) -> None:
+        await response.write(_sse(call.rpc_id, pair[1], pair[0]))
 
-    task = asyncio.create_task(pump())
+    async def keepalive() -> None:
+        await response.write(KEEPALIVE)
+
     try:
         await response.write(_sse(call.rpc_id, first, None))
-        while True:
-            try:
-                got = await asyncio.wait_for(
-                    queue.get(), timeout=call.ctx.settings.gateway.stream_keepalive_s
-                )
-            except TimeoutError:
-                await response.write(KEEPALIVE)
-                continue
-            if got is None:
-                break
-            if isinstance(got, Exception):
-                err = {
-                    "jsonrpc": "2.0",
-                    "id": call.rpc_id,
-                    "error": {"code": -32603, "message": str(got)},
-                }
-                await response.write(f"event: error\ndata: {json.dumps(err)}\n\n".encode())
-                break
-            assert isinstance(got, tuple)
-            eid, event = got
-            await response.write(_sse(call.rpc_id, event, eid))
+        await rest.relay(
+            _events(call, state.job_id, after), send, keepalive=keepalive,
+            keepalive_s=call.ctx.settings.gateway.stream_keepalive_s,
+        )  # fmt: skip
     except (ConnectionResetError, asyncio.CancelledError):
-        pass
+        return response  # the client went away
+    except AgentBusError as e:
+        err = {"jsonrpc": "2.0", "id": call.rpc_id, "error": {"code": -32603, "message": str(e)}}
+        with contextlib.suppress(ConnectionResetError):
+            await response.write(f"event: error\ndata: {json.dumps(err)}\n\n".encode())
     finally:
         gauge.dec()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
     with contextlib.suppress(ConnectionResetError):
         await response.write_eof()
     return response

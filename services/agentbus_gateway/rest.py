@@ -11,9 +11,9 @@ import contextlib
 import json
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, TypeVar, cast
 
 from aiohttp import BodyPartReader, web
 
@@ -41,6 +41,7 @@ ENVELOPE_BYTES: Final = 64 * 1024
 _READ_CHUNK: Final = 64 * 1024
 
 
+T = TypeVar("T")
 _RECENT_JOBS: Final = 10_000
 _RECORDED_POLL_S: Final = 0.05
 
@@ -364,14 +365,39 @@ async def cancel_job(request: web.Request) -> web.Response:
 # --- the live stream (SSE) ---------------------------------------------------------------
 
 
-async def pump(items: AsyncIterator[PartialResult], queue: asyncio.Queue[object]) -> None:
-    """Move items from `items` into `queue`, then a None (the end) or the exception."""
+async def relay(
+    items: AsyncIterator[T],
+    send: Callable[[T], Awaitable[None]],
+    *,
+    keepalive: Callable[[], Awaitable[None]],
+    keepalive_s: float,
+) -> None:
+    """`send` every item of the async generator `items` until its end, `keepalive` on each
+    quiet spell of `keepalive_s`. The generator is closed when this returns or raises (a
+    client gone: `send` raised), in this task, so its subscription goes with it at once."""
+    gen = cast(AsyncGenerator[T, None], items)
+    pending: asyncio.Future[T] | None = None
     try:
-        async for item in items:
-            await queue.put(item)
-        await queue.put(None)
-    except Exception as e:
-        await queue.put(e)
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(gen.__anext__())
+            done, _ = await asyncio.wait({pending}, timeout=keepalive_s)
+            if not done:
+                await keepalive()
+                continue
+            ready, pending = pending, None
+            try:
+                item = ready.result()
+            except StopAsyncIteration:
+                return
+            await send(item)
+    finally:
+        if pending is not None and not pending.done():
+            pending.cancel()
+            with contextlib.suppress(BaseException):
+                await pending
+        with contextlib.suppress(Exception):
+            await gen.aclose()
 
 
 async def stream_job(request: web.Request) -> web.StreamResponse:
@@ -391,35 +417,28 @@ async def stream_job(request: web.Request) -> web.StreamResponse:
         }
     )
     await response.prepare(request)
-    queue: asyncio.Queue[object] = asyncio.Queue(maxsize=64)
-    task = asyncio.create_task(pump(ctx.client.stream(job_id, after=after), queue))
+
+    async def send(item: PartialResult) -> None:
+        frame = format_event(event_id=str(item.cursor), event=item.kind.value, data=item.as_json())
+        await response.write(frame)
+
+    async def keepalive() -> None:
+        await response.write(KEEPALIVE)
+
     gauge = metrics.GATEWAY_OPEN_STREAMS.labels(ctx.service, "rest")
     gauge.inc()
     try:
-        while True:
-            try:
-                item = await asyncio.wait_for(
-                    queue.get(), timeout=ctx.settings.gateway.stream_keepalive_s
-                )
-            except TimeoutError:
-                await response.write(KEEPALIVE)
-                continue
-            if item is None:
-                break
-            if isinstance(item, Exception):
-                await response.write(format_event(event="error", data={"error": str(item)}))
-                break
-            assert isinstance(item, PartialResult)
-            await response.write(
-                format_event(event_id=str(item.cursor), event=item.kind.value, data=item.as_json())
-            )
+        await relay(
+            ctx.client.stream(job_id, after=after), send, keepalive=keepalive,
+            keepalive_s=ctx.settings.gateway.stream_keepalive_s,
+        )  # fmt: skip
     except (ConnectionResetError, asyncio.CancelledError):
-        pass  # the client went away
+        return response  # the client went away
+    except AgentBusError as e:
+        with contextlib.suppress(ConnectionResetError):
+            await response.write(format_event(event="error", data={"error": str(e)}))
     finally:
         gauge.dec()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
     with contextlib.suppress(ConnectionResetError):
         await response.write_eof()
     return response

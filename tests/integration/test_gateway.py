@@ -99,6 +99,12 @@ async def test_submit_stream_resume_and_results(front: Front) -> None:
         )  # fmt: skip
         whole = await _sse(http, f"/v1/jobs/{job_id}/stream", headers=auth("read"))
         assert [e[0] for e in first + rest] == [e[0] for e in whole]
+        # the dropped reader's subscription went with it (not at garbage collection)
+        nc = front.gateway.bus.nc  # type: ignore[union-attr]  # started
+        deadline = time.monotonic() + 10
+        while any(not sub.subject.endswith(".*") for sub in nc._subs.values()):
+            assert time.monotonic() < deadline, [sub.subject for sub in nc._subs.values()]
+            await asyncio.sleep(0.05)
         assert whole[-1][1] == "completed" and whole[0][1] == "started"
         assert sum(1 for e in whole if e[1] == "chunk") >= 12
         job = await _wait_status(http, f"/v1/jobs/{job_id}", {"completed"})
