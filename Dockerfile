@@ -1,4 +1,4 @@
-# One image, three services: `agentbus orchestrator | worker | archiver` (plus the
+# One image, four services: `agentbus orchestrator | worker | archiver | gateway` (plus the
 # `provision` and client commands). Multi-stage: a builder makes a virtualenv, the final
 # stage copies only that venv onto the same base; no compiler, no pip, no sources.
 #
@@ -57,7 +57,8 @@ ENV PATH=/opt/agentbus/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sb
     AGENTBUS_ARCHIVER__DATABASE_URL=sqlite+aiosqlite:////var/lib/agentbus/archive.db
 WORKDIR /var/lib/agentbus
 USER ${UID}:${UID}
-EXPOSE 9090
+# 9090: every service's metrics and health; 8080: the gateway's API and console
+EXPOSE 9090 8080
 LABEL io.agentbus.stage=final \
       org.opencontainers.image.title="agentbus" \
       org.opencontainers.image.description="Multi-agent summarization pipeline on NATS JetStream" \

@@ -156,13 +156,17 @@ class Rendered:
                 yield o, o["spec"]
 
     def our_containers(
-        self, *, with_auth_job: bool = False
+        self, *, with_auth_job: bool = False, with_gateway_test: bool = False
     ) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
         """(owner object, container) of every agentbus container (by image), without the
-        hook Job that writes the NATS auth Secret (no NATS client) unless asked."""
+        hook Job that writes the NATS auth Secret and the `helm test` Pod that goes through
+        the gateway's REST API (no NATS client either) unless asked."""
         for owner, spec in self.pod_specs():
             for c in [*spec.get("initContainers", []), *spec["containers"]]:
-                if c.get("args", [""])[0] == "nats-auth-secret" and not with_auth_job:
+                command = c.get("args", [""])[0]
+                if command == "nats-auth-secret" and not with_auth_job:
+                    continue
+                if command == "gateway-test" and not with_gateway_test:
                     continue
                 repository = c["image"].split("@")[0].rsplit(":", 1)[0]
                 if repository.rsplit("/", 1)[-1] == IMAGE_REPOSITORY:

@@ -42,6 +42,7 @@ SERVICE_DEPLOYMENTS = {
     "orchestrator": f"{RELEASE}-orchestrator",
     "worker": f"{RELEASE}-summarize-worker",
     "archiver": f"{RELEASE}-event-archiver",
+    "gateway": f"{RELEASE}-gateway",
 }
 # Environment variables outside AGENTBUS_* that our containers may get: OpenTelemetry's.
 STANDARD_ENV = re.compile(r"^OTEL_[A-Z0-9_]+$")
@@ -326,7 +327,7 @@ def test_selectors_match_pod_labels(rendered: RenderFn, scenario: str) -> None:
     r = rendered(scenario)
     deployments = r.of_kind("Deployment")
     ours = [d for d in deployments if d["metadata"]["name"] in SERVICE_DEPLOYMENTS.values()]
-    assert len(ours) == 3
+    assert len(ours) == 4
     for d in deployments:
         assert labels_match(d["spec"]["selector"], _pod_labels(d)), d["metadata"]["name"]
     # each of our selectors picks exactly one workload's pods, and never NATS pods
@@ -359,12 +360,19 @@ def test_selectors_match_pod_labels(rendered: RenderFn, scenario: str) -> None:
             s for s in r.of_kind("Service")
             if labels_match(sm["spec"]["selector"], s["metadata"].get("labels") or {})
         ]  # fmt: skip
-        assert len(hits) == 3
+        assert len(hits) == len(ours)
     for np in r.of_kind("NetworkPolicy"):
         hits = [w for w in workloads if labels_match(np["spec"]["podSelector"], _pod_labels(w))]
-        assert len(hits) == len(workloads)
+        # every workload but the hook Job writing the NATS auth Secret (it talks to the
+        # Kubernetes API, whose address the policy cannot know)
+        policed = [
+            w for w in workloads
+            if _pod_labels(w).get("app.kubernetes.io/component") != "nats-auth"
+        ]  # fmt: skip
+        assert len(hits) == len(policed)
     for scaler in [*r.of_kind("HorizontalPodAutoscaler"), *r.of_kind("ScaledObject")]:
-        assert scaler["spec"]["scaleTargetRef"]["name"] == SERVICE_DEPLOYMENTS["worker"]
+        target = scaler["spec"]["scaleTargetRef"]["name"]
+        assert target in (SERVICE_DEPLOYMENTS["worker"], SERVICE_DEPLOYMENTS["gateway"])
 
 
 # --- env ---------------------------------------------------------------------------------
@@ -415,7 +423,7 @@ def test_every_env_var_is_a_real_setting(
     rendered: RenderFn, scenario: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     r = rendered(scenario)
-    assert len(list(r.our_containers())) == 5  # 3 services, the Job, the helm test Pod
+    assert len(list(r.our_containers())) == 6  # 4 services, the Job, the helm test Pod
     assert _env_problems(r, monkeypatch) == []
 
 
@@ -494,7 +502,10 @@ def test_commands_are_real_cli_commands(rendered: RenderFn, scenario: str) -> No
     from agentbus.cli.main import app
 
     group: Any = typer.main.get_command(app)
-    expected = {"Deployment": {"orchestrator", "worker", "archiver"}, "Job": {"provision"}}
+    expected = {
+        "Deployment": {"orchestrator", "worker", "archiver", "gateway"},
+        "Job": {"provision"},
+    }
     seen: dict[str, set[str]] = {}
     for owner, c in rendered(scenario).our_containers():
         assert c["command"] == ["agentbus"], owner["metadata"]["name"]
@@ -519,7 +530,11 @@ def test_ports_and_probes_are_what_the_services_serve(rendered: RenderFn, scenar
         (c,) = pod["spec"]["containers"]
         env = env_of(c)
         port = int(env["AGENTBUS_HTTP__PORT"]["value"])
-        assert c["ports"] == [{"name": "http", "containerPort": port, "protocol": "TCP"}]
+        ports = [{"name": "http", "containerPort": port, "protocol": "TCP"}]
+        if service == "gateway":  # and its API, on the port its settings name
+            api = int(env["AGENTBUS_GATEWAY__PORT"]["value"])
+            ports.append({"name": "api", "containerPort": api, "protocol": "TCP"})
+        assert c["ports"] == ports
         for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
             get = c[probe]["httpGet"]
             assert get["path"] in HEALTH_PATHS
@@ -540,6 +555,37 @@ def test_ports_and_probes_are_what_the_services_serve(rendered: RenderFn, scenar
             assert ep["port"] == "http" and ep["path"] == "/metrics"
 
 
+def test_helm_test_through_the_gateway(rendered: RenderFn) -> None:
+    """With tests.gatewayApiKeySecret, a second `helm test` Pod submits the document
+    through the gateway's Service with the mounted key: a real hidden CLI command."""
+    import typer.main
+
+    from agentbus.cli.main import app
+
+    r = rendered("gateway")
+    assert r.named("Pod", f"{RELEASE}-test-submit")  # beside the one through NATS
+    pod = r.named("Pod", f"{RELEASE}-test-gateway")
+    (c,) = pod["spec"]["containers"]
+    assert c["command"] == ["agentbus"] and c["args"][0] == "gateway-test"
+    group: Any = typer.main.get_command(app)
+    options = {o for p in group.commands["gateway-test"].params for o in p.opts}
+    assert {a for a in c["args"] if a.startswith("--")} <= options
+    url = urlsplit(next(a for a in c["args"] if a.startswith("http://")))
+    svc = r.named("Service", url.hostname or "")
+    (api,) = [p for p in svc["spec"]["ports"] if p["name"] == "api"]
+    assert (api["port"], api["targetPort"]) == (url.port, "api")
+    key_file = c["args"][c["args"].index("--key-file") + 1]
+    (mount,) = [m for m in c["volumeMounts"] if key_file.startswith(m["mountPath"] + "/")]
+    (volume,) = [v for v in pod["spec"]["volumes"] if v["name"] == mount["name"]]
+    secret = r.values["tests"]["gatewayApiKeySecret"]
+    assert volume["secret"]["secretName"] == secret["name"]
+    assert [i["path"] for i in volume["secret"]["items"]] == [key_file.rsplit("/", 1)[1]]
+    assert "helm.sh/hook" in pod["metadata"]["annotations"]
+    # without a key Secret (the default), only the test through NATS
+    pods = [p["metadata"]["name"] for p in rendered("default").of_kind("Pod")]
+    assert pods == [f"{RELEASE}-test-submit"]
+
+
 # --- scaling -------------------------------------------------------------------------------
 
 
@@ -547,7 +593,12 @@ def test_ports_and_probes_are_what_the_services_serve(rendered: RenderFn, scenar
 def test_replicas_omitted_when_autoscaled(rendered: RenderFn, scenario: str) -> None:
     r = rendered(scenario)
     worker = _deployment(r, "worker")
-    scalers = [*r.of_kind("HorizontalPodAutoscaler"), *r.of_kind("ScaledObject")]
+    scalers = [
+        s for s in [*r.of_kind("HorizontalPodAutoscaler"), *r.of_kind("ScaledObject")]
+        if s["spec"]["scaleTargetRef"]["name"] == SERVICE_DEPLOYMENTS["worker"]
+    ]  # fmt: skip
+    gateway_scaled = r.values.get("gateway", {}).get("autoscaling", {}).get("enabled", False)
+    assert ("replicas" in _deployment(r, "gateway")["spec"]) is not gateway_scaled
     if scenario.startswith("autoscaling"):
         assert len(scalers) == 1
         assert "replicas" not in worker["spec"]
@@ -615,7 +666,8 @@ def test_pods_are_locked_down(rendered: RenderFn, scenario: str) -> None:
     r = rendered(scenario)
     specs = list(r.pod_specs())
     auth_job = f"{RELEASE}-nats-auth"
-    assert len(specs) == 5 + (auth_job in job_secret_names(r))
+    gateway_test = bool(r.values.get("tests", {}).get("gatewayApiKeySecret", {}).get("name"))
+    assert len(specs) == 6 + (auth_job in job_secret_names(r)) + gateway_test
     for owner, spec in specs:
         name = owner["metadata"]["name"]
         psc = spec["securityContext"]
@@ -670,9 +722,11 @@ def test_network_policy_allows_only_dns_nats_and_listed_egress(rendered: RenderF
     assert np["spec"]["policyTypes"] == ["Ingress", "Egress"]
     ports = [p["port"] for rule in np["spec"]["egress"] for p in rule.get("ports", [])]
     assert ports == [53, 53, 4222, 8000, 5432]
-    (ingress,) = np["spec"]["ingress"]
+    ingress, api = np["spec"]["ingress"]
     assert ingress["ports"] == [{"port": "http", "protocol": "TCP"}]
     assert ingress["from"]  # only the monitoring namespace may scrape
+    assert api["ports"] == [{"port": "api", "protocol": "TCP"}]  # the gateway's API
+    assert "from" not in api  # gatewayFrom empty: from anywhere
 
 
 # --- hooks, tests, dashboards, notes -----------------------------------------------------------
@@ -818,6 +872,7 @@ def test_release_name_containing_the_chart_name(chart_dir: Path) -> None:
         "agentbus-prod-orchestrator",
         "agentbus-prod-summarize-worker",
         "agentbus-prod-event-archiver",
+        "agentbus-prod-gateway",
     }
     url = env_of(next(c for _o, c in r.our_containers()))["AGENTBUS_NATS__URL"]["value"]
     r.named("Service", urlsplit(url).hostname or "")
@@ -853,7 +908,7 @@ def test_image_registry_and_pull_secrets_reach_every_pod_of_ours(chart_dir: Path
         },
     )
     owners = {(o["kind"], o["metadata"]["name"]) for o, _c in r.our_containers(with_auth_job=True)}
-    assert len(owners) == 6  # 3 Deployments, provisioning and auth Jobs, the test Pod
+    assert len(owners) == 7  # 4 Deployments, provisioning and auth Jobs, the test Pod
     for _o, c in r.our_containers(with_auth_job=True):
         assert c["image"] == "registry.example.com/agentbus:1.2.3"
     for owner, spec in r.pod_specs():

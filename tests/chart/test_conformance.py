@@ -86,6 +86,7 @@ class LocalPods:
         self.nats_url = nats_url
         self.base_env = image_env()
         self.running: list[PodProcess] = []
+        self.api_ports: dict[str, int] = {}
 
     def _mounts(
         self, pod: str, spec: dict[str, Any], c: dict[str, Any], r: Rendered
@@ -140,6 +141,10 @@ class LocalPods:
                 http_port = free_port()
                 value = str(http_port)
                 env["AGENTBUS_HTTP__HOST"] = "127.0.0.1"
+            elif name == "AGENTBUS_GATEWAY__PORT":  # the gateway's API
+                self.api_ports[pod] = free_port()
+                value = str(self.api_ports[pod])
+                env["AGENTBUS_GATEWAY__HOST"] = "127.0.0.1"
             env[name] = self._local_path(value, mounts)
         assert c["command"] == ["agentbus"], c["command"]
         argv = [str(AGENTBUS), *(self._local_path(a, mounts) for a in c.get("args", []))]
@@ -343,6 +348,7 @@ def _run_release(r: Rendered, local_pods: LocalPods, chart_nats: ChartNats, *, a
             started.append(local_pods.start(pod, d["spec"]["template"]["spec"], r))
     assert sorted(p.pod.rsplit("-", 2)[0] for p in started) == [
         "agentbus-event-archiver",
+        "agentbus-gateway",
         "agentbus-orchestrator",
         "agentbus-summarize-worker",
         "agentbus-summarize-worker",
@@ -373,6 +379,17 @@ def _run_release(r: Rendered, local_pods: LocalPods, chart_nats: ChartNats, *, a
             path = p.container[probe]["httpGet"]["path"]
             status, body = p.get(path)
             assert status == 200, f"{p.pod} {probe} {path}: {status} {body}\n{p.tail()}"
+
+    # the gateway's API answers on its port: its OpenAPI document; no keys (none given to
+    # the chart), every API call refused
+    ((gateway_pod, api_port),) = local_pods.api_ports.items()
+    api = f"http://127.0.0.1:{api_port}"
+    with urllib.request.urlopen(api + "/openapi.json", timeout=5) as resp:
+        assert json.loads(resp.read())["paths"], gateway_pod
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(api + "/v1/workers", timeout=5)
+    assert refused.value.code == 401
+    refused.value.close()
 
     # 4. the `helm test` Pod: submit its document and wait for the summary
     (test_pod,) = r.of_kind("Pod")

@@ -33,10 +33,15 @@ def test_the_wheel_has_only_agentbus_prefixed_top_level_packages(tmp_path: Path)
         "agentbus_orchestrator",
         "agentbus_summarize_worker",
         "agentbus_event_archiver",
+        "agentbus_gateway",
     }, top
     assert "orchestrator = agentbus_orchestrator:Orchestrator" in declared
     assert "summarize = agentbus_summarize_worker:SummarizeSkill" in declared
     assert "archiver = agentbus_event_archiver:EventArchiver" in declared
+    assert "gateway = agentbus_gateway:Gateway" in declared
+    # the web console ships in the gateway's package
+    for name in ("index.html", "app.js", "api.js", "style.css"):
+        assert f"agentbus_gateway/console/{name}" in names, name
     # the layers are packages of the core, and the dev tools ship (`agentbus up`)
     for layer in ("contract", "observability", "bus", "runtime", "client", "cli", "dev"):
         assert f"agentbus/{layer}/__init__.py" in names, layer

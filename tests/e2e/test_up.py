@@ -26,7 +26,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 def test_up_submit_twenty_documents_and_archive_every_event(tmp_path: Path) -> None:
     with agentbus_up(tmp_path, "--workers", "3") as stack:
         url, data_dir = stack.url, stack.data_dir
-        assert len(stack.pids) == 5  # archiver, orchestrator, 3 workers
+        assert len(stack.pids) == 6  # archiver, orchestrator, 3 workers, gateway
 
         rng = random.Random(7)
         lengths = [

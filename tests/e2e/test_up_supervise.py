@@ -93,7 +93,7 @@ def test_a_drained_worker_stays_stopped_and_the_rest_keep_serving(tmp_path: Path
         before = services(stack.data_dir)
         pids = {name: s["pid"] for name, s in before.items()}
         everything = descendants(stack.process.pid)
-        assert len(everything) == 5  # nats-server, archiver, orchestrator, 2 workers
+        assert len(everything) == 6  # nats-server, archiver, orchestrator, 2 workers, gateway
         env = {**os.environ, "AGENTBUS_NATS__URL": stack.url}
         ctl = subprocess.run(
             [*AGENTBUS, "ctl", "worker-2", "drain", "--timeout", "30"],
@@ -138,7 +138,7 @@ def test_a_killed_worker_is_restarted_and_serves_again(tmp_path: Path) -> None:
         assert run_job(stack.url) <= {"worker-1", "worker-2"}
         assert_serving(stack.data_dir, ["archiver-1", "orchestrator-1", "worker-2"], pids)
         everything = descendants(stack.process.pid)
-        assert w1["pid"] in everything and len(everything) == 5
+        assert w1["pid"] in everything and len(everything) == 6
     assert "worker-1 crashed (killed by SIGKILL); restarting in 1s" in stack.output
     assert f"worker-1 restarted (pid {w1['pid']}, restart 1)" in stack.output
     assert f"worker-1 ready again (pid {w1['pid']})" in stack.output
@@ -190,7 +190,7 @@ def test_a_signal_stops_everything_even_while_a_child_waits_to_restart(
     try:
         wait_for(lambda: (data_dir / "stack.json").exists(), what="stack up")
         everything = descendants(up.pid)
-        assert len(everything) == 4  # nats-server, archiver, orchestrator, worker
+        assert len(everything) == 5  # nats-server, archiver, orchestrator, worker, gateway
         os.kill(services(data_dir)["worker-1"]["pid"], signal.SIGKILL)
         wait_for(
             lambda: services(data_dir)["worker-1"]["state"] == "restarting",

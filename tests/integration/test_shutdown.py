@@ -26,7 +26,7 @@ pytestmark = pytest.mark.integration
 GRACE_S: Final = 3.0
 EXIT_BOUND_S: Final = GRACE_S + 10.0
 """Generous to a loaded CPU; before the fix a service that never connected never exited."""
-ROLES: Final = ("orchestrator", "worker", "archiver")
+ROLES: Final = ("orchestrator", "worker", "archiver", "gateway")
 
 
 def service_process(role: str, nats_url: str, tmp_path: Path) -> ServiceProcess:
@@ -43,6 +43,8 @@ def service_process(role: str, nats_url: str, tmp_path: Path) -> ServiceProcess:
         "AGENTBUS_WORKER__FETCH_TIMEOUT_S": "0.5",
         "AGENTBUS_ARCHIVER__DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'archive.db'}",
         "AGENTBUS_LOG_FORMAT": "text",
+        "AGENTBUS_GATEWAY__HOST": "127.0.0.1",
+        "AGENTBUS_GATEWAY__PORT": str(free_port()),
     }
     return ServiceProcess(
         role=role, agent_id=f"{role}-term", http_port=port,

@@ -23,7 +23,7 @@ from agentbus.contract.permissions import (
 
 pytestmark = pytest.mark.unit
 
-SERVICES = ("orchestrator", "worker", "archiver", "client", "provisioner")
+SERVICES = ("orchestrator", "worker", "archiver", "gateway", "client", "provisioner")
 
 
 def test_every_role_has_permissions_and_a_private_inbox() -> None:
@@ -44,11 +44,11 @@ def test_nobody_but_admin_can_destroy_or_reconfigure(user: str) -> None:
     # the orchestrator's max-deliveries safety net takes a task JetStream gave up on off
     # the work queue (after filing its dead letter): one message at a time, TASKS only;
     # a canceled job's objects are removed (purge of one object's chunk subject)
-    allowed = (
-        {"$JS.API.STREAM.MSG.DELETE.TASKS", "$JS.API.STREAM.PURGE.OBJ_documents"}
-        if user == "orchestrator"
-        else set()
-    )
+    # the gateway's DLQ replay takes the replayed dead letter out of the DLQ
+    allowed = {
+        "orchestrator": {"$JS.API.STREAM.MSG.DELETE.TASKS", "$JS.API.STREAM.PURGE.OBJ_documents"},
+        "gateway": {"$JS.API.STREAM.MSG.DELETE.DLQ"},
+    }.get(user, set())
     for subject in set(p.publish) - allowed:
         for verb in (".STREAM.DELETE.", ".STREAM.PURGE.", ".STREAM.MSG.DELETE.", ".ACCOUNT."):
             assert verb not in subject, subject
@@ -81,6 +81,14 @@ def test_each_service_pulls_only_its_own_consumers() -> None:
     }  # fmt: skip
     assert pulls("archiver") == {"AGENT_EVENTS.event-archiver"}
     assert pulls("client") == set() and pulls("provisioner") == set()
+
+
+def test_the_gateway_pulls_nothing_and_reads_no_other_inbox() -> None:
+    gw = build_permissions()["gateway"]
+    assert not any(s.startswith("$JS.API.CONSUMER.MSG.NEXT.") for s in gw.publish)
+    assert not any(s.startswith("$JS.ACK.") for s in gw.publish)
+    assert set(gw.subscribe) == {"_INBOX_gateway.>", "agent.*.commands"}
+    assert "$SRV.STATS.agentbus-worker" in gw.publish and "$SRV.>" not in gw.publish
 
 
 def test_skills_extend_the_worker_and_provisioner() -> None:

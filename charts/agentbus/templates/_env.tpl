@@ -56,12 +56,24 @@
 {{- $_ := set $env "AGENTBUS_SUMMARIZER__OPENAI_MODEL" (toString .) }}
 {{- end }}
 {{- end }}
+{{- if eq $svc "gateway" }}
+{{- $_ := set $env "AGENTBUS_GATEWAY__PORT" (include "agentbus.envValue" $own.port) }}
+{{- with $own.corsOrigins }}
+{{- $_ := set $env "AGENTBUS_GATEWAY__CORS_ORIGINS" (include "agentbus.envValue" .) }}
+{{- end }}
+{{- with $own.publicUrl }}
+{{- $_ := set $env "AGENTBUS_GATEWAY__PUBLIC_URL" (toString .) }}
+{{- end }}
+{{- end }}
 {{- /* free-form settings: global, then the service's own */}}
 {{- include "agentbus.addSettings" (dict "env" $env "settings" ($v.settings | default dict)) }}
 {{- include "agentbus.addSettings" (dict "env" $env "settings" ($own.settings | default dict)) }}
 {{- /* the chart's own wiring always wins */}}
 {{- $_ := set $env "AGENTBUS_NATS__URL" (include "agentbus.natsUrl" $root) }}
-{{- if has $svc (list "orchestrator" "worker" "archiver") }}
+{{- if and (eq $svc "gateway") $own.apiKeys.existingSecret }}
+{{- $_ := set $env "AGENTBUS_GATEWAY__API_KEYS_FILE" (printf "/etc/agentbus/gateway-keys/%s" $own.apiKeys.secretKey) }}
+{{- end }}
+{{- if has $svc (list "orchestrator" "worker" "archiver" "gateway") }}
 {{- $_ := set $env "AGENTBUS_HTTP__PORT" (include "agentbus.envValue" $v.http.port) }}
 {{- end }}
 {{- $natsUser := include "agentbus.natsUser" . }}

@@ -35,6 +35,15 @@
 {{- end }}
 {{- end }}
 
+{{/* The long-running services of this release, as a JSON list. */}}
+{{- define "agentbus.services" -}}
+{{- $out := list "orchestrator" "worker" "archiver" }}
+{{- if .Values.gateway.enabled }}
+{{- $out = append $out "gateway" }}
+{{- end }}
+{{- toJson $out }}
+{{- end }}
+
 {{- define "agentbus.componentName" -}}
 {{- printf "%s-%s" (include "agentbus.fullname" .root) (include "agentbus.component" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}

@@ -111,7 +111,7 @@ app.kubernetes.io/component: nats
 {{- define "agentbus.natsUser" -}}
 {{- $auth := include "agentbus.natsAuth" . | fromJson }}
 {{- if and .root.Values.natsAuth.enabled (not $auth.existingSecret) }}
-{{- $roles := dict "orchestrator" "orchestrator" "worker" "worker" "archiver" "archiver" "provision" "provisioner" "test" "client" }}
+{{- $roles := dict "orchestrator" "orchestrator" "worker" "worker" "archiver" "archiver" "gateway" "gateway" "provision" "provisioner" "test" "client" }}
 {{- $user := get $roles .service }}
 {{- if not $user }}
 {{- fail (printf "no NATS user for the agentbus service %q" .service) }}

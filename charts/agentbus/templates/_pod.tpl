@@ -111,6 +111,11 @@ spec:
         - name: http
           containerPort: {{ $v.http.port }}
           protocol: TCP
+        {{- if eq .service "gateway" }}
+        - name: api
+          containerPort: {{ $own.port }}
+          protocol: TCP
+        {{- end }}
       startupProbe:
         httpGet:
           path: /healthz
@@ -136,6 +141,11 @@ spec:
         - name: data
           mountPath: /var/lib/agentbus
         {{- end }}
+        {{- if and (eq .service "gateway") $own.apiKeys.existingSecret }}
+        - name: gateway-keys
+          mountPath: /etc/agentbus/gateway-keys
+          readOnly: true
+        {{- end }}
   volumes:
     {{- include "agentbus.volumes" . | trim | nindent 4 }}
     {{- if and (eq .service "archiver") (not $own.database.existingSecret) (not $own.database.url) }}
@@ -146,6 +156,15 @@ spec:
       {{- else }}
       emptyDir: {}
       {{- end }}
+    {{- end }}
+    {{- if and (eq .service "gateway") $own.apiKeys.existingSecret }}
+    - name: gateway-keys
+      secret:
+        secretName: {{ $own.apiKeys.existingSecret }}
+        defaultMode: 0440
+        items:
+          - key: {{ $own.apiKeys.secretKey }}
+            path: {{ $own.apiKeys.secretKey }}
     {{- end }}
   {{- with $own.nodeSelector }}
   nodeSelector:

@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from agentbus.cli import gateway_test as cli_gateway_test
 from agentbus.cli import ops as cli_ops
 from agentbus.cli import tenants as cli_tenants
 from agentbus.cli.dlq import dlq_app
@@ -146,6 +147,12 @@ def orchestrator() -> None:
 
 
 @app.command()
+def gateway() -> None:
+    """Run the gateway (REST/SSE API and web console on AGENTBUS_GATEWAY__PORT)."""
+    _serve(_load_service("gateway"))
+
+
+@app.command()
 def archiver() -> None:
     """Run the event-archiver service (events -> SQL, history queries)."""
     _serve(_load_service("archiver"))
@@ -255,12 +262,19 @@ def provision_cmd(
 
 
 def _start_stack(
-    workers: int, nats_url: str | None, data_dir: Path, *, orchestrators: int = 1
+    workers: int,
+    nats_url: str | None,
+    data_dir: Path,
+    *,
+    orchestrators: int = 1,
+    gateway: bool = False,
+    gateway_port: int | None = None,
 ) -> Stack:
     try:
         return Stack(
-            data_dir=data_dir, workers=workers, orchestrators=orchestrators, nats_url=nats_url
-        ).start()
+            data_dir=data_dir, workers=workers, orchestrators=orchestrators, nats_url=nats_url,
+            gateway=gateway, gateway_port=gateway_port,
+        ).start()  # fmt: skip
     except AgentBusError as e:
         raise _fail(str(e)) from None
 
@@ -275,8 +289,16 @@ def up(
         str | None, typer.Option("--nats-url", help="Use this NATS instead of an embedded one")
     ] = None,
     data_dir: Annotated[Path, typer.Option(help="Store, archive and logs")] = DEFAULT_DATA_DIR,
+    no_gateway: Annotated[
+        bool, typer.Option("--no-gateway", help="Do not start the HTTP gateway and console")
+    ] = False,
+    gateway_port: Annotated[
+        int | None,
+        typer.Option(min=1, max=65535, help="The gateway's port (default 8080, else a free one)"),
+    ] = None,
 ) -> None:
-    """Start the whole stack locally until Ctrl-C: nats-server, orchestrator, workers, archiver.
+    """Start the whole stack locally until Ctrl-C: nats-server, orchestrator, workers,
+    archiver and the gateway (REST/SSE API and web console; --no-gateway: without it).
 
     A child that exits 0 (drained) stays stopped; one that crashes is restarted with backoff.
     """
@@ -287,10 +309,19 @@ def up(
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    stack = _start_stack(workers, nats_url, data_dir, orchestrators=orchestrators)
+    stack = _start_stack(
+        workers, nats_url, data_dir, orchestrators=orchestrators, gateway=not no_gateway,
+        gateway_port=gateway_port,
+    )  # fmt: skip
     out.print(f"NATS      {stack.nats_url}", highlight=False)
     for p in stack.processes:
         out.print(f"{p.agent_id:16} pid {p.pid}  {p.url}/metrics", highlight=False)
+    if stack.gateway_url is not None:
+        out.print(f"gateway   {stack.gateway_url}/  (web console, REST /v1, /openapi.json)",
+                  highlight=False)  # fmt: skip
+        if stack.gateway_key is not None:
+            keys = stack.data_dir / "gateway-keys.json"
+            out.print(f"API key   {stack.gateway_key}  (operate; in {keys})", highlight=False)
     out.print(
         f"logs in {stack.data_dir / 'logs'}; submit with `agentbus submit FILE`; Ctrl-C stops"
     )
@@ -742,6 +773,7 @@ def events(
 
 cli_ops.register(app)
 cli_tenants.register(app)
+cli_gateway_test.register(app)
 
 
 def main() -> None:

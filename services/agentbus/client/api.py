@@ -24,6 +24,13 @@ import nats.errors
 import nats.js.errors
 
 from agentbus.bus.core import Bus
+from agentbus.bus.deadletters import (
+    DeadLetter,
+    ReplayResult,
+    list_dead_letters,
+    replay_dead_letter,
+)
+from agentbus.bus.discovery import list_workers
 from agentbus.bus.documents import check_document, fetch_document, read_document, store_document
 from agentbus.client.rpc import RpcResult, fan_out, request_summary
 from agentbus.client.stream import PartialResult, read_partial_results
@@ -55,6 +62,7 @@ from agentbus.contract.messages import (
 )
 from agentbus.contract.priority import Priority
 from agentbus.contract.settings import LimitsSettings, NatsSettings
+from agentbus.contract.workers import WorkerInfo
 from agentbus.observability import telemetry
 
 __all__ = ["AgentBusClient"]
@@ -85,6 +93,23 @@ class AgentBusClient:
         self.client_id = client_id or f"client-{new_id()[:12]}"
         self.tenant = None if tenant is None else subjects.check_token(tenant, field="tenant")
         self._bus: Bus | None = None
+        self._borrowed = False
+
+    @classmethod
+    def over(
+        cls,
+        bus: Bus,
+        *,
+        nats_settings: NatsSettings,
+        limits: LimitsSettings | None = None,
+        tenant: str | None = None,
+    ) -> AgentBusClient:
+        """A client on a connection its caller owns (a service's, e.g. the gateway's,
+        made with `nats_settings`): `close` leaves that connection open."""
+        client = cls(nats_settings, limits=limits, client_id=bus.agent_id, tenant=tenant)
+        client._bus = bus
+        client._borrowed = True
+        return client
 
     async def connect(self) -> Self:
         if self._bus is None:
@@ -96,7 +121,8 @@ class AgentBusClient:
 
     async def close(self) -> None:
         if self._bus is not None:
-            await self._bus.close()
+            if not self._borrowed:
+                await self._bus.close()
             self._bus = None
 
     async def __aenter__(self) -> Self:
@@ -318,6 +344,22 @@ class AgentBusClient:
         if reply.error:
             raise BusError(reply.error)
         return reply
+
+    # --- operations: workers, dead letters -------------------------------------------
+
+    async def workers(self, *, timeout_s: float = 2.0) -> list[WorkerInfo]:
+        """Every running worker (nats.micro discovery), with its state and in-flight."""
+        return await list_workers(self.bus.nc, timeout_s=timeout_s)
+
+    async def dead_letters(
+        self, *, stream: str | None = None, limit: int = 1000
+    ) -> list[DeadLetter]:
+        """Dead letters, oldest first (`stream`: only those of one stream)."""
+        return await list_dead_letters(self.bus.js, stream=stream, limit=limit)
+
+    async def replay(self, dlq_id: int, *, keep: bool = False) -> ReplayResult:
+        """Republish dead letter `dlq_id` to its original subject (`agentbus dlq replay`)."""
+        return await replay_dead_letter(self.bus.js, dlq_id, keep=keep)
 
     # --- request/reply (at-most-once, low latency) -------------------------------------
 

@@ -11,6 +11,10 @@ gave up on):
 - `worker`: pulls `TASKS/{skill}-workers` (and `-high`, `-low`: one consumer per
   priority), publishes results and token deltas (`progress.*`), answers `rpc.{skill}`;
 - `archiver`: pulls `AGENT_EVENTS/event-archiver`, answers `rpc.history`;
+- `gateway`: the HTTP front door, a client of the rest: the `client` permissions (its API
+  keys say which tenant a job is submitted as), plus worker discovery (`$SRV.STATS`),
+  reading the DLQ and replaying a dead letter (republish to its original subject, then
+  delete it from the DLQ: the one destructive call it has);
 - `client`: publishes `jobs.submit` (and `jobs.submit.{tenant}`: a trusted client may
   submit as any tenant), writes documents, reads (watches) job state and
   live partial results (ordered consumers on `PROGRESS`), asks
@@ -63,6 +67,7 @@ __all__ = [
     "CHART_AUTH_FILE",
     "CHART_FILE",
     "CLIENT",
+    "GATEWAY",
     "ORCHESTRATOR",
     "PROVISIONER",
     "ROLES",
@@ -85,10 +90,11 @@ __all__ = [
 ORCHESTRATOR: Final = "orchestrator"
 WORKER: Final = "worker"
 ARCHIVER: Final = "archiver"
+GATEWAY: Final = "gateway"
 CLIENT: Final = "client"
 PROVISIONER: Final = "provisioner"
 ADMIN: Final = "admin"
-ROLES: Final = (ORCHESTRATOR, WORKER, ARCHIVER, CLIENT, PROVISIONER, ADMIN)
+ROLES: Final = (ORCHESTRATOR, WORKER, ARCHIVER, GATEWAY, CLIENT, PROVISIONER, ADMIN)
 
 CHART_FILE: Final = Path("charts/agentbus/files/nats-permissions.json")
 """Where the chart reads the permissions from, relative to the repository root."""
@@ -388,6 +394,27 @@ def build_permissions(
             *_obj_read(subjects.DOCUMENTS_BUCKET),
             *_obj_write(subjects.DOCUMENTS_BUCKET),
         ]
+
+    pub, sub = _service_common(GATEWAY)
+    users[GATEWAY] = _user(
+        GATEWAY,
+        "the HTTP front door: submits as its keys' tenants, watches jobs, cancels, reads "
+        "history, discovers workers, lists and replays dead letters",
+        [
+            *pub,
+            *client_publish(subjects.JOBS_SUBJECT, subjects.JOBS_TENANT_SUBJECTS),
+            subjects.srv_subject("STATS", subjects.WORKER_SERVICE),
+            *_stream_read(subjects.DLQ_STREAM),
+            # a replay: the dead letter back on its original subject, then out of the DLQ
+            subjects.TASKS_SUBJECTS,
+            subjects.TASKS_PRIORITY_SUBJECTS,
+            subjects.TASKS_TENANT_SUBJECTS,
+            "results.*.*",
+            f"{_JS}.STREAM.MSG.DELETE.{subjects.DLQ_STREAM}",
+        ],
+        [*sub, f"{inbox_prefix(GATEWAY)}.>"],
+        allow_responses=True,
+    )
 
     users[CLIENT] = _user(
         CLIENT,

@@ -36,6 +36,7 @@ __all__ = [
     "NATS_PASSWORD_ENV_PREFIX",
     "NATS_SERVER_BIN_ENV",
     "ArchiverSettings",
+    "GatewaySettings",
     "HttpSettings",
     "LimitsSettings",
     "NatsSettings",
@@ -235,6 +236,24 @@ class ArchiverSettings(_Section):
     """After a small batch, wait this long for the next one to fill (0 = never)."""
 
 
+class GatewaySettings(_Section):
+    """The HTTP front door (`agentbus gateway`): REST/SSE, A2A and the web console."""
+
+    host: str = "0.0.0.0"
+    port: int = Field(default=8080, ge=0, le=65535)
+    api_keys_file: Path | None = None
+    """JSON: `{"keys": [{"key": "...", "tenant": "acme", "role": "submit"}]}`; roles
+    `read` < `submit` < `operate`. None: every request is refused (401)."""
+    cors_origins: list[str] = Field(default_factory=list)
+    """Origins allowed cross-origin requests (`["*"]`: any); empty: CORS off."""
+    stream_keepalive_s: PositiveFloat = 15.0
+    """An SSE comment line this often on a quiet stream (proxies close idle ones)."""
+    request_timeout_s: PositiveFloat = 10.0
+    """Each call to the bus on behalf of one request (state, cancel, history, workers)."""
+    public_url: str = ""
+    """How clients reach the gateway (the A2A agent card's url); empty: from the request."""
+
+
 class TenantLimits(_Section):
     """What one tenant may use (`AGENTBUS_TENANTS__DEFAULT__*`, or a tenant's entry of
     `AGENTBUS_TENANTS__CONFIGURED` as JSON). Enforced at the queue: `agentbus.contract.tenants`."""
@@ -301,6 +320,7 @@ class Settings(BaseSettings):
     orchestrator: OrchestratorSettings = Field(default_factory=OrchestratorSettings)
     archiver: ArchiverSettings = Field(default_factory=ArchiverSettings)
     tenants: TenantsSettings = Field(default_factory=TenantsSettings)
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -1,6 +1,10 @@
 """The whole stack as local processes: an embedded nats-server (unless a URL is given),
-provisioning, then the orchestrator, N workers and the archiver, each its own process
-with its own agent id and HTTP port. Used by `agentbus up`, `agentbus demo` and the tests.
+provisioning, then the orchestrator, N workers, the archiver and (with `gateway=True`, as
+`agentbus up` does unless --no-gateway) the gateway, each its own process with its own
+agent id and HTTP port. Used by `agentbus up`, `agentbus demo` and the tests.
+
+The gateway's API keys: `AGENTBUS_GATEWAY__API_KEYS_FILE` if set, else a file in the data
+directory with one `operate` key of the default tenant, made once (`gateway_key`).
 
 Stop order is the safe one: workers and orchestrator first (they finish in-flight work),
 then the archiver (after it has archived what they emitted), then the nats-server.
@@ -14,6 +18,7 @@ import ctypes
 import enum
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -29,12 +34,13 @@ from typing import Final, Self
 from agentbus.bus.connect import connect_nats
 from agentbus.bus.topology import provision
 from agentbus.contract.errors import StackError
-from agentbus.contract.settings import NatsSettings, load_settings
+from agentbus.contract.settings import GatewaySettings, NatsSettings, load_settings
 from agentbus.dev.embedded import EmbeddedNatsServer
 
 __all__ = ["STATE_FILE", "ProcessState", "ServiceProcess", "Stack", "StackError", "free_port"]
 
 STATE_FILE: Final = "stack.json"
+GATEWAY_KEYS_FILE: Final = "gateway-keys.json"
 TENANTS_ENV: Final = "AGENTBUS_TENANTS__CONFIGURED"
 _PR_SET_PDEATHSIG: Final = 1
 
@@ -53,6 +59,17 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _default_or_free_port() -> int:
+    """The gateway's default port when nothing listens there, else a free one."""
+    default = GatewaySettings().port
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", default))
+        except OSError:
+            return free_port()
+    return default
 
 
 def _die_with_parent() -> None:
@@ -148,7 +165,10 @@ class Stack:
         nats_url: str | None = None,
         env: Mapping[str, str] | None = None,
         ready_timeout_s: float = 30.0,
+        gateway: bool = False,
+        gateway_port: int | None = None,
     ) -> None:
+        """`gateway_port`: None is the default port (8080) when it is free, else any."""
         self.data_dir = data_dir.resolve()
         self.workers = workers
         self.orchestrators = orchestrators
@@ -159,6 +179,10 @@ class Stack:
         self.processes: list[ServiceProcess] = []
         self.nats_url = nats_url or ""
         self._worker_seq = 0
+        self.gateway = gateway
+        self.gateway_port = gateway_port
+        self.gateway_key: str | None = None
+        """The operate key the stack made (None when the keys file came from the env)."""
 
     # --- life ------------------------------------------------------------------------
 
@@ -202,6 +226,8 @@ class Stack:
                 self.processes.append(self._process("orchestrator", f"orchestrator-{i}"))
             for _ in range(self.workers):
                 self.processes.append(self._new_worker())
+            if self.gateway:
+                self.processes.append(self._gateway_process())
             for p in self.processes:
                 p.start()
             self.wait_ready(self.processes)
@@ -210,6 +236,37 @@ class Stack:
             self.stop()
             raise
         return self
+
+    def _gateway_process(self) -> ServiceProcess:
+        p = self._process("gateway", "gateway-1")
+        port = self.gateway_port if self.gateway_port is not None else _default_or_free_port()
+        p.env["AGENTBUS_GATEWAY__HOST"] = "127.0.0.1"
+        p.env["AGENTBUS_GATEWAY__PORT"] = str(port)
+        self.gateway_port = port
+        if "AGENTBUS_GATEWAY__API_KEYS_FILE" not in p.env:
+            p.env["AGENTBUS_GATEWAY__API_KEYS_FILE"] = str(self._gateway_keys())
+        return p
+
+    def _gateway_keys(self) -> Path:
+        """The stack's own keys file: one operate key of the default tenant, kept across
+        runs (owner-only permissions)."""
+        path = self.data_dir / GATEWAY_KEYS_FILE
+        try:
+            self.gateway_key = json.loads(path.read_text())["keys"][0]["key"]
+        except (OSError, ValueError, KeyError, IndexError, TypeError):
+            self.gateway_key = secrets.token_urlsafe(24)
+            doc = {"keys": [{"key": self.gateway_key, "tenant": "default", "role": "operate",
+                             "name": "agentbus-up"}]}  # fmt: skip
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(doc, indent=2) + "\n")
+        return path
+
+    @property
+    def gateway_url(self) -> str | None:
+        if not self.gateway or self.gateway_port is None:
+            return None
+        return f"http://127.0.0.1:{self.gateway_port}"
 
     def _new_worker(self) -> ServiceProcess:
         self._worker_seq += 1
@@ -261,6 +318,7 @@ class Stack:
         `pid` is its latest process, `state` a `ProcessState`."""
         state = {
             "nats_url": self.nats_url,
+            "gateway_url": self.gateway_url,
             "pid": os.getpid(),
             "services": [
                 {
@@ -286,7 +344,10 @@ class Stack:
     def stop(self, *, grace_s: float = 30.0) -> dict[str, int | None]:
         """Stop everything; returns each process's exit code."""
         codes: dict[str, int | None] = {}
-        first = [p for p in self.processes if p.role != "archiver"]
+        first = [p for p in self.processes if p.role not in ("archiver", "gateway")]
+        # the gateway first of all: no new job comes in while the rest stops
+        for p in self.by_role("gateway"):
+            codes[p.agent_id] = p.stop(timeout_s=grace_s)
         for p in first:
             p.signal(signal.SIGTERM)
         for p in first:

@@ -26,6 +26,9 @@ __all__ = [
     "EVENTS_ARCHIVED",
     "EVENTS_EMITTED",
     "EVENT_MESSAGES",
+    "GATEWAY_OPEN_STREAMS",
+    "GATEWAY_REQUESTS",
+    "GATEWAY_REQUEST_SECONDS",
     "HANDLER_ERRORS",
     "JOBS_CANCELED",
     "JOBS_COMPLETED",
@@ -62,6 +65,7 @@ __all__ = [
     "dead_letter_reason",
     "init_archiver",
     "init_consumer",
+    "init_gateway",
     "init_orchestrator",
     "init_worker",
 ]
@@ -257,6 +261,25 @@ ARCHIVE_LAG_SECONDS: Final = Histogram(
     buckets=_LATENCY_BUCKETS,
 )
 
+# --- the HTTP front door (gateway) ----------------------------------------------------
+# `route` is the route's pattern (`/v1/jobs/{id}`), never a raw path
+GATEWAY_REQUESTS: Final = Counter(
+    "agentbus_gateway_requests_total",
+    "HTTP requests answered by the gateway",
+    ["service", "route", "method", "code"],
+)
+GATEWAY_REQUEST_SECONDS: Final = Histogram(
+    "agentbus_gateway_request_seconds",
+    "Time to answer an HTTP request (a stream: until its headers are sent)",
+    ["service", "route"],
+    buckets=_LATENCY_BUCKETS,
+)
+GATEWAY_OPEN_STREAMS: Final = Gauge(
+    "agentbus_gateway_open_streams",
+    "Server-sent event streams open now (REST job streams and A2A)",
+    ["service", "api"],
+)
+
 
 def dead_letter_reason(reason: str) -> str:
     """The bounded label value of a free-text dead-letter reason: undecodable (garbage),
@@ -308,3 +331,8 @@ def init_archiver(service: str) -> None:
     EVENTS_ARCHIVED.labels(service, "stored")
     ARCHIVE_COMMIT_SECONDS.labels(service)
     ARCHIVE_LAG_SECONDS.labels(service)
+
+
+def init_gateway(service: str) -> None:
+    for api in ("rest", "a2a"):
+        GATEWAY_OPEN_STREAMS.labels(service, api)

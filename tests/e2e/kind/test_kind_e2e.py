@@ -198,7 +198,7 @@ def release(cluster: str, image: str, chart: Path, tmp_path: Path) -> Iterator[t
 
 
 def _rollout(namespace: str) -> None:
-    for name in ("orchestrator", "summarize-worker", "event-archiver"):
+    for name in ("orchestrator", "summarize-worker", "event-archiver", "gateway"):
         _run("kubectl", "-n", namespace, "rollout", "status", f"deployment/{RELEASE}-{name}",
              "--timeout", "600s", timeout_s=660)  # fmt: skip
 
@@ -290,7 +290,7 @@ def test_helm_install_scale_observe_test_uninstall(
         assert _task_agents(nats_port, jobs) == workers
 
     # every service's metrics endpoint
-    for name in ("orchestrator", "summarize-worker", "event-archiver"):
+    for name in ("orchestrator", "summarize-worker", "event-archiver", "gateway"):
         with port_forward(namespace, f"svc/{RELEASE}-{name}", 9090) as port:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
                 body = r.read().decode()
