@@ -264,6 +264,7 @@ class Collector:
             parts,
             chunk_chars=self.cfg.chunk_chars,
             chunk_summary_chars=self.cfg.chunk_summary_chars,
+            max_reduce_levels=self.cfg.max_reduce_levels,
         )
         if isinstance(plan, Completion):
             await self.complete(state, plan.summary)

@@ -13,7 +13,10 @@ keys in the job-parts bucket.
 
     intake ──> RUNNING (level 0: one task per chunk)
     record ──> the level's bitmap and count (successes; a failure fails the job)
-    level complete ──> plan_next: COMPLETED (fits, or one part) or REDUCING (level + 1)
+    level complete ──> plan_next: COMPLETED (fits, one part, the last reduce level, or
+                       no reduce would shrink it: cut to the budget at a sentence
+                       boundary) or REDUCING (level + 1); so every job ends, whatever
+                       its summarizer answers
     fail / deadline ──> FAILED with the reason (a failed job still records successes,
                         so a replayed dead letter can take it on to completion)
     cancel ──> CANCELED (from any unfinished state, or a tombstone for a job not taken
@@ -30,7 +33,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Final
 
-from agentbus.contract.chunking import pack
+from agentbus.contract.chunking import cut_at_sentence, pack
 from agentbus.contract.messages import DocumentRef, JobState, JobStatus
 from agentbus.contract.priority import Priority
 
@@ -49,6 +52,7 @@ __all__ = [
     "check_deadline",
     "complete",
     "fail",
+    "fit_summary",
     "intake",
     "level_complete",
     "next_level",
@@ -272,23 +276,57 @@ class NextLevel:
     max_chars: int
 
 
+PART_SEPARATOR: Final = "\n\n"
+MIN_PART_SHARE_CHARS: Final = 160
+"""`fit_summary` gives each part its share of the budget only if a share is at least this
+long (a few sentences); below it the parts are cut as one text."""
+
+
+def fit_summary(parts: Sequence[str], *, max_chars: int) -> str:
+    """The final summary from the parts of the last level, within `max_chars`.
+
+    Parts that fit together are joined as they are. Otherwise each part is cut at a
+    sentence boundary to an equal share of the budget, so the summary still covers the
+    whole document; when the shares would be too short to say anything
+    (`MIN_PART_SHARE_CHARS`), the joined parts are cut at a sentence boundary instead.
+    Raises `ValueError` if `max_chars < 1`."""
+    present = [p.strip() for p in parts if p.strip()]
+    combined = PART_SEPARATOR.join(present)
+    if len(combined) <= max_chars:
+        return combined
+    n = len(present)
+    share = (max_chars - len(PART_SEPARATOR) * (n - 1)) // n
+    if n > 1 and share >= MIN_PART_SHARE_CHARS:
+        return PART_SEPARATOR.join(cut_at_sentence(p, max_chars=share) for p in present)
+    return cut_at_sentence(combined, max_chars=max_chars)
+
+
 def plan_next(
     state: JobState,
     parts: Sequence[str],
     *,
     chunk_chars: int,
     chunk_summary_chars: int,
+    max_reduce_levels: int,
 ) -> Completion | NextLevel:
     """After a complete level: the final summary, or the next reduce level's tasks.
 
-    The combined parts complete the job when they fit the job's summary budget or when
-    there is a single part (a single summarizer's answer is final); otherwise they are
-    packed into tasks of at most `chunk_chars`."""
+    The combined parts complete the job when they fit the job's summary budget. Otherwise
+    they are packed into tasks of at most `chunk_chars` for another reduce level, unless
+    that cannot end better: a single part (one summarizer's answer), the level is the
+    last one allowed (`max_reduce_levels` reduce levels after the map level), or packing
+    would not reduce the number of parts (no progress). Then the parts are cut to the
+    budget at sentence boundaries (`fit_summary`): a job always ends, within its budget,
+    whatever its summarizer returns."""
     present = [p for p in parts if p]
-    combined = "\n\n".join(present)
-    if len(combined) <= state.summary_chars or len(parts) <= 1:
+    combined = PART_SEPARATOR.join(present)
+    if len(combined) <= state.summary_chars:
         return Completion(combined)
-    groups = pack(present, max_chars=chunk_chars)
+    if len(present) <= 1 or state.level >= max_reduce_levels:
+        return Completion(fit_summary(present, max_chars=state.summary_chars))
+    groups = pack(present, max_chars=chunk_chars, separator=PART_SEPARATOR)
+    if len(groups) >= len(present):
+        return Completion(fit_summary(present, max_chars=state.summary_chars))
     per_task = state.summary_chars if len(groups) == 1 else chunk_summary_chars
     return NextLevel(level=state.level + 1, groups=groups, max_chars=per_task)
 

@@ -217,6 +217,11 @@ class OrchestratorSettings(_Section):
     """Budget of the summary of one chunk (at most half of chunk_chars)."""
     summary_chars: int = Field(default=1200, ge=50)
     """Default budget of a job's final summary."""
+    max_reduce_levels: int = Field(default=8, ge=0, le=32)
+    """Reduce levels (summaries of summaries) a job may run after its map level. A job
+    whose summaries still do not fit after the last one (a model that answers too long)
+    completes with them cut to its budget at sentence boundaries; so does one whose next
+    level would not shrink. 0: the chunk summaries, cut, are final."""
     concurrency: int = Field(default=32, ge=1, le=4096)
     job_timeout_s: float = Field(default=3600.0, ge=0)
     """A job not finished this long after its acceptance fails with the reason (0 = no

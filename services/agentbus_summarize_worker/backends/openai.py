@@ -16,7 +16,11 @@ retryable error instead, so the task goes back to JetStream with its own backoff
 other 4xx is a non-retryable error naming the status, the URL, the model and the
 server's message.
 
-The summary always fits the budget: a model that overshoots is cut at a word boundary.
+The summary always fits the budget, and no request is wasted on a text that already
+does: such a text is its own summary (no model call, no tokens). `max_tokens` is derived
+from the budget (`max_tokens_for`), so a model that would write on and on is stopped near
+it, and an answer still over the budget is cut after its last whole sentence that fits
+(`cut_at_sentence`; at a word boundary when that would keep less than half).
 Token usage from the response's `usage` is returned with the summary (the worker puts
 it in the `task.completed` event and `agentbus_summarizer_tokens_total`).
 """
@@ -39,14 +43,14 @@ import httpx2
 import openai
 from openai import AsyncOpenAI
 
-from agentbus.contract.chunking import truncate
+from agentbus.contract.chunking import cut_at_sentence
 from agentbus.contract.errors import ConfigError
 from agentbus.contract.messages import TokenUsage
 from agentbus.contract.settings import SummarizerSettings
 from agentbus_summarize_worker.backends.base import DeltaSink, Summary
 from agentbus_summarize_worker.errors import SummarizerError
 
-__all__ = ["OpenAISummarizer", "parse_retry_after", "system_prompt"]
+__all__ = ["OpenAISummarizer", "fit", "max_tokens_for", "parse_retry_after", "system_prompt"]
 
 log = logging.getLogger("summarize_worker.openai")
 
@@ -54,13 +58,22 @@ RETRYABLE_STATUS: Final = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 """Statuses worth another try; every other 5xx is retried too."""
 _CHARS_PER_TOKEN: Final = 3
 """A conservative characters-per-token ratio for deriving `max_tokens` from the budget."""
-_MAX_TOKENS_MARGIN: Final = 64
+_MAX_TOKENS_MARGIN: Final = 16
 _ERROR_BODY_CHARS: Final = 300
 _THINK_BLOCK: Final = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
 _KEY_SETTING: Final = "AGENTBUS_SUMMARIZER__OPENAI_API_KEY"
 _KEY_FILE_SETTING: Final = "AGENTBUS_SUMMARIZER__OPENAI_API_KEY_FILE"
 
 Sleep = Callable[[float], Awaitable[None]]
+
+
+def max_tokens_for(max_chars: int, *, cap: int) -> int:
+    """`max_tokens` of a request for a summary of at most `max_chars` characters: the
+    budget in tokens at a conservative 3 characters per token, plus a margin for the
+    end of a sentence, never above `cap` (`AGENTBUS_SUMMARIZER__OPENAI_MAX_TOKENS`)."""
+    if max_chars < 1:
+        raise ValueError(f"max_chars must be at least 1, got {max_chars}")
+    return max(1, min(cap, max_chars // _CHARS_PER_TOKEN + _MAX_TOKENS_MARGIN))
 
 
 def system_prompt(max_chars: int) -> str:
@@ -155,11 +168,10 @@ def _usage(data: Mapping[str, Any]) -> TokenUsage | None:
 
 
 def fit(text: str, *, max_chars: int) -> str:
-    """The model's answer, cleaned (no `<think>` block, trimmed) and within `max_chars`."""
+    """The model's answer, cleaned (no `<think>` block, trimmed) and within `max_chars`
+    (cut after its last whole sentence that fits)."""
     cleaned = _THINK_BLOCK.sub("", text).strip()
-    if len(cleaned) <= max_chars:
-        return cleaned
-    return truncate(cleaned, max_chars=max_chars)
+    return cut_at_sentence(cleaned, max_chars=max_chars)
 
 
 class OpenAISummarizer:
@@ -240,7 +252,7 @@ class OpenAISummarizer:
         return self._sdk
 
     def _request_body(self, text: str, max_chars: int, *, stream: bool) -> dict[str, Any]:
-        max_tokens = min(self.max_tokens, max_chars // _CHARS_PER_TOKEN + _MAX_TOKENS_MARGIN)
+        max_tokens = max_tokens_for(max_chars, cap=self.max_tokens)
         body: dict[str, Any] = {
             "model": self.model,
             "messages": [
@@ -270,6 +282,9 @@ class OpenAISummarizer:
     ) -> Summary:
         if max_chars < 1:
             raise ValueError(f"max_chars must be at least 1, got {max_chars}")
+        if len(text.strip()) <= max_chars:
+            # already within its budget: its own summary, no model call
+            return Summary(text=text.strip())
         body = self._request_body(text, max_chars, stream=on_delta is not None)
         retry = 0
         while True:
