@@ -58,8 +58,9 @@ async def test_summary_and_usage(fake_openai: FakeOpenAI) -> None:
     (req,) = fake_openai.requests
     assert req["model"] == "tiny" and req["stream"] is False and req["temperature"] == 0.0
     assert [m["role"] for m in req["messages"]] == ["system", "user"]
-    assert "300 characters" in req["messages"][0]["content"]
-    assert req["messages"][1]["content"].startswith("Some long text about rivers.")
+    user = req["messages"][1]["content"]
+    assert user.startswith("Summarize the following text in at most 42 words.")
+    assert user.endswith("Some long text about rivers. " * 19 + "Some long text about rivers.")
     assert 0 < req["max_tokens"] <= 2048
     assert fake_openai.auth == ["Bearer sk-test"]
 

@@ -173,3 +173,25 @@ def test_an_answer_over_budget_is_cut_after_a_sentence() -> None:
     answer = "<think>plan</think>The river floods. Farmers plant rice. " * 10
     assert fit(answer, max_chars=60) == "The river floods. Farmers plant rice. The river floods."
     assert fit("Fits.", max_chars=60) == "Fits."
+
+
+# --- prompts ------------------------------------------------------------------------
+
+
+def test_map_and_reduce_prompts_and_their_settings() -> None:
+    from agentbus.contract.errors import ConfigError
+    from agentbus.contract.settings import load_settings
+    from agentbus_summarize_worker.backends.openai import prompt_messages
+
+    system, user = prompt_messages("The text.", max_chars=700)
+    assert system["role"] == "system" and user["role"] == "user"
+    assert "at most 100 words" in user["content"] and user["content"].endswith("The text.")
+    _, reduce = prompt_messages("A. B.", max_chars=70, reduce=True)
+    assert "summaries of consecutive parts" in reduce["content"]
+    custom = prompt_messages("T", max_chars=140, map_prompt="In {max_words} words: {text}")
+    assert custom[1]["content"] == "In 20 words: T"
+    s = load_settings(summarizer={"map_prompt": "Sum up {{briefly}}: {text}"})
+    assert s.summarizer.map_prompt is not None
+    for bad in ("no text here", "{text} {nope}", "{text} {"):
+        with pytest.raises(ConfigError, match="AGENTBUS_SUMMARIZER__REDUCE_PROMPT"):
+            load_settings(summarizer={"reduce_prompt": bad})

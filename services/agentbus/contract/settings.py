@@ -208,6 +208,28 @@ class SummarizerSettings(_Section):
     openai_temperature: float = Field(default=0.2, ge=0, le=2)
     openai_max_tokens: int = Field(default=2048, ge=16)
     """Cap of `max_tokens` per request (otherwise derived from the summary budget)."""
+    map_prompt: str | None = None
+    """The user message asking a model for the summary of one chunk of a document: a
+    template with `{text}` and optionally `{max_words}`, `{max_chars}` (None: the
+    built-in prompt, `agentbus_summarize_worker.backends.openai.MAP_PROMPT`)."""
+    reduce_prompt: str | None = None
+    """The same for a reduce step (the text is the summaries of consecutive parts)."""
+
+    @field_validator("map_prompt", "reduce_prompt")
+    @classmethod
+    def _check_prompt(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        if "{text}" not in value:
+            raise ValueError("a prompt template must contain {text}")
+        try:
+            value.format(text="", max_words=1, max_chars=1)
+        except (KeyError, IndexError, ValueError) as e:
+            raise ValueError(
+                f"not a valid template ({type(e).__name__}: {e}); placeholders are "
+                "{text}, {max_words}, {max_chars}; write {{ and }} for braces"
+            ) from e
+        return value
 
 
 class OrchestratorSettings(_Section):

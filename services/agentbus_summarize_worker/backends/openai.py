@@ -50,7 +50,17 @@ from agentbus.contract.settings import SummarizerSettings
 from agentbus_summarize_worker.backends.base import DeltaSink, Summary
 from agentbus_summarize_worker.errors import SummarizerError
 
-__all__ = ["OpenAISummarizer", "fit", "max_tokens_for", "parse_retry_after", "system_prompt"]
+__all__ = [
+    "MAP_PROMPT",
+    "REDUCE_PROMPT",
+    "SYSTEM_PROMPT",
+    "OpenAISummarizer",
+    "fit",
+    "max_tokens_for",
+    "max_words_for",
+    "parse_retry_after",
+    "prompt_messages",
+]
 
 log = logging.getLogger("summarize_worker.openai")
 
@@ -76,12 +86,49 @@ def max_tokens_for(max_chars: int, *, cap: int) -> int:
     return max(1, min(cap, max_chars // _CHARS_PER_TOKEN + _MAX_TOKENS_MARGIN))
 
 
-def system_prompt(max_chars: int) -> str:
-    return (
-        "You write summaries. Summarize the user's text faithfully in plain prose, in the "
-        "language of the text, without adding facts, a title or any preamble. The summary "
-        f"must be at most {max_chars} characters long."
-    )
+SYSTEM_PROMPT: Final = (
+    "You are a summarizer. You rewrite the text you are given as a shorter text that "
+    "states its main facts. You reply with the summary only."
+)
+"""The system message of every request."""
+MAP_PROMPT: Final = (
+    "Summarize the following text in at most {max_words} words. Write only the summary, "
+    "as plain sentences stating the main facts. Do not comment on the text, do not "
+    "address the reader, add no title and no list.\n\nText:\n{text}"
+)
+"""The user message for one chunk of a document (`AGENTBUS_SUMMARIZER__MAP_PROMPT`).
+Worded for small models too: an instruction before the text, a word budget (models
+count words, not characters), and what not to write (a small model otherwise comments
+on the text or repeats the instruction)."""
+REDUCE_PROMPT: Final = (
+    "The following are summaries of consecutive parts of one document. Combine them into "
+    "one summary of the whole document in at most {max_words} words. Write only the "
+    "summary, as plain sentences stating the main facts. Do not comment, add no title "
+    "and no list.\n\nSummaries:\n{text}"
+)
+"""The user message for a reduce step (`AGENTBUS_SUMMARIZER__REDUCE_PROMPT`)."""
+_CHARS_PER_WORD: Final = 7
+"""Characters per word (with its space and punctuation) when a budget is told in words:
+on the high side, so that a model keeping to the word count stays within the budget."""
+
+
+def max_words_for(max_chars: int) -> int:
+    """The word budget told to a model for a summary of at most `max_chars` characters."""
+    return max(3, max_chars // _CHARS_PER_WORD)
+
+
+def prompt_messages(
+    text: str,
+    *,
+    max_chars: int,
+    reduce: bool = False,
+    map_prompt: str = MAP_PROMPT,
+    reduce_prompt: str = REDUCE_PROMPT,
+) -> list[dict[str, str]]:
+    """The chat messages asking for the summary of `text` within `max_chars`."""
+    template = reduce_prompt if reduce else map_prompt
+    user = template.format(text=text, max_words=max_words_for(max_chars), max_chars=max_chars)
+    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
 
 
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
@@ -191,6 +238,8 @@ class OpenAISummarizer:
         backoff_max_s: float = 30.0,
         temperature: float = 0.2,
         max_tokens: int = 2048,
+        map_prompt: str | None = None,
+        reduce_prompt: str | None = None,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
         if not base_url.startswith(("http://", "https://")):
@@ -209,6 +258,8 @@ class OpenAISummarizer:
         self.backoff_max_s = backoff_max_s
         self.temperature = temperature
         self.max_tokens = max_tokens
+        self.map_prompt = map_prompt or MAP_PROMPT
+        self.reduce_prompt = reduce_prompt or REDUCE_PROMPT
         self._sleep = sleep
         self._random = random.Random()  # jitter, not security
         self._sdk: AsyncOpenAI | None = None
@@ -237,6 +288,8 @@ class OpenAISummarizer:
             backoff_max_s=settings.openai_backoff_max_s,
             temperature=settings.openai_temperature,
             max_tokens=settings.openai_max_tokens,
+            map_prompt=settings.map_prompt,
+            reduce_prompt=settings.reduce_prompt,
         )
 
     def _client(self) -> AsyncOpenAI:
@@ -251,14 +304,17 @@ class OpenAISummarizer:
             )
         return self._sdk
 
-    def _request_body(self, text: str, max_chars: int, *, stream: bool) -> dict[str, Any]:
+    def _request_body(
+        self, text: str, max_chars: int, *, stream: bool, reduce: bool
+    ) -> dict[str, Any]:
         max_tokens = max_tokens_for(max_chars, cap=self.max_tokens)
+        messages = prompt_messages(
+            text, max_chars=max_chars, reduce=reduce,
+            map_prompt=self.map_prompt, reduce_prompt=self.reduce_prompt,
+        )  # fmt: skip
         body: dict[str, Any] = {
             "model": self.model,
-            "messages": [
-                {"role": "system", "content": system_prompt(max_chars)},
-                {"role": "user", "content": text},
-            ],
+            "messages": messages,
             "temperature": self.temperature,
             "max_tokens": max_tokens,
             "stream": stream,
@@ -278,14 +334,16 @@ class OpenAISummarizer:
         return f"{self.url} (model {self.model})"
 
     async def summarize(
-        self, text: str, *, max_chars: int, on_delta: DeltaSink | None = None
-    ) -> Summary:
+        self, text: str, *, max_chars: int, on_delta: DeltaSink | None = None,
+        reduce: bool = False,
+    ) -> Summary:  # fmt: skip
         if max_chars < 1:
             raise ValueError(f"max_chars must be at least 1, got {max_chars}")
-        if len(text.strip()) <= max_chars:
+        text = text.strip()
+        if len(text) <= max_chars:
             # already within its budget: its own summary, no model call
-            return Summary(text=text.strip())
-        body = self._request_body(text, max_chars, stream=on_delta is not None)
+            return Summary(text=text)
+        body = self._request_body(text, max_chars, stream=on_delta is not None, reduce=reduce)
         retry = 0
         while True:
             try:
