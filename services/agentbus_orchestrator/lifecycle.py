@@ -34,7 +34,7 @@ from enum import StrEnum
 from typing import Final
 
 from agentbus.contract.chunking import cut_at_sentence, pack
-from agentbus.contract.messages import DocumentRef, JobState, JobStatus
+from agentbus.contract.messages import DocumentRef, JobState, JobStatus, TokenUsage
 from agentbus.contract.priority import Priority
 
 __all__ = [
@@ -185,6 +185,8 @@ class ResultKey:
     ok: bool = True
     task_id: str = ""
     error: str | None = None
+    usage: TokenUsage | None = None
+    """The model's token usage for this task (added to the job's once, when recorded)."""
 
 
 def resumable(state: JobState) -> bool:
@@ -213,18 +215,22 @@ def record(
     """Record a batch of results of one job in one transition.
 
     Successes of the current level are counted once each (the bitmap makes any repetition
-    a no-op, in any order); a failure of a task not yet recorded fails a running job with
-    its reason (a failed job keeps its first reason). Returns the new state (None when
-    nothing changed) and one outcome per result, in order."""
+    a no-op, in any order), their token usage added to the job's; a failure of a task not
+    yet recorded fails a running job with its reason (a failed job keeps its first
+    reason). Returns the new state (None when nothing changed) and one outcome per
+    result, in order."""
     bits = _bits(state.level_bits, state.level_tasks)
     outcomes: list[Outcome] = []
     recorded = 0
+    usage = state.usage
     failure: ResultKey | None = None
     for r in results:
         outcome = _outcome(state, r, bits)
         if outcome is Outcome.RECORDED:
             bits[r.index >> 3] |= 1 << (r.index & 7)
             recorded += 1
+            if r.usage is not None:
+                usage = r.usage if usage is None else usage + r.usage
         elif outcome is Outcome.FAILED:
             if state.status is JobStatus.FAILED or failure is not None:
                 outcome = Outcome.DUPLICATE  # the job keeps its first reason
@@ -243,6 +249,7 @@ def record(
             "level_bits": _encode_bits(bits),
             "level_done": state.level_done + recorded,
             "tasks_done_total": state.tasks_done_total + recorded,
+            "usage": usage,
         }
     if failure is not None:
         reason = failure.error or "task failed"
