@@ -185,7 +185,8 @@ def test_map_and_reduce_prompts_and_their_settings() -> None:
 
     system, user = prompt_messages("The text.", max_chars=700)
     assert system["role"] == "system" and user["role"] == "user"
-    assert "at most 100 words" in user["content"] and user["content"].endswith("The text.")
+    assert "in 100 words or fewer" in user["content"]
+    assert user["content"].startswith("The text.")
     _, reduce = prompt_messages("A. B.", max_chars=70, reduce=True)
     assert "summaries of consecutive parts" in reduce["content"]
     custom = prompt_messages("T", max_chars=140, map_prompt="In {max_words} words: {text}")
@@ -195,3 +196,14 @@ def test_map_and_reduce_prompts_and_their_settings() -> None:
     for bad in ("no text here", "{text} {nope}", "{text} {"):
         with pytest.raises(ConfigError, match="AGENTBUS_SUMMARIZER__REDUCE_PROMPT"):
             load_settings(summarizer={"reduce_prompt": bad})
+
+
+def test_answers_lose_labels_and_headings() -> None:
+    from agentbus_summarize_worker.backends.openai import clean_answer
+
+    assert clean_answer("The Living River: An Essay\n\nRivers flood.") == "Rivers flood."
+    answer = "The summary is:\n\nPostmortem: outage on 14 March\n\nSummary: The API failed."
+    assert clean_answer(answer) == "The API failed."
+    assert clean_answer("**Summary:** Rivers flood.") == "Rivers flood."
+    assert clean_answer("Rivers flood.\nFarmers plant.") == "Rivers flood.\nFarmers plant."
+    assert clean_answer("A title alone") == "A title alone"

@@ -208,6 +208,10 @@ class SummarizerSettings(_Section):
     openai_temperature: float = Field(default=0.2, ge=0, le=2)
     openai_max_tokens: int = Field(default=2048, ge=16)
     """Cap of `max_tokens` per request (otherwise derived from the summary budget)."""
+    openai_stream: bool = True
+    """Stream each answer (SSE) and publish its tokens as live partial results. Usage in
+    a stream needs a server that sends it (`stream_options.include_usage`: vLLM, Ollama,
+    OpenAI); llama.cpp's Python server does not: turn streaming off to count its tokens."""
     map_prompt: str | None = None
     """The user message asking a model for the summary of one chunk of a document: a
     template with `{text}` and optionally `{max_words}`, `{max_chars}` (None: the

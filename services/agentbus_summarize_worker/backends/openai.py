@@ -3,8 +3,9 @@
 (`AsyncOpenAI`): HTTP, timeouts, error types and streaming (SSE) are the SDK's.
 
 One summary is one chat completion. Given a `DeltaSink` (a worker publishing live partial
-results), the request streams (`stream: true`, usage in the last chunk) and each token
-delta is passed on as it arrives; a stream that breaks off is a transient failure.
+results) and `stream` on (the default), the request streams (`stream: true`, usage in
+the last chunk) and each token delta is passed on as it arrives; a stream that breaks
+off is a transient failure.
 
 Retries stay ours (the SDK's are off, `max_retries=0`), measured against what a work-queue
 worker needs: the SDK honours a `Retry-After` of up to 60 s by sleeping in-process, which
@@ -55,6 +56,7 @@ __all__ = [
     "REDUCE_PROMPT",
     "SYSTEM_PROMPT",
     "OpenAISummarizer",
+    "clean_answer",
     "fit",
     "max_tokens_for",
     "max_words_for",
@@ -71,6 +73,12 @@ _CHARS_PER_TOKEN: Final = 3
 _MAX_TOKENS_MARGIN: Final = 16
 _ERROR_BODY_CHARS: Final = 300
 _THINK_BLOCK: Final = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
+_LEADING_LABEL: Final = re.compile(
+    r"\A\s*(?:\*\*)?(?:(?:the |a )?summary(?: is)?|here is (?:a|the) summary[^\n:]{0,40})"
+    r"\s*:(?:\*\*)?\s*",
+    re.IGNORECASE,
+)
+_HEADING_MAX_CHARS: Final = 120
 _KEY_SETTING: Final = "AGENTBUS_SUMMARIZER__OPENAI_API_KEY"
 _KEY_FILE_SETTING: Final = "AGENTBUS_SUMMARIZER__OPENAI_API_KEY_FILE"
 
@@ -92,19 +100,18 @@ SYSTEM_PROMPT: Final = (
 )
 """The system message of every request."""
 MAP_PROMPT: Final = (
-    "Summarize the following text in at most {max_words} words. Write only the summary, "
-    "as plain sentences stating the main facts. Do not comment on the text, do not "
-    "address the reader, add no title and no list.\n\nText:\n{text}"
+    "{text}\n\nSummarize the text above in {max_words} words or fewer. State its main "
+    "facts in plain sentences."
 )
 """The user message for one chunk of a document (`AGENTBUS_SUMMARIZER__MAP_PROMPT`).
-Worded for small models too: an instruction before the text, a word budget (models
-count words, not characters), and what not to write (a small model otherwise comments
-on the text or repeats the instruction)."""
+Worded for small models too (tried on SmolLM2-135M-Instruct): the text first and the
+instruction last, with a word budget (models count words, not characters). An
+instruction placed before the text made the small model comment on the text ("The text
+is written in a clear manner...") or answer with a label alone."""
 REDUCE_PROMPT: Final = (
-    "The following are summaries of consecutive parts of one document. Combine them into "
-    "one summary of the whole document in at most {max_words} words. Write only the "
-    "summary, as plain sentences stating the main facts. Do not comment, add no title "
-    "and no list.\n\nSummaries:\n{text}"
+    "{text}\n\nThe text above is summaries of consecutive parts of one document. "
+    "Summarize the whole document in {max_words} words or fewer. State its main facts in "
+    "plain sentences."
 )
 """The user message for a reduce step (`AGENTBUS_SUMMARIZER__REDUCE_PROMPT`)."""
 _CHARS_PER_WORD: Final = 7
@@ -217,8 +224,21 @@ def _usage(data: Mapping[str, Any]) -> TokenUsage | None:
 def fit(text: str, *, max_chars: int) -> str:
     """The model's answer, cleaned (no `<think>` block, trimmed) and within `max_chars`
     (cut after its last whole sentence that fits)."""
-    cleaned = _THINK_BLOCK.sub("", text).strip()
-    return cut_at_sentence(cleaned, max_chars=max_chars)
+    return cut_at_sentence(clean_answer(text), max_chars=max_chars)
+
+
+def clean_answer(text: str) -> str:
+    """A model's answer without what is not summary: a `<think>` block, a leading label
+    ("Summary:") and leading heading lines (a short line without an end mark, followed
+    by more text: small models often repeat the document's title first)."""
+    cleaned = _LEADING_LABEL.sub("", _THINK_BLOCK.sub("", text)).strip()
+    while "\n" in cleaned:
+        first, rest = cleaned.split("\n", 1)
+        line = first.strip().strip("#*_ ")
+        if not rest.strip() or len(line) > _HEADING_MAX_CHARS or line[-1:] in ".!?…:\"'":
+            break
+        cleaned = _LEADING_LABEL.sub("", rest).strip()
+    return cleaned
 
 
 class OpenAISummarizer:
@@ -240,6 +260,7 @@ class OpenAISummarizer:
         max_tokens: int = 2048,
         map_prompt: str | None = None,
         reduce_prompt: str | None = None,
+        stream: bool = True,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
         if not base_url.startswith(("http://", "https://")):
@@ -260,6 +281,8 @@ class OpenAISummarizer:
         self.max_tokens = max_tokens
         self.map_prompt = map_prompt or MAP_PROMPT
         self.reduce_prompt = reduce_prompt or REDUCE_PROMPT
+        self.stream = stream
+        """Stream when the caller takes deltas (`AGENTBUS_SUMMARIZER__OPENAI_STREAM`)."""
         self._sleep = sleep
         self._random = random.Random()  # jitter, not security
         self._sdk: AsyncOpenAI | None = None
@@ -290,6 +313,7 @@ class OpenAISummarizer:
             max_tokens=settings.openai_max_tokens,
             map_prompt=settings.map_prompt,
             reduce_prompt=settings.reduce_prompt,
+            stream=settings.openai_stream,
         )
 
     def _client(self) -> AsyncOpenAI:
@@ -343,6 +367,8 @@ class OpenAISummarizer:
         if len(text) <= max_chars:
             # already within its budget: its own summary, no model call
             return Summary(text=text)
+        if not self.stream:
+            on_delta = None
         body = self._request_body(text, max_chars, stream=on_delta is not None, reduce=reduce)
         retry = 0
         while True:
