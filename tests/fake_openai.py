@@ -32,6 +32,8 @@ class Answer:
     """Streamed: drop the connection after this many content chunks."""
     error_after: int | None = None
     """Streamed: send an error event after this many content chunks."""
+    empty_stream: bool = False
+    """Streamed: a 200 stream without a single event (llama.cpp's server refusing)."""
 
 
 class FakeOpenAI(LocalHttpServer):
@@ -82,6 +84,9 @@ class FakeOpenAI(LocalHttpServer):
         """The answer as server-sent events: one chunk per word, usage last when asked."""
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", **answer.headers})
         await resp.prepare(request)
+        if answer.empty_stream:
+            await resp.write_eof()
+            return resp
 
         async def event(data: dict[str, Any] | str) -> None:
             text = data if isinstance(data, str) else json.dumps(data)

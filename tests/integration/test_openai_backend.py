@@ -338,3 +338,17 @@ async def test_job_streams_token_deltas_to_its_readers(
     # every delta before the final item, in cursor order
     assert max(d.cursor for d in deltas) < items[-1].cursor
     assert [i.cursor for i in items] == sorted(i.cursor for i in items)
+
+
+async def test_an_empty_stream_is_asked_again_without_streaming(fake_openai: FakeOpenAI) -> None:
+    """llama.cpp's server refuses a prompt over the model's context with an empty 200
+    stream: asked again without streaming, its 400 says why, and the task fails at once."""
+    fake_openai.script = [Answer(empty_stream=True), Answer(status=400)]
+    backend, sleep = make_backend(fake_openai)
+    try:
+        with pytest.raises(SummarizerError, match="HTTP 400") as info:
+            await backend.summarize("text " * 50, max_chars=200, on_delta=Deltas())
+    finally:
+        await backend.aclose()
+    assert info.value.retryable is False and sleep.delays == []
+    assert [r["stream"] for r in fake_openai.requests] == [True, False]

@@ -377,6 +377,16 @@ class OpenAISummarizer:
                     content, finish, usage = await self._complete(body)
                 else:
                     content, finish, usage = await self._stream(body, on_delta, restart=retry > 0)
+            except _EmptyStream as e:
+                # A stream that ended before its first chunk: llama.cpp's server answers
+                # a request it refuses (a prompt over the model's context) with an empty
+                # 200 stream. Asked once more without streaming, the server says why (a
+                # 4xx fails the task with the reason at once, never a retry loop), or
+                # answers after all.
+                log.warning("%s: %s; asking again without streaming", self._where(), e.reason)
+                on_delta = None
+                body = self._request_body(text, max_chars, stream=False, reduce=reduce)
+                continue
             except _Transient as e:
                 if retry >= self.max_retries:
                     raise SummarizerError(
@@ -435,6 +445,7 @@ class OpenAISummarizer:
         """One streamed request, each delta passed to `on_delta` as it arrives."""
         self.requests += 1
         parts: list[str] = []
+        chunks = 0
         finish: str | None = None
         usage: TokenUsage | None = None
         with self._errors():
@@ -442,6 +453,7 @@ class OpenAISummarizer:
         with self._errors(streaming=True):
             async with stream:
                 async for chunk in stream:
+                    chunks += 1
                     if chunk.usage is not None:
                         usage = TokenUsage(
                             prompt_tokens=chunk.usage.prompt_tokens or 0,
@@ -453,6 +465,8 @@ class OpenAISummarizer:
                             parts.append(piece)
                             on_delta(piece, restart=restart and len(parts) == 1)
                         finish = choice.finish_reason or finish
+        if finish is None and chunks == 0:
+            raise _EmptyStream("the stream ended without a single chunk", None)
         if finish is None:
             raise _Transient("the stream ended before the model finished", None)
         return "".join(parts), finish, usage
@@ -485,6 +499,11 @@ class OpenAISummarizer:
         hint = ""
         if status in (401, 403):
             hint = f" (check {_KEY_SETTING} or {_KEY_FILE_SETTING})"
+        elif status == 400 and "context" in text.lower():
+            hint = (
+                " (the task's text does not fit the model's context: lower "
+                "AGENTBUS_ORCHESTRATOR__CHUNK_CHARS, or serve the model with a longer context)"
+            )
         elif status == 404:
             hint = (
                 " (check AGENTBUS_SUMMARIZER__OPENAI_BASE_URL and "
@@ -507,3 +526,7 @@ class _Transient(Exception):
         super().__init__(reason)
         self.reason = reason
         self.retry_after_s = retry_after_s
+
+
+class _EmptyStream(_Transient):
+    """A streamed answer without a single chunk (the server refused the request)."""
