@@ -22,7 +22,7 @@ if command -v apt-get >/dev/null 2>&1 && ! command -v g++ >/dev/null 2>&1; then
   apt-get install -y -qq --no-install-recommends build-essential >/dev/null
 fi
 if [ ! -x "$VENV/bin/python" ]; then
-  if command -v apt-get >/dev/null 2>&1 && ! "$PYTHON" -m venv --help >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1 && ! "$PYTHON" -c "import ensurepip" 2>/dev/null; then
     apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
   fi
   "$PYTHON" -m venv "$VENV"

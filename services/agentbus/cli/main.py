@@ -28,6 +28,7 @@ from agentbus.cli import ops as cli_ops
 from agentbus.cli import tenants as cli_tenants
 from agentbus.cli.dlq import dlq_app
 from agentbus.cli.options import TABLE_WIDTH, ServerOpt
+from agentbus.cli.summarizer import BaseUrlOpt, ModelOpt, SummarizerOpt, summarizer_env
 from agentbus.contract import plugins, subjects
 from agentbus.contract.errors import AgentBusError, ConfigError, DocumentRejected
 from agentbus.contract.messages import AgentEvent, CancelReply, JobState
@@ -255,12 +256,18 @@ def provision_cmd(
 
 
 def _start_stack(
-    workers: int, nats_url: str | None, data_dir: Path, *, orchestrators: int = 1
+    workers: int,
+    nats_url: str | None,
+    data_dir: Path,
+    *,
+    orchestrators: int = 1,
+    env: dict[str, str] | None = None,
 ) -> Stack:
     try:
         return Stack(
-            data_dir=data_dir, workers=workers, orchestrators=orchestrators, nats_url=nats_url
-        ).start()
+            data_dir=data_dir, workers=workers, orchestrators=orchestrators, nats_url=nats_url,
+            env=env,
+        ).start()  # fmt: skip
     except AgentBusError as e:
         raise _fail(str(e)) from None
 
@@ -275,11 +282,19 @@ def up(
         str | None, typer.Option("--nats-url", help="Use this NATS instead of an embedded one")
     ] = None,
     data_dir: Annotated[Path, typer.Option(help="Store, archive and logs")] = DEFAULT_DATA_DIR,
+    summarizer: SummarizerOpt = None,
+    openai_base_url: BaseUrlOpt = None,
+    openai_model: ModelOpt = None,
 ) -> None:
     """Start the whole stack locally until Ctrl-C: nats-server, orchestrator, workers, archiver.
 
     A child that exits 0 (drained) stays stopped; one that crashes is restarted with backoff.
+    `--summarizer openai --openai-base-url URL` puts a model behind the workers.
     """
+    try:
+        env = summarizer_env(summarizer, base_url=openai_base_url, model=openai_model)
+    except ConfigError as e:
+        raise _fail(str(e)) from None
     stop = {"now": False}
 
     def on_signal(_sig: int, _frame: object) -> None:
@@ -287,8 +302,12 @@ def up(
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    stack = _start_stack(workers, nats_url, data_dir, orchestrators=orchestrators)
+    stack = _start_stack(workers, nats_url, data_dir, orchestrators=orchestrators, env=env)
     out.print(f"NATS      {stack.nats_url}", highlight=False)
+    if env:
+        backend = env["AGENTBUS_SUMMARIZER__BACKEND"]
+        where = env.get("AGENTBUS_SUMMARIZER__OPENAI_BASE_URL", "")
+        out.print(f"summarizer {backend} {where}".rstrip(), highlight=False)
     for p in stack.processes:
         out.print(f"{p.agent_id:16} pid {p.pid}  {p.url}/metrics", highlight=False)
     out.print(
@@ -484,13 +503,20 @@ def demo(
     ] = None,
     workers: Annotated[int, typer.Option(min=1, max=64)] = 3,
     data_dir: Annotated[Path, typer.Option()] = DEFAULT_DATA_DIR / "demo",
+    summarizer: SummarizerOpt = None,
+    openai_base_url: BaseUrlOpt = None,
+    openai_model: ModelOpt = None,
 ) -> None:
     """Start the stack, summarize documents, print the summaries, stop the stack."""
     paths = files or sorted(Path("samples").glob("*.txt"))
     if not paths:
         raise _fail("no documents: pass files or run from the repository root (samples/)")
+    try:
+        env = summarizer_env(summarizer, base_url=openai_base_url, model=openai_model)
+    except ConfigError as e:
+        raise _fail(str(e)) from None
     out.print(f"starting nats-server, orchestrator, {workers} workers and the archiver ...")
-    stack = _start_stack(workers, None, data_dir)
+    stack = _start_stack(workers, None, data_dir, env=env)
     try:
         settings = load_settings(nats={"url": stack.nats_url})
         started = time.monotonic()
