@@ -120,7 +120,6 @@ async def _run(args: Any) -> dict[str, Any]:
                 "AGENTBUS_SUMMARIZER__OPENAI_TIMEOUT_S": "600",
                 "AGENTBUS_SUMMARIZER__OPENAI_MAX_TOKENS": str(MAX_TOKENS_CAP),
                 "AGENTBUS_WORKER__CONCURRENCY": str(args.concurrency),
-                "AGENTBUS_ORCHESTRATOR__CHUNK_CHARS": str(max(args.chunk_chars, 200)),
             },
         )
         floors: list[dict[str, Any]] = []
