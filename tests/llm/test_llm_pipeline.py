@@ -13,13 +13,15 @@ import pytest
 from prometheus_client import REGISTRY
 
 from agentbus.bus.core import Bus
+from agentbus.bus.topology import provision
 from agentbus.client.api import AgentBusClient
+from agentbus.contract.headers import DLQ_HEADER_REASON
 from agentbus.contract.messages import EventKind, JobStatus, StreamKind, TokenUsage
 from agentbus.contract.settings import Settings
 from agentbus.runtime.worker import TaskWorker
 from agentbus_orchestrator import Orchestrator
 from agentbus_summarize_worker import SummarizeSkill
-from tests.conftest import stream_agent_events, with_sections
+from tests.conftest import dlq_messages, stream_agent_events, with_sections
 from tests.llm.proxy import RecordingProxy
 from tests.llm.server import MODEL_ALIAS, LlamaServer, missing
 
@@ -48,7 +50,10 @@ def llm_settings(settings: Settings, url: str, **summarizer: object) -> Settings
     )  # fmt: skip
 
 
-async def start_stack(running: Any, s: Settings, name: str) -> TaskWorker:
+async def start_stack(running: Any, s: Settings, name: str, *, bus: Bus) -> TaskWorker:
+    # the topology with these settings (max_deliver, ack_wait): the worker's last attempt
+    # and the consumer's must agree for the task's own reason to reach the DLQ
+    await provision(bus.js, s)
     await running.start(Orchestrator, s, f"orch-{name}")
     worker = await running.start(lambda st: TaskWorker(st, SummarizeSkill(st)), s, f"w-{name}")
     assert isinstance(worker, TaskWorker)
@@ -89,7 +94,7 @@ async def test_multi_chunk_document_map_and_reduce_with_usage_summed_exactly(
     bus: Bus, settings: Settings, running: Any, proxy: RecordingProxy
 ) -> None:
     s = llm_settings(settings, proxy.url, openai_stream=False)
-    await start_stack(running, s, "doc")
+    await start_stack(running, s, "doc", bus=bus)
     before = (_tokens("prompt"), _tokens("completion"))
     async with AgentBusClient(s.nats) as client:
         job_id = await client.submit(DOCUMENT, title="river")
@@ -133,7 +138,7 @@ async def test_token_deltas_reach_the_stream_in_order(
     bus: Bus, settings: Settings, running: Any, proxy: RecordingProxy
 ) -> None:
     s = llm_settings(settings, proxy.url, openai_stream=True)
-    await start_stack(running, s, "stream")
+    await start_stack(running, s, "stream", bus=bus)
     text = DOCUMENT[:780]
     async with AgentBusClient(s.nats) as client:
         job_id = await client.submit(text, summary_chars=300)
@@ -158,7 +163,7 @@ async def test_cancel_interrupts_a_long_generation(
 ) -> None:
     s = llm_settings(settings, proxy.url, openai_stream=True, openai_max_tokens=4096)
     s = with_sections(s, orchestrator={"chunk_chars": 6000}, worker={"concurrency": 1})
-    worker = await start_stack(running, s, "cancel")
+    worker = await start_stack(running, s, "cancel", bus=bus)
     long_text = (SAMPLES / "river-ecology-essay.txt").read_text()[:4000]
     async with AgentBusClient(s.nats) as client:
         # a budget of 3,000 characters: max_tokens ~1,000, far longer than the wait below
@@ -195,7 +200,7 @@ async def test_context_overflow_is_refused_with_the_reason_once(
     server's reason and the setting that fixes it, never retried in a loop."""
     s = llm_settings(settings, proxy.url)
     s = with_sections(s, orchestrator={"chunk_chars": 20_000, "summary_chars": 300})
-    await start_stack(running, s, "ctx")
+    await start_stack(running, s, "ctx", bus=bus)
     text = " ".join((SAMPLES / "river-ecology-essay.txt").read_text().split())
     text = (text + " ") * (1 + 12_000 // len(text))
     async with AgentBusClient(s.nats) as client:
@@ -224,7 +229,7 @@ async def test_server_killed_mid_generation_and_restarted(
         s = llm_settings(settings, server.url, openai_max_retries=1, openai_stream=True)
         # room for the server's restart (a model load) in the task's redeliveries
         s = with_sections(s, topology={"max_deliver": 12})
-        await start_stack(running, s, "kill")
+        await start_stack(running, s, "kill", bus=bus)
         text = DOCUMENT[:780]
         async with AgentBusClient(s.nats) as client:
             job_id = await client.submit(text, summary_chars=600)
@@ -243,3 +248,31 @@ async def test_server_killed_mid_generation_and_restarted(
         assert retried and all(e.data["delay_s"] > 0 for e in retried)
     finally:
         server.stop()
+
+
+async def test_server_killed_for_good_dead_letters_the_task_with_the_reason(
+    bus: Bus, settings: Settings, running: Any, tmp_path: Path
+) -> None:
+    """No server comes back: after max_deliver tries the task is on the DLQ with the
+    reason, and the job failed with it; nothing keeps retrying."""
+    reason = missing()
+    if reason is not None:
+        pytest.skip(reason)
+    server = LlamaServer(log_path=tmp_path / "server.log")
+    server.start()
+    try:
+        s = llm_settings(settings, server.url, openai_max_retries=1, openai_stream=True)
+        s = with_sections(s, worker={"backoff_s": [0.2]}, topology={"max_deliver": 3})
+        await start_stack(running, s, "gone", bus=bus)
+        text = DOCUMENT[:780]
+        async with AgentBusClient(s.nats) as client:
+            job_id = await client.submit(text, summary_chars=600)
+            await first_delta(client, job_id)  # mid-generation
+            server.kill()
+            state = await client.wait(job_id, timeout_s=300)
+    finally:
+        server.stop()
+    assert state.status is JobStatus.FAILED
+    assert state.error is not None and "127.0.0.1" in state.error
+    reasons = [h.get(DLQ_HEADER_REASON, "") for _s, h, _d in await dlq_messages(bus)]
+    assert any("failed after" in r and "127.0.0.1" in r for r in reasons), reasons
