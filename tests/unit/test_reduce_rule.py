@@ -207,3 +207,15 @@ def test_answers_lose_labels_and_headings() -> None:
     assert clean_answer("**Summary:** Rivers flood.") == "Rivers flood."
     assert clean_answer("Rivers flood.\nFarmers plant.") == "Rivers flood.\nFarmers plant."
     assert clean_answer("A title alone") == "A title alone"
+
+
+def test_answers_lose_the_prompt_they_echo() -> None:
+    from agentbus_summarize_worker.backends.openai import REDUCE_PROMPT, clean_answer
+
+    instruction = REDUCE_PROMPT.replace("{text}", "").replace("{max_words}", "50")
+    answer = (
+        "The checkout failed. Summarize the whole document in 50 words or fewer.\n\n"
+        "It was fixed.\n\nThe text above is summaries of consecutive parts of one document."
+    )
+    assert clean_answer(answer, instruction=instruction) == "The checkout failed.\n\nIt was fixed."
+    assert clean_answer("The Sea Rises Twice a Day:\n\nTides rise.") == "Tides rise."

@@ -506,6 +506,9 @@ def demo(
     summarizer: SummarizerOpt = None,
     openai_base_url: BaseUrlOpt = None,
     openai_model: ModelOpt = None,
+    timeout_s: Annotated[
+        float, typer.Option(min=1, help="Wait this long for each summary (a model on a CPU: more)")
+    ] = 300.0,
 ) -> None:
     """Start the stack, summarize documents, print the summaries, stop the stack."""
     paths = files or sorted(Path("samples").glob("*.txt"))
@@ -521,7 +524,7 @@ def demo(
         settings = load_settings(nats={"url": stack.nats_url})
         started = time.monotonic()
         records = _run(
-            _submit_files(settings, paths, timeout_s=300, summary_chars=None, progress=False)
+            _submit_files(settings, paths, timeout_s=timeout_s, summary_chars=None, progress=False)
         )
         failures = _print_records(records, as_json=False)
         out.print(

@@ -44,7 +44,7 @@ import httpx2
 import openai
 from openai import AsyncOpenAI
 
-from agentbus.contract.chunking import cut_at_sentence
+from agentbus.contract.chunking import cut_at_sentence, split_sentences
 from agentbus.contract.errors import ConfigError
 from agentbus.contract.messages import TokenUsage
 from agentbus.contract.settings import SummarizerSettings
@@ -79,6 +79,10 @@ _LEADING_LABEL: Final = re.compile(
     re.IGNORECASE,
 )
 _HEADING_MAX_CHARS: Final = 120
+_TITLE_MAX_CHARS: Final = 80
+"""A first line ending with a colon is a title up to this long ("The Sea Rises:")."""
+_ECHO_MIN_CHARS: Final = 12
+"""A sentence of an answer found in the instruction is an echo from this long."""
 _KEY_SETTING: Final = "AGENTBUS_SUMMARIZER__OPENAI_API_KEY"
 _KEY_FILE_SETTING: Final = "AGENTBUS_SUMMARIZER__OPENAI_API_KEY_FILE"
 
@@ -221,23 +225,42 @@ def _usage(data: Mapping[str, Any]) -> TokenUsage | None:
         return None
 
 
-def fit(text: str, *, max_chars: int) -> str:
-    """The model's answer, cleaned (no `<think>` block, trimmed) and within `max_chars`
-    (cut after its last whole sentence that fits)."""
-    return cut_at_sentence(clean_answer(text), max_chars=max_chars)
+def fit(text: str, *, max_chars: int, instruction: str = "") -> str:
+    """The model's answer, cleaned (`clean_answer`) and within `max_chars` (cut after its
+    last whole sentence that fits)."""
+    return cut_at_sentence(clean_answer(text, instruction=instruction), max_chars=max_chars)
 
 
-def clean_answer(text: str) -> str:
+def _heading(line: str) -> bool:
+    """A title line: short, and without a sentence's end (a colon may end it)."""
+    line = line.strip().strip("#*_ ")
+    if not line or len(line) > _HEADING_MAX_CHARS:
+        return False
+    return line[-1] not in ".!?\u2026\"'" and (line[-1] != ":" or len(line) <= _TITLE_MAX_CHARS)
+
+
+def _normal(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def clean_answer(text: str, *, instruction: str = "") -> str:
     """A model's answer without what is not summary: a `<think>` block, a leading label
-    ("Summary:") and leading heading lines (a short line without an end mark, followed
-    by more text: small models often repeat the document's title first)."""
+    ("Summary:"), leading heading lines (a short line without a sentence's end, followed
+    by more text: small models often repeat the document's title first), and sentences
+    that repeat the `instruction` (small models echo the prompt)."""
     cleaned = _LEADING_LABEL.sub("", _THINK_BLOCK.sub("", text)).strip()
     while "\n" in cleaned:
         first, rest = cleaned.split("\n", 1)
-        line = first.strip().strip("#*_ ")
-        if not rest.strip() or len(line) > _HEADING_MAX_CHARS or line[-1:] in ".!?…:\"'":
+        if not rest.strip() or not _heading(first):
             break
         cleaned = _LEADING_LABEL.sub("", rest).strip()
+    if instruction:
+        said = _normal(instruction)
+        for sentence in split_sentences(cleaned):
+            if len(sentence) >= _ECHO_MIN_CHARS and _normal(sentence) in said:
+                cleaned = cleaned.replace(sentence, "")
+        cleaned = re.sub(r"[ \t]+\n", "\n", re.sub(r"[ \t]{2,}", " ", cleaned))
+        cleaned = re.sub(r"\n\s*\n\s*\n+", "\n\n", cleaned).strip()
     return cleaned
 
 
@@ -408,7 +431,11 @@ class OpenAISummarizer:
                 retry += 1
                 await self._sleep(delay)
                 continue
-            summary = fit(content, max_chars=max_chars)
+            template = self.reduce_prompt if reduce else self.map_prompt
+            instruction = template.format(
+                text="", max_words=max_words_for(max_chars), max_chars=max_chars
+            )
+            summary = fit(content, max_chars=max_chars, instruction=instruction)
             if not summary:
                 raise SummarizerError(
                     f"{self._where()}: the model returned an empty summary "
