@@ -15,8 +15,17 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 ## The main job: start the stack, summarize the sample documents, print the summaries.
+## With a model: make run SUMMARIZER=openai OPENAI_BASE_URL=http://127.0.0.1:8080/v1
+##   [OPENAI_MODEL=NAME] [TIMEOUT_S=1800] (a model on a CPU takes minutes per document)
+SUMMARIZER ?=
+OPENAI_BASE_URL ?=
+OPENAI_MODEL ?=
+TIMEOUT_S ?=
 run: setup
-	$(BIN)/agentbus demo --workers 3
+	$(BIN)/agentbus demo --workers 3 $(if $(SUMMARIZER),--summarizer $(SUMMARIZER)) \
+	  $(if $(OPENAI_BASE_URL),--openai-base-url $(OPENAI_BASE_URL)) \
+	  $(if $(OPENAI_MODEL),--openai-model $(OPENAI_MODEL)) \
+	  $(if $(TIMEOUT_S),--timeout-s $(TIMEOUT_S))
 
 ## Every test tier this machine can run (kind skips itself without a cluster).
 test: setup

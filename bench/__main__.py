@@ -1,5 +1,5 @@
-"""`python -m bench [pipeline|rpc|scaling|archiver|memory|cancel|priority|fairness|docsize]
-[options]` (see `--help`)."""
+"""`python -m bench [pipeline|rpc|scaling|archiver|memory|cancel|priority|fairness|docsize|
+llm] [options]` (see `--help`)."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ BENCHMARKS: Final = (
     "priority",
     "fairness",
 )
-ON_REQUEST: Final = ("docsize",)
-"""Run only when named (each takes many minutes)."""
+ON_REQUEST: Final = ("docsize", "llm")
+"""Run only when named (each takes many minutes; llm needs .ci/install-llm.sh)."""
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -65,7 +65,11 @@ def floor_s(text: str, *, summary_chars: int, cfg: OrchestratorSettings) -> dict
             update={"level_tasks": len(texts), "level_done": len(texts), "level": levels - 1}
         )
         plan = lifecycle.plan_next(
-            state, parts, chunk_chars=cfg.chunk_chars, chunk_summary_chars=cfg.chunk_summary_chars
+            state,
+            parts,
+            chunk_chars=cfg.chunk_chars,
+            chunk_summary_chars=cfg.chunk_summary_chars,
+            max_reduce_levels=cfg.max_reduce_levels,
         )
         if isinstance(plan, Completion):
             return {

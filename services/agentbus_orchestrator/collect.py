@@ -66,7 +66,9 @@ def part_key(job_id: str, level: int, index: int) -> str:
 
 
 def _key(r: TaskResult) -> ResultKey:
-    return ResultKey(level=r.level, index=r.index, ok=r.ok, task_id=r.task_id, error=r.error)
+    return ResultKey(
+        level=r.level, index=r.index, ok=r.ok, task_id=r.task_id, error=r.error, usage=r.usage
+    )
 
 
 @dataclass
@@ -264,6 +266,7 @@ class Collector:
             parts,
             chunk_chars=self.cfg.chunk_chars,
             chunk_summary_chars=self.cfg.chunk_summary_chars,
+            max_reduce_levels=self.cfg.max_reduce_levels,
         )
         if isinstance(plan, Completion):
             await self.complete(state, plan.summary)
@@ -395,7 +398,12 @@ class Collector:
             EventKind.JOB_COMPLETED,
             job_id=done.job_id,
             event_id=f"{done.job_id}-completed",
-            data={"summary_chars": summary_chars, "levels": levels, "seconds": seconds},
+            data={
+                "summary_chars": summary_chars,
+                "levels": levels,
+                "seconds": seconds,
+                "usage": done.usage.model_dump() if done.usage is not None else None,
+            },
         )
         await self.bus.progress(progress.final_item(done))
         await emitted

@@ -13,7 +13,10 @@ keys in the job-parts bucket.
 
     intake ──> RUNNING (level 0: one task per chunk)
     record ──> the level's bitmap and count (successes; a failure fails the job)
-    level complete ──> plan_next: COMPLETED (fits, or one part) or REDUCING (level + 1)
+    level complete ──> plan_next: COMPLETED (fits, one part, the last reduce level, or
+                       no reduce would shrink it: cut to the budget at a sentence
+                       boundary) or REDUCING (level + 1); so every job ends, whatever
+                       its summarizer answers
     fail / deadline ──> FAILED with the reason (a failed job still records successes,
                         so a replayed dead letter can take it on to completion)
     cancel ──> CANCELED (from any unfinished state, or a tombstone for a job not taken
@@ -30,8 +33,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Final
 
-from agentbus.contract.chunking import pack
-from agentbus.contract.messages import DocumentRef, JobState, JobStatus
+from agentbus.contract.chunking import cut_at_sentence, pack
+from agentbus.contract.messages import DocumentRef, JobState, JobStatus, TokenUsage
 from agentbus.contract.priority import Priority
 
 __all__ = [
@@ -49,6 +52,7 @@ __all__ = [
     "check_deadline",
     "complete",
     "fail",
+    "fit_summary",
     "intake",
     "level_complete",
     "next_level",
@@ -181,6 +185,8 @@ class ResultKey:
     ok: bool = True
     task_id: str = ""
     error: str | None = None
+    usage: TokenUsage | None = None
+    """The model's token usage for this task (added to the job's once, when recorded)."""
 
 
 def resumable(state: JobState) -> bool:
@@ -209,18 +215,22 @@ def record(
     """Record a batch of results of one job in one transition.
 
     Successes of the current level are counted once each (the bitmap makes any repetition
-    a no-op, in any order); a failure of a task not yet recorded fails a running job with
-    its reason (a failed job keeps its first reason). Returns the new state (None when
-    nothing changed) and one outcome per result, in order."""
+    a no-op, in any order), their token usage added to the job's; a failure of a task not
+    yet recorded fails a running job with its reason (a failed job keeps its first
+    reason). Returns the new state (None when nothing changed) and one outcome per
+    result, in order."""
     bits = _bits(state.level_bits, state.level_tasks)
     outcomes: list[Outcome] = []
     recorded = 0
+    usage = state.usage
     failure: ResultKey | None = None
     for r in results:
         outcome = _outcome(state, r, bits)
         if outcome is Outcome.RECORDED:
             bits[r.index >> 3] |= 1 << (r.index & 7)
             recorded += 1
+            if r.usage is not None:
+                usage = r.usage if usage is None else usage + r.usage
         elif outcome is Outcome.FAILED:
             if state.status is JobStatus.FAILED or failure is not None:
                 outcome = Outcome.DUPLICATE  # the job keeps its first reason
@@ -239,6 +249,7 @@ def record(
             "level_bits": _encode_bits(bits),
             "level_done": state.level_done + recorded,
             "tasks_done_total": state.tasks_done_total + recorded,
+            "usage": usage,
         }
     if failure is not None:
         reason = failure.error or "task failed"
@@ -272,23 +283,57 @@ class NextLevel:
     max_chars: int
 
 
+PART_SEPARATOR: Final = "\n\n"
+MIN_PART_SHARE_CHARS: Final = 160
+"""`fit_summary` gives each part its share of the budget only if a share is at least this
+long (a few sentences); below it the parts are cut as one text."""
+
+
+def fit_summary(parts: Sequence[str], *, max_chars: int) -> str:
+    """The final summary from the parts of the last level, within `max_chars`.
+
+    Parts that fit together are joined as they are. Otherwise each part is cut at a
+    sentence boundary to an equal share of the budget, so the summary still covers the
+    whole document; when the shares would be too short to say anything
+    (`MIN_PART_SHARE_CHARS`), the joined parts are cut at a sentence boundary instead.
+    Raises `ValueError` if `max_chars < 1`."""
+    present = [p.strip() for p in parts if p.strip()]
+    combined = PART_SEPARATOR.join(present)
+    if len(combined) <= max_chars:
+        return combined
+    n = len(present)
+    share = (max_chars - len(PART_SEPARATOR) * (n - 1)) // n
+    if n > 1 and share >= MIN_PART_SHARE_CHARS:
+        return PART_SEPARATOR.join(cut_at_sentence(p, max_chars=share) for p in present)
+    return cut_at_sentence(combined, max_chars=max_chars)
+
+
 def plan_next(
     state: JobState,
     parts: Sequence[str],
     *,
     chunk_chars: int,
     chunk_summary_chars: int,
+    max_reduce_levels: int,
 ) -> Completion | NextLevel:
     """After a complete level: the final summary, or the next reduce level's tasks.
 
-    The combined parts complete the job when they fit the job's summary budget or when
-    there is a single part (a single summarizer's answer is final); otherwise they are
-    packed into tasks of at most `chunk_chars`."""
+    The combined parts complete the job when they fit the job's summary budget. Otherwise
+    they are packed into tasks of at most `chunk_chars` for another reduce level, unless
+    that cannot end better: a single part (one summarizer's answer), the level is the
+    last one allowed (`max_reduce_levels` reduce levels after the map level), or packing
+    would not reduce the number of parts (no progress). Then the parts are cut to the
+    budget at sentence boundaries (`fit_summary`): a job always ends, within its budget,
+    whatever its summarizer returns."""
     present = [p for p in parts if p]
-    combined = "\n\n".join(present)
-    if len(combined) <= state.summary_chars or len(parts) <= 1:
+    combined = PART_SEPARATOR.join(present)
+    if len(combined) <= state.summary_chars:
         return Completion(combined)
-    groups = pack(present, max_chars=chunk_chars)
+    if len(present) <= 1 or state.level >= max_reduce_levels:
+        return Completion(fit_summary(present, max_chars=state.summary_chars))
+    groups = pack(present, max_chars=chunk_chars, separator=PART_SEPARATOR)
+    if len(groups) >= len(present):
+        return Completion(fit_summary(present, max_chars=state.summary_chars))
     per_task = state.summary_chars if len(groups) == 1 else chunk_summary_chars
     return NextLevel(level=state.level + 1, groups=groups, max_chars=per_task)
 

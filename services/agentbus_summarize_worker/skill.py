@@ -27,7 +27,10 @@ class SummarizeSkill:
     async def run(self, task: TaskAssign) -> SkillOutput:
         try:
             summary = await self.summarizer.summarize(
-                task.text, max_chars=task.max_chars, on_delta=task_delta_sink()
+                task.text,
+                max_chars=task.max_chars,
+                on_delta=task_delta_sink(),
+                reduce=task.level > 0,
             )
         except SummarizerError as e:
             raise SkillError(f"{self.backend}: {e}", retryable=e.retryable) from e

@@ -4,17 +4,12 @@ and 5xx answers and streams that break off, and in a running worker."""
 
 from __future__ import annotations
 
-import asyncio
-import json
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 from prometheus_client import REGISTRY
 
 from agentbus.bus.core import Bus
@@ -28,123 +23,11 @@ from agentbus_summarize_worker import SummarizerError, SummarizeSkill
 from agentbus_summarize_worker.backends import OpenAISummarizer, make_summarizer
 from agentbus_summarize_worker.backends.openai import parse_retry_after
 from tests.conftest import stream_agent_events
-from tests.local_http import LocalHttpServer
+from tests.fake_openai import Answer, FakeOpenAI, fake_openai
 
 pytestmark = pytest.mark.integration
 
-
-@dataclass
-class Answer:
-    status: int = 200
-    content: str = "A short summary."
-    usage: dict[str, int] | None = field(
-        default_factory=lambda: {"prompt_tokens": 50, "completion_tokens": 7}
-    )
-    headers: dict[str, str] = field(default_factory=dict)
-    body: str | None = None
-    delay_s: float = 0.0
-    break_after: int | None = None
-    """Streamed: drop the connection after this many content chunks."""
-    error_after: int | None = None
-    """Streamed: send an error event after this many content chunks."""
-
-
-class FakeOpenAI(LocalHttpServer):
-    """A chat-completions server that plays scripted answers, then a default one."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.script: list[Answer] = []
-        self.default = Answer()
-        self.requests: list[dict[str, Any]] = []
-        self.auth: list[str | None] = []
-        self.url = ""
-
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
-        body = await request.json()
-        self.requests.append(body)
-        self.auth.append(request.headers.get("Authorization"))
-        answer = self.script.pop(0) if self.script else self.default
-        if answer.delay_s:
-            await asyncio.sleep(answer.delay_s)
-        if answer.body is not None:
-            return web.Response(status=answer.status, text=answer.body, headers=answer.headers)
-        if answer.status != 200:
-            error = {"error": {"message": f"scripted {answer.status}", "type": "test"}}
-            return web.json_response(error, status=answer.status, headers=answer.headers)
-        if body.get("stream"):
-            return await self._stream(request, body, answer)
-        completion: dict[str, Any] = {
-            "id": f"chatcmpl-{len(self.requests)}",
-            "object": "chat.completion",
-            "created": 0,
-            "model": body["model"],
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": answer.content},
-                    "finish_reason": "stop",
-                }
-            ],
-        }
-        if answer.usage is not None:
-            completion["usage"] = {**answer.usage, "total_tokens": sum(answer.usage.values())}
-        return web.json_response(completion, headers=answer.headers)
-
-    async def _stream(
-        self, request: web.Request, body: dict[str, Any], answer: Answer
-    ) -> web.StreamResponse:
-        """The answer as server-sent events: one chunk per word, usage last when asked."""
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", **answer.headers})
-        await resp.prepare(request)
-
-        async def event(data: dict[str, Any] | str) -> None:
-            text = data if isinstance(data, str) else json.dumps(data)
-            await resp.write(f"data: {text}\n\n".encode())
-
-        def chunk(delta: dict[str, str], finish: str | None) -> dict[str, Any]:
-            return {
-                "id": f"chatcmpl-{len(self.requests)}", "object": "chat.completion.chunk",
-                "created": 0, "model": body["model"],
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-            }  # fmt: skip
-
-        await event(chunk({"role": "assistant", "content": ""}, None))
-        words = answer.content.split(" ")
-        for i, word in enumerate(words):
-            if i == answer.break_after:
-                assert request.transport is not None
-                request.transport.close()  # mid-stream: the connection just drops
-                return resp
-            if i == answer.error_after:
-                await event({"error": {"message": "scripted mid-stream error", "type": "test"}})
-                await resp.write_eof()
-                return resp
-            await event(chunk({"content": word if i == 0 else " " + word}, None))
-        await event(chunk({}, "stop"))
-        if answer.usage is not None and (body.get("stream_options") or {}).get("include_usage"):
-            usage = {**answer.usage, "total_tokens": sum(answer.usage.values())}
-            await event({**chunk({}, None), "choices": [], "usage": usage})
-        await event("[DONE]")
-        await resp.write_eof()
-        return resp
-
-    def add_routes(self, app: web.Application) -> None:
-        app.router.add_post("/v1/chat/completions", self._handle)
-
-    async def start(self) -> None:
-        await super().start()
-        self.url = f"http://127.0.0.1:{self.port}/v1"
-
-
-@pytest.fixture
-async def fake_openai() -> AsyncIterator[FakeOpenAI]:
-    server = FakeOpenAI()
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
+__all__ = ["fake_openai"]  # the fixture, imported for this module's tests
 
 
 class RecordedSleep:
@@ -175,8 +58,9 @@ async def test_summary_and_usage(fake_openai: FakeOpenAI) -> None:
     (req,) = fake_openai.requests
     assert req["model"] == "tiny" and req["stream"] is False and req["temperature"] == 0.0
     assert [m["role"] for m in req["messages"]] == ["system", "user"]
-    assert "300 characters" in req["messages"][0]["content"]
-    assert req["messages"][1]["content"].startswith("Some long text about rivers.")
+    user = req["messages"][1]["content"]
+    assert user.startswith("Some long text about rivers. " * 19 + "Some long text about rivers.")
+    assert "in 42 words or fewer" in user
     assert 0 < req["max_tokens"] <= 2048
     assert fake_openai.auth == ["Bearer sk-test"]
 
@@ -340,7 +224,8 @@ async def test_worker_records_token_usage(
     await running.start(Orchestrator, s, "orch-openai")
     await running.start(lambda st: TaskWorker(st, SummarizeSkill(st)), s, "worker-openai")
     async with AgentBusClient(s.nats) as client:
-        job_id = await client.submit("The river floods every spring. " * 10)
+        # (a budget below the text's length: a text within it is never sent to a model)
+        job_id = await client.submit("The river floods every spring. " * 10, summary_chars=100)
         state = await client.wait(job_id, timeout_s=30)
     assert state.status is JobStatus.COMPLETED, state.error
     assert state.summary == "Rivers flood in spring."
@@ -439,7 +324,7 @@ async def test_job_streams_token_deltas_to_its_readers(
     await running.start(Orchestrator, s, "orch-openai")
     await running.start(lambda st: TaskWorker(st, SummarizeSkill(st)), s, "worker-openai")
     async with AgentBusClient(s.nats) as client:
-        job_id = await client.submit("The river floods every spring. " * 10)
+        job_id = await client.submit("The river floods every spring. " * 10, summary_chars=100)
         items = [item async for item in client.stream(job_id)]
     assert items[-1].kind is StreamKind.COMPLETED
     assert items[-1].text == content
@@ -453,3 +338,17 @@ async def test_job_streams_token_deltas_to_its_readers(
     # every delta before the final item, in cursor order
     assert max(d.cursor for d in deltas) < items[-1].cursor
     assert [i.cursor for i in items] == sorted(i.cursor for i in items)
+
+
+async def test_an_empty_stream_is_asked_again_without_streaming(fake_openai: FakeOpenAI) -> None:
+    """llama.cpp's server refuses a prompt over the model's context with an empty 200
+    stream: asked again without streaming, its 400 says why, and the task fails at once."""
+    fake_openai.script = [Answer(empty_stream=True), Answer(status=400)]
+    backend, sleep = make_backend(fake_openai)
+    try:
+        with pytest.raises(SummarizerError, match="HTTP 400") as info:
+            await backend.summarize("text " * 50, max_chars=200, on_delta=Deltas())
+    finally:
+        await backend.aclose()
+    assert info.value.retryable is False and sleep.delays == []
+    assert [r["stream"] for r in fake_openai.requests] == [True, False]

@@ -94,13 +94,17 @@ def test_one_task_level_completes_in_one_transition() -> None:
 
 def test_plan_next_completes_when_it_fits_and_reduces_otherwise() -> None:
     s = _job(3, summary_chars=100)
-    assert lifecycle.plan_next(s, ["a", "b"], chunk_chars=1000, chunk_summary_chars=200) == (
-        Completion("a\n\nb")
+    assert lifecycle.plan_next(
+        s, ["a", "b"], chunk_chars=1000, chunk_summary_chars=200, max_reduce_levels=8
+    ) == (Completion("a\n\nb"))
+    plan = lifecycle.plan_next(
+        s, ["x" * 90] * 30, chunk_chars=1000, chunk_summary_chars=200, max_reduce_levels=8
     )
-    plan = lifecycle.plan_next(s, ["x" * 90] * 30, chunk_chars=1000, chunk_summary_chars=200)
     assert isinstance(plan, NextLevel) and plan.level == 1
     assert all(len(g) <= 1000 for g in plan.groups) and plan.max_chars == 200
-    one = lifecycle.plan_next(s, ["x" * 90] * 5, chunk_chars=1000, chunk_summary_chars=200)
+    one = lifecycle.plan_next(
+        s, ["x" * 90] * 5, chunk_chars=1000, chunk_summary_chars=200, max_reduce_levels=8
+    )
     assert isinstance(one, NextLevel) and len(one.groups) == 1 and one.max_chars == 100
 
 
@@ -231,7 +235,9 @@ def _drive(chunks: list[str], schedule: st.DataObject | None) -> tuple[JobState,
         assert lifecycle.level_complete(state) and state.level_done == len(texts)
         old += [k for k, _ in results]
         parts = [parts_store[(level, i)] for i in range(len(texts))]
-        plan = lifecycle.plan_next(state, parts, chunk_chars=400, chunk_summary_chars=120)
+        plan = lifecycle.plan_next(
+            state, parts, chunk_chars=400, chunk_summary_chars=120, max_reduce_levels=8
+        )
         if isinstance(plan, Completion):
             done = lifecycle.complete(
                 state, level=level, summary=plan.summary, summary_ref=None, now=T0

@@ -29,6 +29,7 @@ from agentbus.cli import ops as cli_ops
 from agentbus.cli import tenants as cli_tenants
 from agentbus.cli.dlq import dlq_app
 from agentbus.cli.options import TABLE_WIDTH, ServerOpt
+from agentbus.cli.summarizer import BaseUrlOpt, ModelOpt, SummarizerOpt, summarizer_env
 from agentbus.contract import plugins, subjects
 from agentbus.contract.errors import AgentBusError, ConfigError, DocumentRejected
 from agentbus.contract.messages import AgentEvent, CancelReply, JobState
@@ -269,11 +270,12 @@ def _start_stack(
     orchestrators: int = 1,
     gateway: bool = False,
     gateway_port: int | None = None,
+    env: dict[str, str] | None = None,
 ) -> Stack:
     try:
         return Stack(
             data_dir=data_dir, workers=workers, orchestrators=orchestrators, nats_url=nats_url,
-            gateway=gateway, gateway_port=gateway_port,
+            gateway=gateway, gateway_port=gateway_port, env=env,
         ).start()  # fmt: skip
     except AgentBusError as e:
         raise _fail(str(e)) from None
@@ -296,12 +298,20 @@ def up(
         int | None,
         typer.Option(min=1, max=65535, help="The gateway's port (default 8080, else a free one)"),
     ] = None,
+    summarizer: SummarizerOpt = None,
+    openai_base_url: BaseUrlOpt = None,
+    openai_model: ModelOpt = None,
 ) -> None:
     """Start the whole stack locally until Ctrl-C: nats-server, orchestrator, workers,
     archiver and the gateway (REST/SSE API and web console; --no-gateway: without it).
 
     A child that exits 0 (drained) stays stopped; one that crashes is restarted with backoff.
+    `--summarizer openai --openai-base-url URL` puts a model behind the workers.
     """
+    try:
+        env = summarizer_env(summarizer, base_url=openai_base_url, model=openai_model)
+    except ConfigError as e:
+        raise _fail(str(e)) from None
     stop = {"now": False}
 
     def on_signal(_sig: int, _frame: object) -> None:
@@ -311,9 +321,13 @@ def up(
     signal.signal(signal.SIGTERM, on_signal)
     stack = _start_stack(
         workers, nats_url, data_dir, orchestrators=orchestrators, gateway=not no_gateway,
-        gateway_port=gateway_port,
+        gateway_port=gateway_port, env=env,
     )  # fmt: skip
     out.print(f"NATS      {stack.nats_url}", highlight=False)
+    if env:
+        backend = env["AGENTBUS_SUMMARIZER__BACKEND"]
+        where = env.get("AGENTBUS_SUMMARIZER__OPENAI_BASE_URL", "")
+        out.print(f"summarizer {backend} {where}".rstrip(), highlight=False)
     for p in stack.processes:
         out.print(f"{p.agent_id:16} pid {p.pid}  {p.url}/metrics", highlight=False)
     if stack.gateway_url is not None:
@@ -515,18 +529,28 @@ def demo(
     ] = None,
     workers: Annotated[int, typer.Option(min=1, max=64)] = 3,
     data_dir: Annotated[Path, typer.Option()] = DEFAULT_DATA_DIR / "demo",
+    summarizer: SummarizerOpt = None,
+    openai_base_url: BaseUrlOpt = None,
+    openai_model: ModelOpt = None,
+    timeout_s: Annotated[
+        float, typer.Option(min=1, help="Wait this long for each summary (a model on a CPU: more)")
+    ] = 300.0,
 ) -> None:
     """Start the stack, summarize documents, print the summaries, stop the stack."""
     paths = files or sorted(Path("samples").glob("*.txt"))
     if not paths:
         raise _fail("no documents: pass files or run from the repository root (samples/)")
+    try:
+        env = summarizer_env(summarizer, base_url=openai_base_url, model=openai_model)
+    except ConfigError as e:
+        raise _fail(str(e)) from None
     out.print(f"starting nats-server, orchestrator, {workers} workers and the archiver ...")
-    stack = _start_stack(workers, None, data_dir)
+    stack = _start_stack(workers, None, data_dir, env=env)
     try:
         settings = load_settings(nats={"url": stack.nats_url})
         started = time.monotonic()
         records = _run(
-            _submit_files(settings, paths, timeout_s=300, summary_chars=None, progress=False)
+            _submit_files(settings, paths, timeout_s=timeout_s, summary_chars=None, progress=False)
         )
         failures = _print_records(records, as_json=False)
         out.print(

@@ -11,6 +11,8 @@
 - `pack` groups consecutive parts (e.g. chunk summaries) into texts of at most `max_chars`
   for the reduce step.
 - `truncate` shortens a text at a word boundary and marks the cut with an ellipsis.
+- `cut_at_sentence` shortens a text to its whole sentences that fit (a model's answer
+  over its budget), falling back to `truncate` when that would keep too little.
 
 Words are never lost: for every word of at most `max_chars` characters,
 `" ".join(chunk_text(t, max_chars=m)).split() == t.split()`; a longer word is cut into
@@ -27,6 +29,7 @@ from typing import Final
 __all__ = [
     "ELLIPSIS",
     "chunk_text",
+    "cut_at_sentence",
     "pack",
     "split_sentences",
     "truncate",
@@ -45,6 +48,9 @@ _WRAPPED_LINE_MIN_CHARS: Final = 50
 """An unpunctuated line at least this long that is followed by a plain line is taken for
 hard-wrapped prose (the sentence continues on the next line)."""
 _PREV_TOKEN_WINDOW_CHARS: Final = 48
+_CUT_MIN_FILL: Final = 0.5
+"""`cut_at_sentence` keeps whole sentences only if they fill at least this much of the
+budget; otherwise it cuts at a word boundary (one long sentence would leave almost nothing)."""
 
 # Title-like abbreviations: a period after them never ends a sentence.
 _NEVER_FINAL_ABBREVIATIONS: Final = frozenset(
@@ -323,3 +329,28 @@ def truncate(text: str, *, max_chars: int, ellipsis: str = ELLIPSIS) -> str:
             body = body[:space]
     trimmed = body.rstrip(" ,;:.-\u2013\u2014")
     return (trimmed or body) + ellipsis
+
+
+def cut_at_sentence(text: str, *, max_chars: int) -> str:
+    """`text` stripped and, if longer than `max_chars`, cut after its last sentence that
+    ends within `max_chars` characters (the text before the cut is kept as it was).
+
+    When the whole sentences that fit would fill less than half the budget (a long first
+    sentence, or no sentence end at all), the text is cut at a word boundary with an
+    ellipsis instead (`truncate`). The result is never longer than `max_chars`. Raises
+    `ValueError` if `max_chars < 1`.
+    """
+    _check_budget(max_chars)
+    stripped = text.strip()
+    if len(stripped) <= max_chars:
+        return stripped
+    endpos = min(len(stripped), max_chars + _LOOKAHEAD_CHARS)
+    floor = max(1, math.ceil(max_chars * _CUT_MIN_FILL))
+    cuts = [
+        c
+        for c in _boundaries(stripped, 0, endpos, 0)
+        if floor <= c <= max_chars and stripped[:c].strip()
+    ]
+    if cuts:
+        return stripped[: cuts[-1]].rstrip()
+    return truncate(stripped, max_chars=max_chars)

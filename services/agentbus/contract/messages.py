@@ -160,6 +160,16 @@ class TokenUsage(BaseModel):
     prompt_tokens: int = Field(default=0, ge=0)
     completion_tokens: int = Field(default=0, ge=0)
 
+    def __add__(self, other: TokenUsage) -> TokenUsage:
+        return TokenUsage(
+            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+            completion_tokens=self.completion_tokens + other.completion_tokens,
+        )
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
 
 class TaskResult(Payload):
     MSG_TYPE: ClassVar[str] = "task.result"
@@ -525,6 +535,10 @@ class JobState(BaseModel):
     level_bits: str = ""
     """Which of them: a bitmap, bit i of byte i // 8 for task i, base64 ("" = none)."""
     tasks_done_total: int = Field(default=0, ge=0)
+    usage: TokenUsage | None = None
+    """Tokens of the job's model calls so far, summed over its recorded tasks (each task
+    once, map and reduce), as the backend's server reported them; None: no backend
+    reported any (extractive, or a text within its budget)."""
     summary: str | None = None
     summary_ref: DocumentRef | None = None
     error: str | None = None

@@ -209,6 +209,32 @@ class SummarizerSettings(_Section):
     openai_temperature: float = Field(default=0.2, ge=0, le=2)
     openai_max_tokens: int = Field(default=2048, ge=16)
     """Cap of `max_tokens` per request (otherwise derived from the summary budget)."""
+    openai_stream: bool = True
+    """Stream each answer (SSE) and publish its tokens as live partial results. Usage in
+    a stream needs a server that sends it (`stream_options.include_usage`: vLLM, Ollama,
+    OpenAI); llama.cpp's Python server does not: turn streaming off to count its tokens."""
+    map_prompt: str | None = None
+    """The user message asking a model for the summary of one chunk of a document: a
+    template with `{text}` and optionally `{max_words}`, `{max_chars}` (None: the
+    built-in prompt, `agentbus_summarize_worker.backends.openai.MAP_PROMPT`)."""
+    reduce_prompt: str | None = None
+    """The same for a reduce step (the text is the summaries of consecutive parts)."""
+
+    @field_validator("map_prompt", "reduce_prompt")
+    @classmethod
+    def _check_prompt(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        if "{text}" not in value:
+            raise ValueError("a prompt template must contain {text}")
+        try:
+            value.format(text="", max_words=1, max_chars=1)
+        except (KeyError, IndexError, ValueError) as e:
+            raise ValueError(
+                f"not a valid template ({type(e).__name__}: {e}); placeholders are "
+                "{text}, {max_words}, {max_chars}; write {{ and }} for braces"
+            ) from e
+        return value
 
 
 class OrchestratorSettings(_Section):
@@ -218,6 +244,11 @@ class OrchestratorSettings(_Section):
     """Budget of the summary of one chunk (at most half of chunk_chars)."""
     summary_chars: int = Field(default=1200, ge=50)
     """Default budget of a job's final summary."""
+    max_reduce_levels: int = Field(default=8, ge=0, le=32)
+    """Reduce levels (summaries of summaries) a job may run after its map level. A job
+    whose summaries still do not fit after the last one (a model that answers too long)
+    completes with them cut to its budget at sentence boundaries; so does one whose next
+    level would not shrink. 0: the chunk summaries, cut, are final."""
     concurrency: int = Field(default=32, ge=1, le=4096)
     job_timeout_s: float = Field(default=3600.0, ge=0)
     """A job not finished this long after its acceptance fails with the reason (0 = no

@@ -37,10 +37,13 @@ class Summarizer(Protocol):
     """Short backend name, used in metrics labels and events (`extractive`, `openai`)."""
 
     async def summarize(
-        self, text: str, *, max_chars: int, on_delta: DeltaSink | None = None
-    ) -> Summary:
+        self, text: str, *, max_chars: int, on_delta: DeltaSink | None = None,
+        reduce: bool = False,
+    ) -> Summary:  # fmt: skip
         """Summarize `text` in at most `max_chars` characters; a backend that streams
-        passes the text to `on_delta` as it is written (others ignore it).
+        passes the text to `on_delta` as it is written (others ignore it). `reduce`: the
+        text is summaries of consecutive parts of one document (a reduce step), not a
+        part of the document itself (a model backend prompts for each differently).
 
         Raises `ValueError` if `max_chars < 1` and `SummarizerError` if the backend fails.
         """

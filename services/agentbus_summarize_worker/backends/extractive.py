@@ -362,8 +362,9 @@ class ExtractiveSummarizer:
         self._max_graph_sentences = max_graph_sentences
 
     async def summarize(
-        self, text: str, *, max_chars: int, on_delta: DeltaSink | None = None
-    ) -> Summary:
+        self, text: str, *, max_chars: int, on_delta: DeltaSink | None = None,
+        reduce: bool = False,
+    ) -> Summary:  # fmt: skip
         if max_chars < 1:
             raise ValueError(f"max_chars must be at least 1, got {max_chars}")
         if len(text) > self._thread_threshold_chars:

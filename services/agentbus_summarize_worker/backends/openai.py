@@ -3,8 +3,9 @@
 (`AsyncOpenAI`): HTTP, timeouts, error types and streaming (SSE) are the SDK's.
 
 One summary is one chat completion. Given a `DeltaSink` (a worker publishing live partial
-results), the request streams (`stream: true`, usage in the last chunk) and each token
-delta is passed on as it arrives; a stream that breaks off is a transient failure.
+results) and `stream` on (the default), the request streams (`stream: true`, usage in
+the last chunk) and each token delta is passed on as it arrives; a stream that breaks
+off is a transient failure.
 
 Retries stay ours (the SDK's are off, `max_retries=0`), measured against what a work-queue
 worker needs: the SDK honours a `Retry-After` of up to 60 s by sleeping in-process, which
@@ -16,7 +17,11 @@ retryable error instead, so the task goes back to JetStream with its own backoff
 other 4xx is a non-retryable error naming the status, the URL, the model and the
 server's message.
 
-The summary always fits the budget: a model that overshoots is cut at a word boundary.
+The summary always fits the budget, and no request is wasted on a text that already
+does: such a text is its own summary (no model call, no tokens). `max_tokens` is derived
+from the budget (`max_tokens_for`), so a model that would write on and on is stopped near
+it, and an answer still over the budget is cut after its last whole sentence that fits
+(`cut_at_sentence`; at a word boundary when that would keep less than half).
 Token usage from the response's `usage` is returned with the summary (the worker puts
 it in the `task.completed` event and `agentbus_summarizer_tokens_total`).
 """
@@ -39,14 +44,25 @@ import httpx2
 import openai
 from openai import AsyncOpenAI
 
-from agentbus.contract.chunking import truncate
+from agentbus.contract.chunking import cut_at_sentence, split_sentences
 from agentbus.contract.errors import ConfigError
 from agentbus.contract.messages import TokenUsage
 from agentbus.contract.settings import SummarizerSettings
 from agentbus_summarize_worker.backends.base import DeltaSink, Summary
 from agentbus_summarize_worker.errors import SummarizerError
 
-__all__ = ["OpenAISummarizer", "parse_retry_after", "system_prompt"]
+__all__ = [
+    "MAP_PROMPT",
+    "REDUCE_PROMPT",
+    "SYSTEM_PROMPT",
+    "OpenAISummarizer",
+    "clean_answer",
+    "fit",
+    "max_tokens_for",
+    "max_words_for",
+    "parse_retry_after",
+    "prompt_messages",
+]
 
 log = logging.getLogger("summarize_worker.openai")
 
@@ -54,21 +70,76 @@ RETRYABLE_STATUS: Final = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 """Statuses worth another try; every other 5xx is retried too."""
 _CHARS_PER_TOKEN: Final = 3
 """A conservative characters-per-token ratio for deriving `max_tokens` from the budget."""
-_MAX_TOKENS_MARGIN: Final = 64
+_MAX_TOKENS_MARGIN: Final = 16
 _ERROR_BODY_CHARS: Final = 300
 _THINK_BLOCK: Final = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
+_LEADING_LABEL: Final = re.compile(
+    r"\A\s*(?:\*\*)?(?:(?:the |a )?summary(?: is)?|here is (?:a|the) summary[^\n:]{0,40})"
+    r"\s*:(?:\*\*)?\s*",
+    re.IGNORECASE,
+)
+_HEADING_MAX_CHARS: Final = 120
+_TITLE_MAX_CHARS: Final = 80
+"""A first line ending with a colon is a title up to this long ("The Sea Rises:")."""
+_ECHO_MIN_CHARS: Final = 12
+"""A sentence of an answer found in the instruction is an echo from this long."""
 _KEY_SETTING: Final = "AGENTBUS_SUMMARIZER__OPENAI_API_KEY"
 _KEY_FILE_SETTING: Final = "AGENTBUS_SUMMARIZER__OPENAI_API_KEY_FILE"
 
 Sleep = Callable[[float], Awaitable[None]]
 
 
-def system_prompt(max_chars: int) -> str:
-    return (
-        "You write summaries. Summarize the user's text faithfully in plain prose, in the "
-        "language of the text, without adding facts, a title or any preamble. The summary "
-        f"must be at most {max_chars} characters long."
-    )
+def max_tokens_for(max_chars: int, *, cap: int) -> int:
+    """`max_tokens` of a request for a summary of at most `max_chars` characters: the
+    budget in tokens at a conservative 3 characters per token, plus a margin for the
+    end of a sentence, never above `cap` (`AGENTBUS_SUMMARIZER__OPENAI_MAX_TOKENS`)."""
+    if max_chars < 1:
+        raise ValueError(f"max_chars must be at least 1, got {max_chars}")
+    return max(1, min(cap, max_chars // _CHARS_PER_TOKEN + _MAX_TOKENS_MARGIN))
+
+
+SYSTEM_PROMPT: Final = (
+    "You are a summarizer. You rewrite the text you are given as a shorter text that "
+    "states its main facts. You reply with the summary only."
+)
+"""The system message of every request."""
+MAP_PROMPT: Final = (
+    "{text}\n\nSummarize the text above in {max_words} words or fewer. State its main "
+    "facts in plain sentences."
+)
+"""The user message for one chunk of a document (`AGENTBUS_SUMMARIZER__MAP_PROMPT`).
+Worded for small models too (tried on SmolLM2-135M-Instruct): the text first and the
+instruction last, with a word budget (models count words, not characters). An
+instruction placed before the text made the small model comment on the text ("The text
+is written in a clear manner...") or answer with a label alone."""
+REDUCE_PROMPT: Final = (
+    "{text}\n\nThe text above is summaries of consecutive parts of one document. "
+    "Summarize the whole document in {max_words} words or fewer. State its main facts in "
+    "plain sentences."
+)
+"""The user message for a reduce step (`AGENTBUS_SUMMARIZER__REDUCE_PROMPT`)."""
+_CHARS_PER_WORD: Final = 7
+"""Characters per word (with its space and punctuation) when a budget is told in words:
+on the high side, so that a model keeping to the word count stays within the budget."""
+
+
+def max_words_for(max_chars: int) -> int:
+    """The word budget told to a model for a summary of at most `max_chars` characters."""
+    return max(3, max_chars // _CHARS_PER_WORD)
+
+
+def prompt_messages(
+    text: str,
+    *,
+    max_chars: int,
+    reduce: bool = False,
+    map_prompt: str = MAP_PROMPT,
+    reduce_prompt: str = REDUCE_PROMPT,
+) -> list[dict[str, str]]:
+    """The chat messages asking for the summary of `text` within `max_chars`."""
+    template = reduce_prompt if reduce else map_prompt
+    user = template.format(text=text, max_words=max_words_for(max_chars), max_chars=max_chars)
+    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
 
 
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
@@ -154,12 +225,43 @@ def _usage(data: Mapping[str, Any]) -> TokenUsage | None:
         return None
 
 
-def fit(text: str, *, max_chars: int) -> str:
-    """The model's answer, cleaned (no `<think>` block, trimmed) and within `max_chars`."""
-    cleaned = _THINK_BLOCK.sub("", text).strip()
-    if len(cleaned) <= max_chars:
-        return cleaned
-    return truncate(cleaned, max_chars=max_chars)
+def fit(text: str, *, max_chars: int, instruction: str = "") -> str:
+    """The model's answer, cleaned (`clean_answer`) and within `max_chars` (cut after its
+    last whole sentence that fits)."""
+    return cut_at_sentence(clean_answer(text, instruction=instruction), max_chars=max_chars)
+
+
+def _heading(line: str) -> bool:
+    """A title line: short, and without a sentence's end (a colon may end it)."""
+    line = line.strip().strip("#*_ ")
+    if not line or len(line) > _HEADING_MAX_CHARS:
+        return False
+    return line[-1] not in ".!?\u2026\"'" and (line[-1] != ":" or len(line) <= _TITLE_MAX_CHARS)
+
+
+def _normal(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def clean_answer(text: str, *, instruction: str = "") -> str:
+    """A model's answer without what is not summary: a `<think>` block, a leading label
+    ("Summary:"), leading heading lines (a short line without a sentence's end, followed
+    by more text: small models often repeat the document's title first), and sentences
+    that repeat the `instruction` (small models echo the prompt)."""
+    cleaned = _LEADING_LABEL.sub("", _THINK_BLOCK.sub("", text)).strip()
+    while "\n" in cleaned:
+        first, rest = cleaned.split("\n", 1)
+        if not rest.strip() or not _heading(first):
+            break
+        cleaned = _LEADING_LABEL.sub("", rest).strip()
+    if instruction:
+        said = _normal(instruction)
+        for sentence in split_sentences(cleaned):
+            if len(sentence) >= _ECHO_MIN_CHARS and _normal(sentence) in said:
+                cleaned = cleaned.replace(sentence, "")
+        cleaned = re.sub(r"[ \t]+\n", "\n", re.sub(r"[ \t]{2,}", " ", cleaned))
+        cleaned = re.sub(r"\n\s*\n\s*\n+", "\n\n", cleaned).strip()
+    return cleaned
 
 
 class OpenAISummarizer:
@@ -179,6 +281,9 @@ class OpenAISummarizer:
         backoff_max_s: float = 30.0,
         temperature: float = 0.2,
         max_tokens: int = 2048,
+        map_prompt: str | None = None,
+        reduce_prompt: str | None = None,
+        stream: bool = True,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
         if not base_url.startswith(("http://", "https://")):
@@ -197,6 +302,10 @@ class OpenAISummarizer:
         self.backoff_max_s = backoff_max_s
         self.temperature = temperature
         self.max_tokens = max_tokens
+        self.map_prompt = map_prompt or MAP_PROMPT
+        self.reduce_prompt = reduce_prompt or REDUCE_PROMPT
+        self.stream = stream
+        """Stream when the caller takes deltas (`AGENTBUS_SUMMARIZER__OPENAI_STREAM`)."""
         self._sleep = sleep
         self._random = random.Random()  # jitter, not security
         self._sdk: AsyncOpenAI | None = None
@@ -225,6 +334,9 @@ class OpenAISummarizer:
             backoff_max_s=settings.openai_backoff_max_s,
             temperature=settings.openai_temperature,
             max_tokens=settings.openai_max_tokens,
+            map_prompt=settings.map_prompt,
+            reduce_prompt=settings.reduce_prompt,
+            stream=settings.openai_stream,
         )
 
     def _client(self) -> AsyncOpenAI:
@@ -239,14 +351,17 @@ class OpenAISummarizer:
             )
         return self._sdk
 
-    def _request_body(self, text: str, max_chars: int, *, stream: bool) -> dict[str, Any]:
-        max_tokens = min(self.max_tokens, max_chars // _CHARS_PER_TOKEN + _MAX_TOKENS_MARGIN)
+    def _request_body(
+        self, text: str, max_chars: int, *, stream: bool, reduce: bool
+    ) -> dict[str, Any]:
+        max_tokens = max_tokens_for(max_chars, cap=self.max_tokens)
+        messages = prompt_messages(
+            text, max_chars=max_chars, reduce=reduce,
+            map_prompt=self.map_prompt, reduce_prompt=self.reduce_prompt,
+        )  # fmt: skip
         body: dict[str, Any] = {
             "model": self.model,
-            "messages": [
-                {"role": "system", "content": system_prompt(max_chars)},
-                {"role": "user", "content": text},
-            ],
+            "messages": messages,
             "temperature": self.temperature,
             "max_tokens": max_tokens,
             "stream": stream,
@@ -266,11 +381,18 @@ class OpenAISummarizer:
         return f"{self.url} (model {self.model})"
 
     async def summarize(
-        self, text: str, *, max_chars: int, on_delta: DeltaSink | None = None
-    ) -> Summary:
+        self, text: str, *, max_chars: int, on_delta: DeltaSink | None = None,
+        reduce: bool = False,
+    ) -> Summary:  # fmt: skip
         if max_chars < 1:
             raise ValueError(f"max_chars must be at least 1, got {max_chars}")
-        body = self._request_body(text, max_chars, stream=on_delta is not None)
+        text = text.strip()
+        if len(text) <= max_chars:
+            # already within its budget: its own summary, no model call
+            return Summary(text=text)
+        if not self.stream:
+            on_delta = None
+        body = self._request_body(text, max_chars, stream=on_delta is not None, reduce=reduce)
         retry = 0
         while True:
             try:
@@ -278,6 +400,16 @@ class OpenAISummarizer:
                     content, finish, usage = await self._complete(body)
                 else:
                     content, finish, usage = await self._stream(body, on_delta, restart=retry > 0)
+            except _EmptyStream as e:
+                # A stream that ended before its first chunk: llama.cpp's server answers
+                # a request it refuses (a prompt over the model's context) with an empty
+                # 200 stream. Asked once more without streaming, the server says why (a
+                # 4xx fails the task with the reason at once, never a retry loop), or
+                # answers after all.
+                log.warning("%s: %s; asking again without streaming", self._where(), e.reason)
+                on_delta = None
+                body = self._request_body(text, max_chars, stream=False, reduce=reduce)
+                continue
             except _Transient as e:
                 if retry >= self.max_retries:
                     raise SummarizerError(
@@ -299,7 +431,11 @@ class OpenAISummarizer:
                 retry += 1
                 await self._sleep(delay)
                 continue
-            summary = fit(content, max_chars=max_chars)
+            template = self.reduce_prompt if reduce else self.map_prompt
+            instruction = template.format(
+                text="", max_words=max_words_for(max_chars), max_chars=max_chars
+            )
+            summary = fit(content, max_chars=max_chars, instruction=instruction)
             if not summary:
                 raise SummarizerError(
                     f"{self._where()}: the model returned an empty summary "
@@ -336,6 +472,7 @@ class OpenAISummarizer:
         """One streamed request, each delta passed to `on_delta` as it arrives."""
         self.requests += 1
         parts: list[str] = []
+        chunks = 0
         finish: str | None = None
         usage: TokenUsage | None = None
         with self._errors():
@@ -343,6 +480,7 @@ class OpenAISummarizer:
         with self._errors(streaming=True):
             async with stream:
                 async for chunk in stream:
+                    chunks += 1
                     if chunk.usage is not None:
                         usage = TokenUsage(
                             prompt_tokens=chunk.usage.prompt_tokens or 0,
@@ -354,6 +492,8 @@ class OpenAISummarizer:
                             parts.append(piece)
                             on_delta(piece, restart=restart and len(parts) == 1)
                         finish = choice.finish_reason or finish
+        if finish is None and chunks == 0:
+            raise _EmptyStream("the stream ended without a single chunk", None)
         if finish is None:
             raise _Transient("the stream ended before the model finished", None)
         return "".join(parts), finish, usage
@@ -386,6 +526,11 @@ class OpenAISummarizer:
         hint = ""
         if status in (401, 403):
             hint = f" (check {_KEY_SETTING} or {_KEY_FILE_SETTING})"
+        elif status == 400 and "context" in text.lower():
+            hint = (
+                " (the task's text does not fit the model's context: lower "
+                "AGENTBUS_ORCHESTRATOR__CHUNK_CHARS, or serve the model with a longer context)"
+            )
         elif status == 404:
             hint = (
                 " (check AGENTBUS_SUMMARIZER__OPENAI_BASE_URL and "
@@ -408,3 +553,7 @@ class _Transient(Exception):
         super().__init__(reason)
         self.reason = reason
         self.retry_after_s = retry_after_s
+
+
+class _EmptyStream(_Transient):
+    """A streamed answer without a single chunk (the server refused the request)."""

@@ -133,8 +133,9 @@ class SimulatedSummarizer:
         """Number of `summarize` calls that got past the latency (success or failure)."""
 
     async def summarize(
-        self, text: str, *, max_chars: int, on_delta: DeltaSink | None = None
-    ) -> Summary:
+        self, text: str, *, max_chars: int, on_delta: DeltaSink | None = None,
+        reduce: bool = False,
+    ) -> Summary:  # fmt: skip
         if max_chars < 1:
             raise ValueError(f"max_chars must be at least 1, got {max_chars}")
         try:
