@@ -14,7 +14,7 @@ from aiohttp import web
 from agentbus.contract.errors import AgentBusError, BusError
 from agentbus.observability import metrics
 from agentbus.observability.health import Readiness
-from agentbus_gateway import rest
+from agentbus_gateway import listing, rest
 from agentbus_gateway.keys import bearer_token
 from agentbus_gateway.openapi import openapi_document
 
@@ -142,6 +142,7 @@ def build_app(
     app = web.Application(middlewares=middlewares, client_max_size=ctx.max_body_bytes)
     app[rest.CONTEXT] = ctx
     rest.add_routes(app)
+    listing.add_routes(app)
     if extra is not None:
         extra(app)
     document = openapi_document()

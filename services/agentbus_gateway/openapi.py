@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from agentbus.contract.messages import JobStatus
 from agentbus.contract.version import agentbus_version
 
 __all__ = ["openapi_document"]
@@ -99,6 +100,27 @@ _SCHEMAS: Final[dict[str, Any]] = {
             "created_at": {"type": "string", "format": "date-time"},
             "updated_at": {"type": "string", "format": "date-time"},
         }
+    ),
+    "Jobs": _obj({"jobs": {"type": "array", "items": {"$ref": "#/components/schemas/Job"}}}),
+    "Tenant": _obj(
+        {
+            "tenant": _STR,
+            "weight": _INT,
+            "max_in_flight": _INT,
+            "in_flight": _INT,
+            "queued": _INT,
+            "jobs_this_minute": _INT,
+            "jobs_per_minute": {"type": "integer", "nullable": True},
+            "over_rate": _STR,
+            "tokens_this_window": _INT,
+            "token_budget": {"type": "integer", "nullable": True},
+            "budget_window_s": {"type": "number"},
+            "over_budget": _STR,
+            "window_turns_in_s": {"type": "number"},
+        }
+    ),
+    "Tenants": _obj(
+        {"tenants": {"type": "array", "items": {"$ref": "#/components/schemas/Tenant"}}}
     ),
     "Canceled": _obj(
         {"job_id": _STR, "canceled": {"type": "boolean"}, "status": _NSTR, "detail": _STR}
@@ -217,6 +239,37 @@ def openapi_document() -> dict[str, Any]:
         },
         "paths": {
             "/v1/jobs": {
+                "get": {
+                    "operationId": "listJobs",
+                    "summary": "Recent jobs, newest first, without their summaries; role read "
+                    "(a key below operate: its own tenant's only)",
+                    "parameters": [
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 500},
+                        },
+                        {
+                            "name": "status",
+                            "in": "query",
+                            "required": False,
+                            "schema": {
+                                "type": "string",
+                                "enum": [s.value for s in JobStatus],
+                            },
+                        },
+                        {
+                            "name": "tenant",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,128}$"},
+                        },
+                    ],
+                    "responses": _responses(
+                        {"200": {"description": "jobs", "content": _json("Jobs")}}, 400
+                    ),
+                },
                 "post": {
                     "operationId": "submitJob",
                     "summary": "Submit a document (JSON text or a file upload); role submit",
@@ -236,7 +289,7 @@ def openapi_document() -> dict[str, Any]:
                         413,
                         415,
                     ),
-                }
+                },
             },
             "/v1/jobs/{job_id}": {
                 "parameters": [_JOB_ID],
@@ -337,6 +390,16 @@ def openapi_document() -> dict[str, Any]:
                     ],
                     "responses": _responses(
                         {"200": {"description": "replayed", "content": _json("Replayed")}}, 404
+                    ),
+                }
+            },
+            "/v1/tenants": {
+                "get": {
+                    "operationId": "listTenants",
+                    "summary": "Each tenant's limits, use and queue (`agentbus tenants`); "
+                    "role operate, or read for the key's own tenant only",
+                    "responses": _responses(
+                        {"200": {"description": "tenants", "content": _json("Tenants")}}
                     ),
                 }
             },

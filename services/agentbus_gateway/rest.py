@@ -72,6 +72,8 @@ KEY: Final = web.RequestKey("agentbus_api_key", ApiKey)
 # (method, route pattern) -> the least role it needs; a route not here needs no key
 _ROLES: Final[dict[tuple[str, str], Role]] = {
     ("POST", "/v1/jobs"): Role.SUBMIT,
+    ("GET", "/v1/jobs"): Role.READ,  # a key below operate: its own tenant's (listing.py)
+    ("GET", "/v1/tenants"): Role.READ,  # a key below operate: its own tenant's row
     ("GET", "/v1/jobs/{job_id}"): Role.READ,
     ("GET", "/v1/jobs/{job_id}/stream"): Role.READ,
     ("GET", "/v1/jobs/{job_id}/events"): Role.READ,

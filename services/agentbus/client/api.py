@@ -32,6 +32,8 @@ from agentbus.bus.deadletters import (
 )
 from agentbus.bus.discovery import list_workers
 from agentbus.bus.documents import check_document, fetch_document, read_document, store_document
+from agentbus.bus.job_list import recent_job_states
+from agentbus.bus.tenant_usage import tenant_report
 from agentbus.client.rpc import RpcResult, fan_out, request_summary
 from agentbus.client.stream import PartialResult, read_partial_results
 from agentbus.contract import subjects
@@ -61,7 +63,7 @@ from agentbus.contract.messages import (
     new_id,
 )
 from agentbus.contract.priority import Priority
-from agentbus.contract.settings import LimitsSettings, NatsSettings
+from agentbus.contract.settings import LimitsSettings, NatsSettings, TenantsSettings
 from agentbus.contract.workers import WorkerInfo
 from agentbus.observability import telemetry
 
@@ -72,6 +74,11 @@ _JOB_END_EVENTS: Final = frozenset(
 )
 _HISTORY_RETRY_FIRST_S: Final = 0.05
 _HISTORY_RETRY_MAX_S: Final = 1.0
+JOBS_LIST_MAX: Final = 500
+"""The most jobs one `jobs()` call returns."""
+JOBS_SCAN_MAX: Final = 5000
+"""The most job states one `jobs()` call reads (the bucket has no index: see
+`agentbus.bus.job_list`)."""
 
 
 class AgentBusClient:
@@ -244,6 +251,39 @@ class AgentBusClient:
             return None
         return decode_job_state(entry.value) if entry.value else None
 
+    async def jobs(
+        self,
+        *,
+        limit: int = 50,
+        tenant: str | None = None,
+        status: JobStatus | str | None = None,
+        max_scan: int = JOBS_SCAN_MAX,
+    ) -> list[JobState]:
+        """Recent jobs, newest first: the `limit` (1 to `JOBS_LIST_MAX`) most recently
+        written states of `tenant`'s jobs (None: every tenant's) in `status` (None: any),
+        ordered by creation time. Reads at most `max_scan` states, newest written first:
+        a job not written among those is not listed (see `agentbus.bus.job_list`).
+        Raises `ValueError` for a bad limit, tenant or status."""
+        if not 1 <= limit <= JOBS_LIST_MAX:
+            raise ValueError(f"limit={limit}: must be from 1 to {JOBS_LIST_MAX}")
+        if tenant is not None:
+            subjects.check_token(tenant, field="tenant")
+        try:
+            wanted = None if status is None else JobStatus(status)
+        except ValueError:
+            choices = ", ".join(s.value for s in JobStatus)
+            raise ValueError(f"status {status!r} is not one of {choices}") from None
+
+        def keep(state: JobState) -> bool:
+            return (tenant is None or state.tenant == tenant) and (
+                wanted is None or state.status is wanted
+            )
+
+        states = await recent_job_states(
+            self.bus.js, want=limit, keep=keep, max_scan=min(max_scan, JOBS_SCAN_MAX)
+        )
+        return sorted(states, key=lambda s: (s.created_at, s.job_id), reverse=True)
+
     async def watch(
         self, job_id: str, *, timeout_s: float | None = None
     ) -> AsyncIterator[JobState]:
@@ -360,6 +400,13 @@ class AgentBusClient:
     async def replay(self, dlq_id: int, *, keep: bool = False) -> ReplayResult:
         """Republish dead letter `dlq_id` to its original subject (`agentbus dlq replay`)."""
         return await replay_dead_letter(self.bus.js, dlq_id, keep=keep)
+
+    async def tenants(
+        self, settings: TenantsSettings, *, skills: Sequence[str] = (subjects.SUMMARIZE_SKILL,)
+    ) -> list[dict[str, object]]:
+        """Per tenant of `settings` (`default` first): its limits, use this minute and
+        this budget window, tasks queued and in flight over `skills` (`agentbus tenants`)."""
+        return await tenant_report(self.bus, settings, skills=skills)
 
     # --- request/reply (at-most-once, low latency) -------------------------------------
 

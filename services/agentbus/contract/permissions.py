@@ -14,7 +14,8 @@ gave up on):
 - `gateway`: the HTTP front door, a client of the rest: the `client` permissions (its API
   keys say which tenant a job is submitted as), plus worker discovery (`$SRV.STATS`),
   reading the DLQ and replaying a dead letter (republish to its original subject, then
-  delete it from the DLQ: the one destructive call it has);
+  delete it from the DLQ: the one destructive call it has), and the tenants' usage
+  (their counters, their task consumers' info);
 - `client`: publishes `jobs.submit` (and `jobs.submit.{tenant}`: a trusted client may
   submit as any tenant), writes documents, reads (watches) job state and
   live partial results (ordered consumers on `PROGRESS`), asks
@@ -398,8 +399,8 @@ def build_permissions(
     pub, sub = _service_common(GATEWAY)
     users[GATEWAY] = _user(
         GATEWAY,
-        "the HTTP front door: submits as its keys' tenants, watches jobs, cancels, reads "
-        "history, discovers workers, lists and replays dead letters",
+        "the HTTP front door: submits as its keys' tenants, watches and lists jobs, cancels, "
+        "reads history, discovers workers, lists and replays dead letters, reads tenants' use",
         [
             *pub,
             *client_publish(subjects.JOBS_SUBJECT, subjects.JOBS_TENANT_SUBJECTS),
@@ -411,6 +412,9 @@ def build_permissions(
             subjects.TASKS_TENANT_SUBJECTS,
             "results.*.*",
             f"{_JS}.STREAM.MSG.DELETE.{subjects.DLQ_STREAM}",
+            # the tenants page: their shared counters, their task consumers' queues
+            *_kv_read(subjects.TENANTS_BUCKET),
+            f"{_JS}.CONSUMER.INFO.{subjects.TASKS_STREAM}.*",
         ],
         [*sub, f"{inbox_prefix(GATEWAY)}.>"],
         allow_responses=True,
