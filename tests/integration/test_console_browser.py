@@ -2,7 +2,8 @@
 Playwright; `.ci/install-chromium.sh` installs it), against the gateway in front of a
 real stack: upload a document in the page and watch its progress reach 100% and the
 summary appear (partial results and the archived timeline too); cancel a long job and
-see `canceled`; the workers page. Screenshots are kept in `test-artifacts/`."""
+see `canceled`; the workers page; a job submitted through the REST API reaching
+`completed` in the jobs list; the tenants page. Screenshots are kept in `test-artifacts/`."""
 
 from __future__ import annotations
 
@@ -11,12 +12,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Final
 
+import aiohttp
 import pytest
 from playwright.async_api import BrowserContext, Page, async_playwright, expect
 
 from tests.conftest import Running
 from tests.documents import prose_document
-from tests.gateway_front import KEYS, Front, assert_no_violations, start_front
+from tests.gateway_front import KEYS, Front, assert_no_violations, auth, start_front
 from tests.security import SecureNats
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(180)]
@@ -115,3 +117,32 @@ async def test_cancel_a_long_job_in_the_page(front: Front, browser: BrowserConte
     await expect(page.locator("[data-testid=status]")).to_have_text("canceled", timeout=30_000)
     await expect(page.locator("[data-testid=error]")).to_contain_text("canceled in the console")
     await _shot(page, "console-canceled.png")
+
+
+async def test_jobs_list_shows_a_job_from_the_api_and_the_tenants_page(
+    front: Front, browser: BrowserContext
+) -> None:
+    """A job submitted through the REST API, not from this page, appears in the jobs list
+    (GET /v1/jobs) and reaches completed there; the tenants page lists every tenant."""
+    page = await browser.new_page()
+    await _with_key(page, front)
+    body = {"text": prose_document(23, 6_000), "title": "from-the-api"}
+    async with (
+        aiohttp.ClientSession(front.url) as http,
+        http.post("/v1/jobs", json=body, headers=auth("submit")) as r,
+    ):
+        assert r.status == 202, await r.text()
+        job_id = (await r.json())["job_id"]
+    row = page.locator(f"tr[data-job='{job_id}']")
+    await expect(row).to_be_visible(timeout=30_000)
+    await expect(row).to_contain_text("from-the-api")
+    await expect(row).to_contain_text("acme")
+    await expect(row.locator("[data-testid=status]")).to_have_text("completed", timeout=60_000)
+    await expect(row.locator("[data-testid=progress]")).to_have_text("100%")
+    await page.select_option("[data-testid=status-filter]", "running")
+    await expect(row).to_have_count(0)
+    await page.click("nav a[data-nav=tenants]")
+    for tenant in ("default", "acme", "beta"):
+        await expect(page.locator(f"tr[data-tenant={tenant}]")).to_be_visible()
+    await expect(page.locator("tr[data-tenant=acme]")).to_contain_text("10000")  # its cap
+    await _shot(page, "console-tenants.png")

@@ -1,9 +1,10 @@
-// The agentbus web console: jobs (this browser's, with live status and progress), a job's
-// page (partial results streaming in, the final summary, the archived event timeline, a
-// cancel button), the running workers, and the dead letters with replay.
+// The agentbus web console: jobs (every job the key may see, newest first, with live
+// status and progress), a job's page (partial results streaming in, the final summary, the
+// archived event timeline, a cancel button), the running workers, the dead letters with
+// replay, and the tenants (limits, use, queues).
 import { ApiError, apiKey, call, setApiKey, streamJob } from "./api.js";
 
-const JOBS_STORAGE = "agentbus.jobs";
+const JOBS_SHOWN = 100;
 const POLL_MS = 1000;
 const view = document.getElementById("view");
 let cleanup = [];
@@ -19,20 +20,6 @@ function h(tag, attrs = {}, ...children) {
     el.append(child instanceof Node ? child : document.createTextNode(String(child)));
   }
   return el;
-}
-
-function knownJobs() {
-  try {
-    return JSON.parse(localStorage.getItem(JOBS_STORAGE) || "[]");
-  } catch {
-    return [];
-  }
-}
-
-function rememberJob(jobId) {
-  const jobs = knownJobs().filter((j) => j !== jobId);
-  jobs.unshift(jobId);
-  localStorage.setItem(JOBS_STORAGE, JSON.stringify(jobs.slice(0, 200)));
 }
 
 function every(ms, fn) {
@@ -73,47 +60,54 @@ function jobsView() {
       } else {
         reply = await call("POST", "/v1/jobs", { text: text.value, priority: priority.value });
       }
-      rememberJob(reply.job_id);
       location.hash = `#/jobs/${reply.job_id}`;
     } catch (err) {
       showError(message, err);
     }
   };
-  const rows = h("tbody");
+  const rows = h("tbody", { "data-testid": "jobs" });
+  const note = h("p", { class: "muted", "data-testid": "jobs-message" });
+  const filter = h("select", { name: "status", "data-testid": "status-filter" },
+    h("option", { value: "" }, "any status"),
+    ["accepted", "running", "reducing", "completed", "failed", "canceled"].map((s) => h("option", { value: s }, s)));
   const table = h("table", {},
-    h("thead", {}, h("tr", {}, ["job", "title", "status", "progress", "tenant", "updated"].map((c) => h("th", {}, c)))),
+    h("thead", {}, h("tr", {}, ["job", "title", "status", "progress", "tenant", "created", "updated"].map((c) => h("th", {}, c)))),
     rows);
   view.replaceChildren(
     h("section", {}, h("h2", {}, "Submit a document"),
       h("form", { class: "upload", onsubmit: submit }, file, text,
         h("div", { class: "bar" }, h("label", {}, "priority ", priority),
           h("button", { type: "submit", "data-testid": "submit" }, "Submit")), message)),
-    h("section", {}, h("h2", {}, "Jobs"), table),
+    h("section", {}, h("h2", {}, "Jobs ", h("label", { class: "muted" }, "show ", filter)), note, table),
   );
-  const states = new Map();
-  every(POLL_MS, async () => {
-    for (const jobId of knownJobs()) {
-      const known = states.get(jobId);
-      if (known && ["completed", "failed", "canceled"].includes(known.status)) continue;
-      try {
-        states.set(jobId, await call("GET", `/v1/jobs/${jobId}`));
-      } catch (err) {
-        if (!(err instanceof ApiError && err.status === 404)) continue;
-      }
-    }
-    rows.replaceChildren(...knownJobs().filter((j) => states.has(j)).map((jobId) => {
-      const job = states.get(jobId);
-      return h("tr", { "data-job": jobId },
-        h("td", {}, h("a", { href: `#/jobs/${jobId}` }, jobId.slice(0, 12))),
+  // every job the key may see (its tenant's; every tenant's for operate), newest first,
+  // polled: GET /v1/jobs reads recent job states, one bounded call per poll
+  let busy = false;
+  const load = async () => {
+    if (busy) return;
+    busy = true;
+    try {
+      const query = filter.value ? `&status=${encodeURIComponent(filter.value)}` : "";
+      const reply = await call("GET", `/v1/jobs?limit=${JOBS_SHOWN}${query}`);
+      note.textContent = reply.jobs.length ? "" : "no jobs";
+      rows.replaceChildren(...reply.jobs.map((job) => h("tr", { "data-job": job.job_id },
+        h("td", {}, h("a", { href: `#/jobs/${encodeURIComponent(job.job_id)}` }, job.job_id.slice(0, 12))),
         h("td", {}, job.title), h("td", {}, statusCell(job)),
-        h("td", {}, h("div", { class: "bar" }, h("progress", { max: 1, value: job.progress }), percent(job.progress))),
-        h("td", {}, job.tenant), h("td", { class: "muted" }, job.updated_at.slice(11, 19)));
-    }));
-  });
+        h("td", {}, h("div", { class: "bar" }, h("progress", { max: 1, value: job.progress }),
+          h("span", { "data-testid": "progress" }, percent(job.progress)))),
+        h("td", {}, job.tenant), h("td", { class: "muted" }, job.created_at.slice(11, 19)),
+        h("td", { class: "muted" }, job.updated_at.slice(11, 19)))));
+    } catch (err) {
+      showError(note, err);
+    } finally {
+      busy = false;
+    }
+  };
+  filter.addEventListener("change", load);
+  every(POLL_MS, load);
 }
 
 function jobView(jobId) {
-  rememberJob(jobId);
   const status = h("span", { class: "status", "data-testid": "status" }, "…");
   const bar = h("progress", { max: 1, value: 0 });
   const pct = h("span", { "data-testid": "progress" }, "0%");
@@ -245,6 +239,30 @@ function dlqView() {
   load();
 }
 
+function tenantsView() {
+  const rows = h("tbody", { "data-testid": "tenants" });
+  const message = h("p", { class: "muted" });
+  view.replaceChildren(h("section", {}, h("h2", {}, "Tenants"), message, h("table", {},
+    h("thead", {}, h("tr", {}, ["tenant", "weight", "in flight / cap", "queued", "jobs this minute",
+      "tokens this window", "window turns in"].map((c) => h("th", {}, c)))),
+    rows)));
+  const limit = (v) => (v === null || v === undefined ? "-" : v);
+  every(2000, async () => {
+    try {
+      const reply = await call("GET", "/v1/tenants");
+      rows.replaceChildren(...reply.tenants.map((t) => h("tr", { "data-tenant": t.tenant },
+        h("td", {}, t.tenant), h("td", {}, t.weight), h("td", {}, `${t.in_flight} / ${t.max_in_flight}`),
+        h("td", {}, t.queued),
+        h("td", {}, `${t.jobs_this_minute} / ${limit(t.jobs_per_minute)} (${t.over_rate})`),
+        h("td", {}, `${t.tokens_this_window} / ${limit(t.token_budget)} (${t.over_budget})`),
+        h("td", { class: "muted" }, `${t.window_turns_in_s} s`))));
+      message.textContent = "";
+    } catch (err) {
+      showError(message, err);
+    }
+  });
+}
+
 // --- routing and the key -----------------------------------------------------------------
 
 async function showWho() {
@@ -272,6 +290,7 @@ function route() {
   if (page === "jobs" && id) jobView(decodeURIComponent(id));
   else if (page === "workers") workersView();
   else if (page === "dlq") dlqView();
+  else if (page === "tenants") tenantsView();
   else jobsView();
 }
 
