@@ -33,6 +33,9 @@ _FIRST_WINDOW_MIN: Final = 64
 _WINDOW_GROWTH: Final = 4
 _NEXT_TIMEOUT_S: Final = 2.0
 _KV_OPERATION: Final = "KV-Operation"
+_INACTIVE_THRESHOLD_S: Final = 5.0
+"""The server removes a window's ephemeral consumer this soon after it was read (a
+console polls the list every second: no consumers pile up)."""
 
 
 async def _read_window(js: JetStreamContext, *, start: int, end: int) -> tuple[list[JobState], int]:
@@ -42,8 +45,9 @@ async def _read_window(js: JetStreamContext, *, start: int, end: int) -> tuple[l
     subject = f"$KV.{subjects.JOBS_BUCKET}.>"
     try:
         sub = await js.subscribe(
-            subject, stream=JOBS_STREAM_NAME, ordered_consumer=True, config=config
-        )
+            subject, stream=JOBS_STREAM_NAME, ordered_consumer=True, config=config,
+            inactive_threshold=_INACTIVE_THRESHOLD_S,
+        )  # fmt: skip
     except (nats.errors.Error, TimeoutError) as e:
         raise BusError(f"cannot read the {JOBS_STREAM_NAME} stream: {e or type(e).__name__}") from e
     found: list[JobState] = []
