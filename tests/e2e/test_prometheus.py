@@ -355,7 +355,10 @@ async def test_every_dashboard_query_returns_data_from_a_real_prometheus(
         "AGENTBUS_ORCHESTRATOR__CHUNK_SUMMARY_CHARS": "150",
         "AGENTBUS_ORCHESTRATOR__SUMMARY_CHARS": "300",
     }
-    stack = Stack(data_dir=tmp_path / "stack", workers=2, nats_url=nats_server.url, env=env)
+    stack = Stack(
+        data_dir=tmp_path / "stack", workers=2, nats_url=nats_server.url, env=env,
+        gateway=True, gateway_port=free_port(),
+    )  # fmt: skip
     await asyncio.to_thread(stack.start)
     targets = {
         "agentbus": [f"127.0.0.1:{p.http_port}" for p in stack.processes],
@@ -367,17 +370,25 @@ async def test_every_dashboard_query_returns_data_from_a_real_prometheus(
     try:
         async with aiohttp.ClientSession() as http:
             await _wait_until_scraping(http, prom, n_targets=len(stack.processes) + 1)
-            # the workload: waves of documents, some garbage, some failing attempts
+            # the workload: waves of documents, some garbage, some failing attempts; the
+            # gateway's panels: a reader polling it through the REST API all along
+            assert stack.gateway_url is not None and stack.gateway_key is not None
+            ids: list[str] = []
+            polling = asyncio.create_task(
+                _poll_gateway(http, stack.gateway_url, stack.gateway_key, ids)
+            )
             async with AgentBusClient(nats_server.url) as client:
                 await client.bus.publish_raw(
                     subjects.JOBS_SUBJECT, b"garbage", msg_id="garbage-1",
                     stream=subjects.JOBS_STREAM,
                 )  # fmt: skip
-                ids: list[str] = []
                 for wave in range(6):
                     ids += [await client.submit(_document(wave * 6 + i)) for i in range(6)]
                     await asyncio.sleep(1.0)
                 states = await asyncio.gather(*(client.wait(j, timeout_s=60) for j in ids))
+            polling.cancel()
+            (polled,) = await asyncio.gather(polling, return_exceptions=True)
+            assert isinstance(polled, asyncio.CancelledError), polled  # it never failed
             done = time.time()
             completed = sum(st.status is JobStatus.COMPLETED for st in states)
             assert completed + sum(st.status is JobStatus.FAILED for st in states) == len(ids)
@@ -427,6 +438,25 @@ async def test_every_dashboard_query_returns_data_from_a_real_prometheus(
     finally:
         prom.stop()
         await asyncio.to_thread(stack.stop)
+
+
+async def _poll_gateway(
+    http: aiohttp.ClientSession, base_url: str, key: str, ids: list[str]
+) -> None:
+    """Until cancelled: the newest job's state and, once it is finished, its SSE stream
+    (which replays and ends) through the gateway's REST API, a few times a second."""
+    headers = {"Authorization": f"Bearer {key}"}
+    while True:
+        if ids:
+            async with http.get(f"{base_url}/v1/jobs/{ids[-1]}", headers=headers) as r:
+                assert r.status == 200, await r.text()
+                finished = (await r.json())["status"] in ("completed", "failed")
+            if finished:
+                stream = f"{base_url}/v1/jobs/{ids[-1]}/stream"
+                async with http.get(stream, headers=headers) as r:
+                    assert r.status == 200, await r.text()
+                    await r.read()
+        await asyncio.sleep(0.2)
 
 
 async def _wait_until_scraping(

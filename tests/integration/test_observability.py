@@ -47,6 +47,9 @@ ALLOWED_LABELS = {"service", "skill", "stream", "consumer", "outcome", "reason",
 ALLOWED_LABELS |= {"version", "le"}
 ALLOWED_LABELS |= {"priority"}  # high, normal, low (agentbus_tasks_pulled_total)
 ALLOWED_LABELS |= {"tenant"}  # configured tenants or default: a bounded set (contract/tenants)
+# the gateway's: a route pattern (never a path with an id in it), method, status code, and
+# the API of a stream (rest, a2a)
+ALLOWED_LABELS |= {"route", "method", "code", "api"}
 
 
 async def _until(check: Callable[[], Awaitable[bool]], *, timeout_s: float, what: str) -> None:
