@@ -4,7 +4,9 @@ this process on its own NATS user; API keys of two tenants and three roles."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +22,9 @@ from agentbus_summarize_worker import SummarizeSkill
 from tests.conftest import Running, make_settings, with_sections
 from tests.security import SecureNats, settings_as
 
-__all__ = ["KEYS", "Front", "assert_no_violations", "auth", "start_front", "write_keys"]
+__all__ = [
+    "KEYS", "Front", "assert_no_violations", "auth", "front_running", "start_front", "write_keys",
+]  # fmt: skip
 
 KEYS = {
     "operate": ("op-key-0123456789abcdef", "default", "operate"),
@@ -79,6 +83,20 @@ async def start_front(
     gw = await running.start(Gateway, settings_as(secure, s, "gateway"), "gateway-g1")
     assert isinstance(gw, Gateway) and gw.bound_port
     return Front(url=f"http://127.0.0.1:{gw.bound_port}", gateway=gw, settings=s, admin=admin)
+
+
+@contextlib.asynccontextmanager
+async def front_running(
+    secure: SecureNats, tmp_path: Path, running: Running, **sections: dict[str, object]
+) -> AsyncIterator[Front]:
+    """`start_front` for a fixture: closes `Front.admin` after, then asserts that nothing
+    was refused by the server."""
+    f = await start_front(secure, tmp_path, running, **sections)
+    try:
+        yield f
+    finally:
+        await f.admin.close()
+    assert_no_violations(secure)
 
 
 def assert_no_violations(secure: SecureNats) -> None:

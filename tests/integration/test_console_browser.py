@@ -18,7 +18,7 @@ from playwright.async_api import BrowserContext, Page, async_playwright, expect
 
 from tests.conftest import Running
 from tests.documents import prose_document
-from tests.gateway_front import KEYS, Front, assert_no_violations, auth, start_front
+from tests.gateway_front import KEYS, Front, auth, front_running
 from tests.security import SecureNats
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(180)]
@@ -33,15 +33,11 @@ ARGS: Final = [
 
 @pytest.fixture
 async def front(secure: SecureNats, tmp_path: Path, running: Running) -> AsyncIterator[Front]:
-    f = await start_front(
+    async with front_running(
         secure, tmp_path, running,
         summarizer={"backend": "simulated", "simulated_latency_ms": 150.0},
-    )  # fmt: skip
-    try:
+    ) as f:  # fmt: skip
         yield f
-    finally:
-        await f.admin.close()
-    assert_no_violations(secure)
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from agentbus_gateway.keys import Role
 from agentbus_gateway.rest import _ROLES
 from tests.conftest import Running
 from tests.documents import prose_document
-from tests.gateway_front import KEYS, Front, assert_no_violations, auth, start_front
+from tests.gateway_front import KEYS, Front, assert_no_violations, auth, front_running, start_front
 from tests.security import SecureNats
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -29,12 +29,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 @pytest.fixture
 async def front(secure: SecureNats, tmp_path: Path, running: Running) -> AsyncIterator[Front]:
-    f = await start_front(secure, tmp_path, running)
-    try:
+    async with front_running(secure, tmp_path, running) as f:
         yield f
-    finally:
-        await f.admin.close()
-    assert_no_violations(secure)
 
 
 async def _sse(

@@ -35,7 +35,7 @@ from agentbus.contract import plugins
 from agentbus_gateway.a2a_rpc import EVENT_ID_KEY
 from tests.conftest import Running
 from tests.documents import prose_document
-from tests.gateway_front import KEYS, Front, assert_no_violations, auth, start_front
+from tests.gateway_front import KEYS, Front, auth, front_running
 from tests.security import SecureNats
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -43,15 +43,11 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 @pytest.fixture
 async def front(secure: SecureNats, tmp_path: Path, running: Running) -> AsyncIterator[Front]:
-    f = await start_front(
+    async with front_running(
         secure, tmp_path, running,
         summarizer={"backend": "simulated", "simulated_latency_ms": 40.0},
-    )  # fmt: skip
-    try:
+    ) as f:  # fmt: skip
         yield f
-    finally:
-        await f.admin.close()
-    assert_no_violations(secure)
 
 
 @contextlib.asynccontextmanager

@@ -18,7 +18,7 @@ from agentbus.client.api import AgentBusClient
 from agentbus.contract import subjects
 from agentbus.contract.messages import JobState, JobStatus
 from tests.conftest import Running
-from tests.gateway_front import Front, assert_no_violations, auth, start_front
+from tests.gateway_front import Front, auth, front_running
 from tests.security import SecureNats
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -26,12 +26,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 @pytest.fixture
 async def front(secure: SecureNats, tmp_path: Path, running: Running) -> AsyncIterator[Front]:
-    f = await start_front(secure, tmp_path, running)
-    try:
+    async with front_running(secure, tmp_path, running) as f:
         yield f
-    finally:
-        await f.admin.close()
-    assert_no_violations(secure)
 
 
 async def _jobs(http: aiohttp.ClientSession, key: str, query: str = "") -> list[dict[str, object]]:
