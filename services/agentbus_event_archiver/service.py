@@ -83,9 +83,8 @@ class EventArchiver(AgentService):
         await self.store.create_schema()
         metrics.init_archiver(bus.service)
         log.info("archive at %s", redact_url(self.cfg.database_url))
-        await bus.nc.subscribe(
-            subjects.RPC_HISTORY, queue=subjects.ARCHIVER_QUEUE, cb=self._on_history
-        )
+        for subject in (subjects.RPC_HISTORY, subjects.RPC_HISTORY_TENANTS):
+            await bus.nc.subscribe(subject, queue=subjects.ARCHIVER_QUEUE, cb=self._on_history)
         return [
             BatchConsumerLoop(
                 bus,
@@ -169,7 +168,12 @@ class EventArchiver(AgentService):
         except MessageDecodeError as e:
             data = encode(HistoryReply(job_id="invalid", error=str(e)), sender=sender)
         else:
+            refusal = subjects.tenant_request_refusal(
+                msg.subject, q.job_id, base=subjects.RPC_HISTORY
+            )
             try:
+                if refusal is not None:
+                    raise ValueError(refusal)
                 data = await self._history_reply(q)
             except (ArchiveError, CursorError, ValueError) as e:
                 data = encode(HistoryReply(job_id=q.job_id, error=str(e)), sender=sender)

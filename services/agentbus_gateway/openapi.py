@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from agentbus.contract import subjects
 from agentbus.contract.messages import JobStatus
 from agentbus.contract.version import agentbus_version
 
@@ -52,7 +53,8 @@ _JOB_ID: Final = {
     "name": "job_id",
     "in": "path",
     "required": True,
-    "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,128}$"},
+    "schema": {"type": "string", "pattern": subjects.JOB_ID_RE.pattern},
+    "description": "ID, or TENANT.ID for a job of a tenant other than default",
 }
 
 _SCHEMAS: Final[dict[str, Any]] = {

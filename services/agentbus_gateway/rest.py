@@ -127,7 +127,7 @@ def job_json(state: JobState, *, summary: str | None = None) -> dict[str, Any]:
 def _job_id(request: web.Request) -> str:
     job_id = request.match_info["job_id"]
     try:
-        return subjects.check_token(job_id, field="job_id")
+        return subjects.check_job_id(job_id)
     except ValueError:
         raise web.HTTPNotFound(
             text='{"error": "no such job"}', content_type="application/json"

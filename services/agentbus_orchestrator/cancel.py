@@ -76,6 +76,12 @@ class Canceller:
         except MessageDecodeError as e:
             await self._reply(msg, CancelReply(job_id="unknown", canceled=False, error=str(e)))
             return
+        refusal = subjects.tenant_request_refusal(
+            msg.subject, req.job_id, base=subjects.JOBS_CANCEL
+        )
+        if refusal is not None:
+            await self._reply(msg, CancelReply(job_id=req.job_id, canceled=False, error=refusal))
+            return
         with log_context(job_id=req.job_id):
             written: JobState | None = None
             try:

@@ -414,7 +414,8 @@ class Collector:
     async def drop_parts(self, job_id: str) -> None:
         kv = await self.bus.kv(subjects.JOB_PARTS_BUCKET)
         try:
-            keys = await kv.keys(filters=[f"{job_id}.>"])
+            # `{job_id}.{level}.{index}` exactly: job `a`'s parts, not tenant a's `a.x.0.1`
+            keys = await kv.keys(filters=[f"{job_id}.*.*"])
         except (nats.js.errors.NoKeysError, AgentBusError):
             keys = []
         for start in range(0, len(keys), _PARTS_READ_BATCH):

@@ -133,11 +133,12 @@ class Orchestrator(AgentService):
             cb=functools.partial(on_max_deliveries, bus, self.collector),
         )
         canceller = Canceller(bus, self._store, self._collector, service=self.name)
-        await bus.nc.subscribe(
-            subjects.JOBS_CANCEL,
-            queue=subjects.ORCHESTRATOR_CONSUMER,  # one replica answers each cancel
-            cb=canceller.on_request,
-        )
+        for subject in (subjects.JOBS_CANCEL, subjects.JOBS_CANCEL_TENANTS):
+            await bus.nc.subscribe(
+                subject,
+                queue=subjects.ORCHESTRATOR_CONSUMER,  # one replica answers each cancel
+                cb=canceller.on_request,
+            )
         tenants = tenant_names(self.settings.tenants)
         intake: ConsumerLoop = ConsumerLoop(
             bus,
@@ -199,6 +200,10 @@ class Orchestrator(AgentService):
             await bus.reject(msg, reason=f"undecodable job: {e}", stream=subjects.JOBS_STREAM)
             return
         job = env.payload
+        refusal = subjects.job_id_refusal(job.job_id, subject=msg.subject, claimed=job.tenant)
+        if refusal is not None:  # a job in another tenant's namespace: no state is written
+            await bus.reject(msg, reason=refusal, stream=subjects.JOBS_STREAM)
+            return
         with (
             log_context(job_id=job.job_id, trace_id=telemetry.trace_id_of(msg.headers)),
             telemetry.span(

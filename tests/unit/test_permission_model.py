@@ -80,12 +80,16 @@ def test_each_service_pulls_only_its_own_consumers() -> None:
         "TASKS.*",
     }  # fmt: skip
     assert pulls("archiver") == {"AGENT_EVENTS.event-archiver"}
-    assert pulls("client") == set() and pulls("provisioner") == set()
+    # a client pulls only from its own readers of a job's state and partial results
+    assert pulls("client") == {"KV_jobs.*", "PROGRESS.*"} and pulls("provisioner") == set()
 
 
-def test_the_gateway_pulls_nothing_and_reads_no_other_inbox() -> None:
+def test_the_gateway_pulls_only_its_readers_and_reads_no_other_inbox() -> None:
     gw = build_permissions()["gateway"]
-    assert not any(s.startswith("$JS.API.CONSUMER.MSG.NEXT.") for s in gw.publish)
+    assert {s for s in gw.publish if s.startswith("$JS.API.CONSUMER.MSG.NEXT.")} == {
+        "$JS.API.CONSUMER.MSG.NEXT.KV_jobs.*",
+        "$JS.API.CONSUMER.MSG.NEXT.PROGRESS.*",
+    }
     assert not any(s.startswith("$JS.ACK.") for s in gw.publish)
     assert set(gw.subscribe) == {"_INBOX_gateway.>", "agent.*.commands"}
     assert "$SRV.STATS.agentbus-worker" in gw.publish and "$SRV.>" not in gw.publish
@@ -222,3 +226,33 @@ def test_a_tenant_user_submits_only_as_its_tenant() -> None:
     assert acme.inbox_prefix == "_INBOX_acme-app" and not acme.allow_responses
     with pytest.raises(PermissionsError, match="service user"):
         build_permissions(tenant_users={"acme": ["worker"]})
+
+
+def test_a_tenant_user_reads_only_under_its_namespace() -> None:
+    """Every read a tenant's user may make names its tenant in the subject: no stream get
+    by sequence, no consumer without a filter in its create subject, no wide wildcard."""
+    perms = build_permissions(tenant_users={"acme": ["acme-app"]})
+    pub = set(perms["acme-app"].publish)
+    reads = {s for s in pub if s.startswith("$JS.API.") and ("KV_jobs" in s or "PROGRESS" in s)}
+    assert reads == {
+        "$JS.API.STREAM.INFO.KV_jobs",
+        "$JS.API.DIRECT.GET.KV_jobs.$KV.jobs.acme.>",
+        "$JS.API.CONSUMER.CREATE.KV_jobs.*.$KV.jobs.acme.>",
+        "$JS.API.CONSUMER.MSG.NEXT.KV_jobs.*",
+        "$JS.API.CONSUMER.DELETE.KV_jobs.*",
+        "$JS.API.STREAM.INFO.PROGRESS",
+        "$JS.API.DIRECT.GET.PROGRESS.progress.acme.>",
+        "$JS.API.CONSUMER.CREATE.PROGRESS.*.progress.acme.>",
+        "$JS.API.CONSUMER.MSG.NEXT.PROGRESS.*",
+        "$JS.API.CONSUMER.DELETE.PROGRESS.*",
+    }
+    asks = {s for s in pub if s.startswith(("jobs.", "rpc."))}
+    assert asks == {"jobs.submit.acme", "jobs.cancel.acme", "rpc.history.acme", "rpc.summarize"}
+    assert perms["acme-app"].subscribe == ("_INBOX_acme-app.>",)
+    # trusted users ask on both forms; the answerers subscribe to both
+    for user in ("client", "gateway"):
+        assert {"jobs.cancel", "jobs.cancel.*", "rpc.history", "rpc.history.*"} <= set(
+            perms[user].publish
+        )
+    assert {"jobs.cancel", "jobs.cancel.*"} <= set(perms["orchestrator"].subscribe)
+    assert {"rpc.history", "rpc.history.*"} <= set(perms["archiver"].subscribe)

@@ -65,6 +65,7 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
         max_age_s: float | None = None,
         max_msgs: int | None = None,
         max_msg_size: int | None = None,
+        allow_direct: bool | None = None,
     ) -> StreamConfig:
         return StreamConfig(
             name=name,
@@ -77,6 +78,7 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
             max_msgs=max_msgs,
             max_msg_size=max_msg_size,
             discard=DiscardPolicy.OLD,
+            allow_direct=allow_direct,
         )
 
     # Streams carry envelopes of at most max_message_bytes; anything bigger goes by reference.
@@ -128,6 +130,9 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
             limits,
             max_age_s=t.progress_max_age_s,
             max_msg_size=max_msg,
+            # a job's last item by `$JS.API.DIRECT.GET.PROGRESS.progress.{job_id}`: a
+            # subject NATS permissions can restrict to one tenant's jobs
+            allow_direct=True,
         ),
     ]
 
@@ -266,9 +271,10 @@ async def provision(
             (subjects.TENANTS_BUCKET, 0.0),
         ):
             what = f"KV bucket {bucket}"
+            # gets by `$JS.API.DIRECT.GET.KV_{bucket}.$KV.{bucket}.{key}`: a subject NATS
+            # permissions can restrict (a tenant's users read only their jobs' states)
             try:
-                await js.key_value(bucket)
-                report.unchanged.append(what)
+                info = await js.stream_info(f"KV_{bucket}")
             except nats.js.errors.NotFoundError:
                 await js.create_key_value(
                     KeyValueConfig(
@@ -278,9 +284,17 @@ async def provision(
                         storage=_storage(settings),
                         replicas=t.replicas,
                         max_value_size=settings.limits.max_message_bytes,
+                        direct=True,
                     )
                 )
                 report.created.append(what)
+            else:
+                if info.config.allow_direct:
+                    report.unchanged.append(what)
+                else:  # provisioned by an older release
+                    info.config.allow_direct = True
+                    await js.update_stream(info.config)
+                    report.updated.append(what)
         what = f"object store {subjects.DOCUMENTS_BUCKET}"
         try:
             await js.object_store(subjects.DOCUMENTS_BUCKET)

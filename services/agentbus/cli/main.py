@@ -598,7 +598,7 @@ def status(
     from agentbus.client.api import AgentBusClient
 
     try:
-        subjects.check_token(job_id, field="job_id")
+        subjects.check_job_id(job_id)
     except ValueError as e:
         raise _fail(str(e), EXIT_USAGE) from None
     settings = _settings(server)
@@ -633,7 +633,7 @@ def cancel(
     from agentbus.client.api import AgentBusClient
 
     try:
-        subjects.check_token(job_id, field="job_id")
+        subjects.check_job_id(job_id)
     except ValueError as e:
         raise _fail(str(e), EXIT_USAGE) from None
     settings = _settings(server)
@@ -688,7 +688,7 @@ def history(
         write("[]\n" if first else "\n]\n")
 
     try:
-        subjects.check_token(job_id, field="job_id")
+        subjects.check_job_id(job_id)
     except ValueError as e:
         raise _fail(str(e), EXIT_USAGE) from None
     if as_json:

@@ -12,7 +12,6 @@ documents above the inline limit go to the object store first and travel by refe
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import itertools
 import time
@@ -22,6 +21,7 @@ from typing import Final, Self
 
 import nats.errors
 import nats.js.errors
+from nats.aio.msg import Msg
 
 from agentbus.bus.core import Bus
 from agentbus.bus.deadletters import (
@@ -32,7 +32,8 @@ from agentbus.bus.deadletters import (
 )
 from agentbus.bus.discovery import list_workers
 from agentbus.bus.documents import check_document, fetch_document, read_document, store_document
-from agentbus.bus.job_list import recent_job_states
+from agentbus.bus.job_list import JOBS_STREAM_NAME, recent_job_states
+from agentbus.bus.ordered_read import SubjectReader
 from agentbus.bus.tenant_usage import tenant_report
 from agentbus.client.rpc import RpcResult, fan_out, request_summary
 from agentbus.client.stream import PartialResult, read_partial_results
@@ -64,10 +65,19 @@ from agentbus.contract.messages import (
 )
 from agentbus.contract.priority import Priority
 from agentbus.contract.settings import LimitsSettings, NatsSettings, TenantsSettings
+from agentbus.contract.tenants import DEFAULT_TENANT
 from agentbus.contract.workers import WorkerInfo
 from agentbus.observability import telemetry
 
 __all__ = ["AgentBusClient"]
+
+_KV_OPERATION: Final = "KV-Operation"
+
+
+def _is_put(msg: Msg) -> bool:
+    """A KV entry with a value (not a delete or purge marker)."""
+    return bool(msg.data) and (msg.headers or {}).get(_KV_OPERATION) not in ("DEL", "PURGE")
+
 
 _JOB_END_EVENTS: Final = frozenset(
     {EventKind.JOB_COMPLETED, EventKind.JOB_FAILED, EventKind.JOB_CANCELED}
@@ -161,8 +171,11 @@ class AgentBusClient:
     ) -> str:
         """Submit one document; returns its job id once JetStream has accepted it.
 
-        A job id names one document: submitting the same document under an existing id
-        returns that job (nothing new runs); a different one raises `JobExistsError`.
+        A job of a tenant other than `default` is named in that tenant's namespace,
+        `{tenant}.{id}` (`job_id` is qualified so if it is not already), the only job ids
+        that tenant's users may read. A job id names one document: submitting the same
+        document under an existing id returns that job (nothing new runs); a different one
+        raises `JobExistsError`.
         `timeout_s` is the job's deadline (default: the orchestrator's
         `AGENTBUS_ORCHESTRATOR__JOB_TIMEOUT_S`). `priority` (`high`, `normal`, `low`):
         workers take a higher priority's tasks first, without starving the lower ones.
@@ -182,7 +195,9 @@ class AgentBusClient:
         check_document(data, max_bytes=self.limits.max_document_bytes, name=name)
         sha256 = hashlib.sha256(data).hexdigest()
         if job_id is not None:
-            subjects.check_token(job_id, field="job_id")
+            subjects.check_job_id(job_id)
+            if owner is not None and owner != DEFAULT_TENANT:
+                job_id = subjects.qualify_job_id(job_id, owner)
             existing = await self.status(job_id)
             if existing is not None:
                 if existing.document_sha256 not in (None, sha256):
@@ -192,7 +207,10 @@ class AgentBusClient:
                         f"{sha256[:12]}...): submit it under a new job id"
                     )
                 return job_id  # the same document: that job, idempotently
-        job_id = subjects.check_token(job_id or new_id(), field="job_id")
+        if job_id is None:
+            job_id = new_id()
+            if owner is not None and owner != DEFAULT_TENANT:
+                job_id = subjects.qualify_job_id(job_id, owner)
         job = JobSubmit(
             job_id=job_id, skill=subjects.check_token(skill, field="skill"), title=title,
             summary_chars=summary_chars, document_sha256=sha256, timeout_s=timeout_s,
@@ -246,7 +264,7 @@ class AgentBusClient:
     async def status(self, job_id: str) -> JobState | None:
         kv = await self.bus.kv(subjects.JOBS_BUCKET)
         try:
-            entry = await kv.get(subjects.check_token(job_id, field="job_id"))
+            entry = await kv.get(subjects.check_job_id(job_id))
         except nats.js.errors.KeyNotFoundError:
             return None
         return decode_job_state(entry.value) if entry.value else None
@@ -287,46 +305,44 @@ class AgentBusClient:
     async def watch(
         self, job_id: str, *, timeout_s: float | None = None
     ) -> AsyncIterator[JobState]:
-        """Yield the job's state on every change until it is completed or failed."""
-        kv = await self.bus.kv(subjects.JOBS_BUCKET)
+        """Yield the job's state on every change until it is completed or failed (and
+        again after each quiet spell of 2 s, read afresh)."""
+        await self.bus.kv(subjects.JOBS_BUCKET)  # a clear error when it is not provisioned
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        watcher = await kv.watch(subjects.check_token(job_id, field="job_id"))
-        last_revision = -1
+        # its own consumer on the key's subject (a tenant's users may create no other)
+        reader = SubjectReader(
+            self.bus.js, self.bus.nc, stream=JOBS_STREAM_NAME,
+            subject=subjects.job_state_subject(job_id), last_only=True,
+        )  # fmt: skip
         try:
             while True:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     raise TimeoutError(f"job {job_id} not finished within {timeout_s}s")
-                try:
-                    entry = await watcher.updates(timeout=min(left or 2.0, 2.0))  # type: ignore[no-untyped-call]  # nats-py's KV watcher is untyped
-                except (nats.errors.TimeoutError, TimeoutError):
-                    entry = None
-                if entry is None or entry.value is None:
-                    # the watcher's end-of-initial-values marker, or a quiet spell: poll once
-                    state = await self.status(job_id)
-                    revision = last_revision
-                else:
-                    state = decode_job_state(entry.value)
-                    revision = entry.revision or 0
-                if state is None or (revision == last_revision and entry is not None):
-                    continue
-                last_revision = revision
-                yield state
-                if state.status.terminal:
-                    return
+                msgs = await reader.read(batch=16, wait_s=min(left or 2.0, 2.0))
+                if msgs:
+                    states = [decode_job_state(m.data) for m in msgs if _is_put(m)]
+                else:  # a quiet spell: read the state once
+                    states = [await self.status(job_id)]
+                for state in states:
+                    if state is None:
+                        continue
+                    yield state
+                    if state.status.terminal:
+                        return
         finally:
-            with contextlib.suppress(Exception):
-                await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py's KV watcher is untyped
+            await reader.close()
 
     def stream(self, job_id: str, *, after: int | None = None) -> AsyncIterator[PartialResult]:
         """The job's live partial results (`progress.{job_id}`), in order, until its final
         item (`completed` or `failed`): each has a `.cursor`, a `.kind` and its content.
         `after=cursor` resumes right after that item (nothing missed, nothing repeated);
         a finished job replays within the PROGRESS stream's retention."""
-        subjects.check_token(job_id, field="job_id")
+        subjects.check_job_id(job_id)
         return read_partial_results(
-            self.bus.js, job_id, after=after, max_bytes=self.limits.max_message_bytes
-        )
+            self.bus.js, job_id, nc=self.bus.nc, after=after,
+            max_bytes=self.limits.max_message_bytes,
+        )  # fmt: skip
 
     async def wait(
         self, job_id: str, *, timeout_s: float = 300.0, raise_on_failure: bool = False
@@ -361,8 +377,7 @@ class AgentBusClient:
         already finished or canceled is left as it is, and the reply says so
         (`canceled` is True only for the call that canceled it; `detail` is one line).
         Raises `BusError` when no orchestrator answers or the cancel failed."""
-        job_id = subjects.check_token(job_id, field="job_id")
-        subject = subjects.JOBS_CANCEL
+        subject = subjects.cancel_subject(job_id)  # jobs.cancel.{tenant} for a tenant's
         request = CancelRequest(job_id=job_id, reason=reason[:512])
         try:
             msg = await self.bus.nc.request(
@@ -498,7 +513,7 @@ class AgentBusClient:
         """A job's archived events in pages of at most `page_size` (fewer when a page
         would not fit in one NATS message), oldest first, until the last one. Events
         archived during the walk are included if they sort after the page being read."""
-        job_id = subjects.check_token(job_id, field="job_id")
+        job_id = subjects.check_job_id(job_id)
         if not 1 <= page_size <= MAX_HISTORY_PAGE_EVENTS:
             raise ValueError(
                 f"page_size must be between 1 and {MAX_HISTORY_PAGE_EVENTS}, got {page_size}"
@@ -527,7 +542,7 @@ class AgentBusClient:
     async def _history_page(
         self, query: HistoryQuery, *, page: int, timeout_s: float
     ) -> HistoryReply:
-        subject = subjects.RPC_HISTORY
+        subject = subjects.history_subject(query.job_id)  # rpc.history.{tenant} for a tenant's
         try:
             msg = await self.bus.nc.request(
                 subject, encode(query, sender=self.client_id), timeout=timeout_s

@@ -1,33 +1,33 @@
 """Reading a job's live partial results (`progress.{job_id}`, the PROGRESS stream).
 
-An ephemeral ordered consumer (deliver by start sequence, filtered on the job's subject)
-delivers the items in stream order; nats-py recreates it from the last sequence seen
-after a gap or a reconnect, so the reader gets each item once. The stream sequence is
-the cursor: `after=cursor` starts exactly after that item. Reading ends with the job's
-final item (`completed` or `failed`).
+A named consumer filtered on the job's subject (`agentbus.bus.ordered_read`, whose
+creation NATS permissions can limit to a tenant's jobs) delivers the items in stream
+order; a lost one is replaced from the last sequence seen, so the reader gets each item
+once. The stream sequence is the cursor: `after=cursor` starts exactly after that item.
+Reading ends with the job's final item (`completed` or `failed`).
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Final
 
 import nats.errors
 import nats.js.errors
+from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.api import RawStreamMsg
 
+from agentbus.bus.ordered_read import SubjectReader
 from agentbus.contract import subjects
-from agentbus.contract.errors import BusError, MessageDecodeError
+from agentbus.contract.errors import MessageDecodeError
 from agentbus.contract.messages import DocumentRef, StreamItem, StreamKind, decode
 
 __all__ = ["PartialResult", "read_partial_results"]
 
 _POLL_S: Final = 1.0
-_INACTIVE_THRESHOLD_S: Final = 60.0
-"""The server removes a reader's ephemeral consumer this long after the reader is gone."""
+_BATCH: Final = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +83,7 @@ async def read_partial_results(
     js: JetStreamContext,
     job_id: str,
     *,
+    nc: NatsClient,
     after: int | None = None,
     max_bytes: int | None = None,
 ) -> AsyncIterator[PartialResult]:
@@ -91,55 +92,47 @@ async def read_partial_results(
     subject = subjects.job_progress(job_id)
     if after is not None and after < 0:
         raise ValueError(f"after={after}: a cursor is a stream sequence (0 or more)")
-    config = ConsumerConfig(
-        deliver_policy=DeliverPolicy.BY_START_SEQUENCE if after else DeliverPolicy.ALL,
-        opt_start_seq=after + 1 if after else None,
-    )
-    try:
-        sub = await js.subscribe(
-            subject,
-            stream=subjects.PROGRESS_STREAM,
-            ordered_consumer=True,
-            config=config,
-            inactive_threshold=_INACTIVE_THRESHOLD_S,
-        )
-    except (nats.errors.Error, TimeoutError) as e:
-        raise BusError(f"cannot read {subject}: {e or type(e).__name__}") from e
-    position = after or 0
+    reader = SubjectReader(js, nc, stream=subjects.PROGRESS_STREAM, subject=subject, after=after)
     try:
         while True:
-            try:
-                msg = await sub.next_msg(timeout=_POLL_S)
-            except nats.errors.TimeoutError:
-                # a quiet spell: is the reader already past the job's final item?
-                if await _ended_before(js, subject, position, max_bytes=max_bytes):
+            msgs = await reader.read(batch=_BATCH, wait_s=_POLL_S)
+            if not msgs:
+                # a quiet spell: is the reader past the job's final item, or was it not
+                # given what the subject holds (its consumer lost: take a new one)?
+                last = await _last_item(js, subject)
+                if last is None or last.seq is None:
+                    continue
+                if last.seq > reader.position:
+                    await reader.restart()
+                elif _is_final(last, max_bytes=max_bytes):
                     return
                 continue
-            position = int(msg.metadata.sequence.stream)
-            try:
-                item = decode(msg.data, StreamItem, max_bytes=max_bytes).payload
-            except MessageDecodeError:
-                continue  # not ours to stop on: a reader skips what it cannot read
-            yield PartialResult.of(item, cursor=position)
-            if item.kind.final:
-                return
+            for msg in msgs:
+                try:
+                    item = decode(msg.data, StreamItem, max_bytes=max_bytes).payload
+                except MessageDecodeError:
+                    continue  # not ours to stop on: a reader skips what it cannot read
+                yield PartialResult.of(item, cursor=int(msg.metadata.sequence.stream))
+                if item.kind.final:
+                    return
     finally:
-        with contextlib.suppress(Exception):
-            await sub.unsubscribe()
+        await reader.close()
 
 
-async def _ended_before(
-    js: JetStreamContext, subject: str, position: int, *, max_bytes: int | None
-) -> bool:
-    """Is the job's last item a final one at or before `position` (a reader resuming
-    after the final item has nothing more to read)?"""
+async def _last_item(js: JetStreamContext, subject: str) -> RawStreamMsg | None:
+    """The subject's last item, by a direct get (`$JS.API.DIRECT.GET.PROGRESS.{subject}`,
+    which NATS permissions can limit to a tenant's jobs); None when there is none yet (or
+    JetStream is busy: the caller asks again after its next quiet spell)."""
     try:
-        last = await js.get_last_msg(subjects.PROGRESS_STREAM, subject)
+        return await js.get_last_msg(subjects.PROGRESS_STREAM, subject, direct=True)
     except (nats.errors.Error, TimeoutError):
-        return False  # no item yet (or JetStream is busy): keep waiting
-    if last.seq is None or last.seq > position or last.data is None:
+        return None
+
+
+def _is_final(item: RawStreamMsg, *, max_bytes: int | None) -> bool:
+    if item.data is None:
         return False
     try:
-        return decode(last.data, StreamItem, max_bytes=max_bytes).payload.kind.final
+        return decode(item.data, StreamItem, max_bytes=max_bytes).payload.kind.final
     except MessageDecodeError:
         return False

@@ -60,7 +60,8 @@ _PARAMETERS: Final = {
     "skill": f"A worker skill (e.g. `{_SKILL_EXAMPLE}`); one subject token.",
     "priority": "A job's priority other than normal: `high` or `low`.",
     "tenant": "A configured tenant (AGENTBUS_TENANTS__CONFIGURED); one subject token.",
-    "job_id": "The job id (a subject token, [A-Za-z0-9_-]{1,128}).",
+    "job_id": "The job id: a subject token ([A-Za-z0-9_-]{1,128}), or two for a tenant's "
+    "job (TENANT.ID).",
     "task_id": "The task id within its job: `{level}-{index}`.",
     "agent_id": "The id of one running service replica (AGENTBUS_AGENT_ID).",
     "source_stream": "The stream a dead letter came from, lower-case (`tasks`, `jobs`, ...).",

@@ -87,6 +87,11 @@ MAX_HISTORY_PAGE_EVENTS: Final = 10_000
 HISTORY_CURSOR_MAX_CHARS: Final = 256
 
 Token = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,128}$")]
+JobId = Annotated[
+    str,
+    StringConstraints(pattern=r"^(?:[A-Za-z0-9_-]{1,128}\.)?[A-Za-z0-9_-]{1,128}$", max_length=128),
+]
+"""`{id}`, or `{tenant}.{id}` for a tenant's job (`agentbus.contract.subjects.check_job_id`)."""
 TraceHeader = Annotated[str, StringConstraints(max_length=512)]
 Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 
@@ -120,7 +125,7 @@ class DocumentRef(BaseModel):
 
 class JobSubmit(Payload):
     MSG_TYPE: ClassVar[str] = "job.submit"
-    job_id: Token
+    job_id: JobId
     skill: Token = "summarize"
     text: str | None = None
     document: DocumentRef | None = None
@@ -140,7 +145,7 @@ class JobSubmit(Payload):
 
 class TaskAssign(Payload):
     MSG_TYPE: ClassVar[str] = "task.assign"
-    job_id: Token
+    job_id: JobId
     task_id: Token
     level: int = Field(ge=0, le=64)
     """0 = map step over document chunks; 1+ = reduce steps over summaries."""
@@ -173,7 +178,7 @@ class TokenUsage(BaseModel):
 
 class TaskResult(Payload):
     MSG_TYPE: ClassVar[str] = "task.result"
-    job_id: Token
+    job_id: JobId
     task_id: Token
     level: int = Field(ge=0, le=64)
     index: int = Field(ge=0)
@@ -219,7 +224,7 @@ class StreamItem(Payload):
     """One live partial result of a job, on `progress.{job_id}` (see `StreamKind`)."""
 
     MSG_TYPE: ClassVar[str] = "job.stream"
-    job_id: Token
+    job_id: JobId
     kind: StreamKind
     level: int = Field(default=0, ge=0, le=64)
     index: int | None = Field(default=None, ge=0)
@@ -274,11 +279,11 @@ def _clean_data(value: dict[str, Any]) -> dict[str, Any]:
 
 class AgentEvent(Payload):
     MSG_TYPE: ClassVar[str] = "agent.event"
-    event_id: Token
+    event_id: JobId  # often derived from the job id (a tenant's has one dot)
     agent_id: Token
     service: Token
     kind: EventKind
-    job_id: Token | None = None
+    job_id: JobId | None = None
     task_id: Token | None = None
     data: Annotated[dict[str, Any], AfterValidator(_clean_data)] = Field(default_factory=dict)
     ts: datetime = Field(default_factory=utcnow)
@@ -306,7 +311,7 @@ class HistoryQuery(Payload):
 
     MSG_TYPE: ClassVar[str] = "history.query"
     OMIT_WHEN_NONE: ClassVar[frozenset[str]] = frozenset({"after"})
-    job_id: Token
+    job_id: JobId
     limit: int = Field(default=HISTORY_PAGE_EVENTS, ge=1, le=100_000)
     after: HistoryCursor | None = None
 
@@ -317,7 +322,7 @@ class HistoryReply(Payload):
 
     MSG_TYPE: ClassVar[str] = "history.reply"
     OMIT_WHEN_NONE: ClassVar[frozenset[str]] = frozenset({"next"})
-    job_id: Token
+    job_id: JobId
     events: list[AgentEvent] = Field(default_factory=list)
     error: str | None = None
     next: HistoryCursor | None = None
@@ -358,7 +363,7 @@ class CancelRequest(Payload):
     """Cancel a job (`jobs.cancel`, answered by one orchestrator replica). Idempotent."""
 
     MSG_TYPE: ClassVar[str] = "job.cancel"
-    job_id: Token
+    job_id: JobId
     reason: CancelReason = ""
 
 
@@ -368,7 +373,7 @@ class CancelReply(Payload):
     one line for a person; `error` is set when the request could not be served."""
 
     MSG_TYPE: ClassVar[str] = "job.cancel_reply"
-    job_id: Token
+    job_id: JobId
     canceled: bool
     status: str | None = None
     detail: str = ""
@@ -380,7 +385,7 @@ class JobCanceled(Payload):
     worker drops the job's queued tasks and interrupts its running ones."""
 
     MSG_TYPE: ClassVar[str] = "job.canceled"
-    job_id: Token
+    job_id: JobId
     reason: CancelReason = ""
 
 
@@ -411,7 +416,8 @@ P = TypeVar("P", bound=Payload)
 class Envelope(BaseModel, Generic[P]):
     model_config = ConfigDict(extra="forbid", frozen=True)
     schema_version: int = Field(default=SCHEMA_VERSION, ge=1, le=65535)
-    id: Token = Field(default_factory=new_id)
+    id: JobId = Field(default_factory=new_id)
+    """A new id, or one derived from the job id (deduplication: a tenant's has a dot)."""
     sender: Token
     msg_type: Annotated[str, StringConstraints(max_length=64)]
     created_at: datetime = Field(default_factory=utcnow)
@@ -517,7 +523,7 @@ class JobState(BaseModel):
     live under their own keys in the job-parts bucket."""
 
     model_config = ConfigDict(extra="forbid")
-    job_id: Token
+    job_id: JobId
     status: JobStatus
     title: str = ""
     skill: Token = "summarize"

@@ -20,9 +20,12 @@ gave up on):
   submit as any tenant), writes documents, reads (watches) job state and
   live partial results (ordered consumers on `PROGRESS`), asks
   `rpc.history` and `rpc.{skill}`;
-- one user per tenant user (`AGENTBUS_TENANTS__CONFIGURED`, a tenant's `users`): the
-  `client` permissions, except that it submits only on `jobs.submit.{tenant}`, so its
-  jobs are that tenant's whatever they claim;
+- one user per tenant user (`AGENTBUS_TENANTS__CONFIGURED`, a tenant's `users`): submits
+  only on `jobs.submit.{tenant}` (so its jobs are that tenant's whatever they claim),
+  cancels on `jobs.cancel.{tenant}` and asks `rpc.history.{tenant}` (answered for that
+  tenant's job ids only), and reads only the states and partial results of its tenant's
+  jobs, named `{tenant}.{id}`: direct gets and named consumers under
+  `$KV.jobs.{tenant}.>` and `progress.{tenant}.>`;
 - `provisioner`: creates and updates the streams, consumers, KV buckets and object store;
 - `admin`: everything (operators: `agentbus events`, DLQ inspection, replays).
 
@@ -209,6 +212,24 @@ def _stream_read(stream: str) -> list[str]:
     ]
 
 
+def _reader_pulls(stream: str) -> str:
+    """Pull from a reader's own named consumer (`agentbus.bus.ordered_read`)."""
+    return f"{_JS}.CONSUMER.MSG.NEXT.{stream}.*"
+
+
+def _subject_read(stream: str, prefix: str) -> list[str]:
+    """Read only the subjects under `prefix` of a stream: direct gets of a subject's last
+    message, and named consumers filtered under it (`agentbus.bus.ordered_read`; the
+    server checks the filter in the API subject against the consumer's)."""
+    return [
+        f"{_JS}.STREAM.INFO.{stream}",
+        f"{_JS}.DIRECT.GET.{stream}.{prefix}.>",
+        f"{_JS}.CONSUMER.CREATE.{stream}.*.{prefix}.>",
+        _reader_pulls(stream),
+        f"{_JS}.CONSUMER.DELETE.{stream}.*",
+    ]
+
+
 def _kv_read(bucket: str) -> list[str]:
     return _stream_read(_KV_STREAM_PREFIX + bucket)
 
@@ -341,6 +362,7 @@ def build_permissions(
             *sub,
             f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{subjects.TASKS_STREAM}.*",
             subjects.JOBS_CANCEL,
+            subjects.JOBS_CANCEL_TENANTS,
         ],
         allow_responses=True,
     )
@@ -349,7 +371,7 @@ def build_permissions(
     # cancels: the broadcast, and the job's state for a job first seen (late joiners)
     worker_pub = [
         *pub,
-        "results.*.*",
+        subjects.RESULTS_SUBJECTS,
         subjects.PROGRESS_SUBJECTS,  # token deltas of the summaries being written
         subjects.dlq_subject(subjects.TASKS_STREAM),
         *_kv_read(subjects.JOBS_BUCKET),
@@ -379,7 +401,7 @@ def build_permissions(
             *_pull(subjects.AGENT_EVENTS_STREAM, subjects.ARCHIVER_CONSUMER),
             subjects.dlq_subject(subjects.AGENT_EVENTS_STREAM),
         ],
-        [*sub, subjects.RPC_HISTORY],
+        [*sub, subjects.RPC_HISTORY, subjects.RPC_HISTORY_TENANTS],
         allow_responses=True,
     )
 
@@ -387,11 +409,34 @@ def build_permissions(
         return [
             *submit,
             subjects.JOBS_CANCEL,
+            subjects.JOBS_CANCEL_TENANTS,
             subjects.RPC_HISTORY,
+            subjects.RPC_HISTORY_TENANTS,
             *(f"rpc.{skill}" for skill in skills),
+            # job states (and watching one), live partial results of a job
             *_kv_read(subjects.JOBS_BUCKET),
-            # live partial results: ordered consumers on progress.{job_id}
+            _reader_pulls(_KV_STREAM_PREFIX + subjects.JOBS_BUCKET),
             *_stream_read(subjects.PROGRESS_STREAM),
+            _reader_pulls(subjects.PROGRESS_STREAM),
+            *_obj_read(subjects.DOCUMENTS_BUCKET),
+            *_obj_write(subjects.DOCUMENTS_BUCKET),
+        ]
+
+    def tenant_publish(tenant: str) -> list[str]:
+        """A tenant's user: submit, cancel and ask history only as the tenant; read only
+        the states and partial results of its jobs (`{tenant}.{id}`: its namespace)."""
+        return [
+            subjects.tenant_submit(tenant),
+            f"{subjects.JOBS_CANCEL}.{tenant}",
+            f"{subjects.RPC_HISTORY}.{tenant}",
+            *(f"rpc.{skill}" for skill in skills),
+            *_subject_read(
+                _KV_STREAM_PREFIX + subjects.JOBS_BUCKET, f"$KV.{subjects.JOBS_BUCKET}.{tenant}"
+            ),
+            *_subject_read(subjects.PROGRESS_STREAM, f"progress.{tenant}"),
+            # documents above the inline limit, and summaries above it: the object store
+            # API reads by stream sequence, which permissions cannot limit to a tenant
+            # (documents are named by random job ids; see docs/operations.md)
             *_obj_read(subjects.DOCUMENTS_BUCKET),
             *_obj_write(subjects.DOCUMENTS_BUCKET),
         ]
@@ -410,7 +455,7 @@ def build_permissions(
             subjects.TASKS_SUBJECTS,
             subjects.TASKS_PRIORITY_SUBJECTS,
             subjects.TASKS_TENANT_SUBJECTS,
-            "results.*.*",
+            subjects.RESULTS_SUBJECTS,
             f"{_JS}.STREAM.MSG.DELETE.{subjects.DLQ_STREAM}",
             # the tenants page: their shared counters, their task consumers' queues
             *_kv_read(subjects.TENANTS_BUCKET),
@@ -433,8 +478,9 @@ def build_permissions(
                 raise PermissionsError(f"tenant {tenant}'s user {name!r} is a service user")
             users[name] = _user(
                 name,
-                f"a client of tenant {tenant}: submits only as {tenant}",
-                client_publish(subjects.tenant_submit(tenant)),
+                f"a client of tenant {tenant}: submits, cancels, reads states, partial "
+                f"results and history only as {tenant}",
+                tenant_publish(tenant),
                 [f"{inbox_prefix(name)}.>"],
                 allow_responses=False,
             )
