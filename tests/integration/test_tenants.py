@@ -101,18 +101,21 @@ async def test_a_job_belongs_to_its_subjects_tenant_else_its_claim_else_default(
         unknown = await trusted.submit(DOC + " unknown", tenant="zeta")
         plain = await trusted.submit(DOC + " plain")
         # a claim on a tenant's subject loses to the subject (its users' permissions)
-        forged = JobSubmit(job_id="forged-1", text=DOC + " forged", tenant="b")
+        forged = JobSubmit(job_id="a.forged-1", text=DOC + " forged", tenant="b")
         await trusted.bus.nc.publish(
-            subjects.tenant_submit("a"), encode(forged, sender="test", msg_id="forged-1")
+            subjects.tenant_submit("a"), encode(forged, sender="test", msg_id="a.forged-1")
         )
         states = {
             j: await trusted.wait(j, timeout_s=60)
-            for j in (by_client, by_claim, unknown, plain, "forged-1")
+            for j in (by_client, by_claim, unknown, plain, "a.forged-1")
         }
     assert all(st.status is JobStatus.COMPLETED for st in states.values())
     assert {j: st.tenant for j, st in states.items()} == {
-        by_client: "a", by_claim: "b", unknown: "default", plain: "default", "forged-1": "a",
+        by_client: "a", by_claim: "b", unknown: "default", plain: "default", "a.forged-1": "a",
     }  # fmt: skip
+    # a tenant's jobs are named in its namespace (a claimed one too, configured or not)
+    assert by_client.startswith("a.") and by_claim.startswith("b.")
+    assert unknown.startswith("zeta.") and "." not in plain
     reader = await Bus.connect(s.nats, agent_id="reader", service="test")
     try:
         events = await stream_agent_events(reader)

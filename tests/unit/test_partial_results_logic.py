@@ -32,8 +32,9 @@ def _item(kind: StreamKind, **kw: object) -> StreamItem:
 
 def test_subject_and_ids() -> None:
     assert subjects.job_progress("job-1") == "progress.job-1"
+    assert subjects.job_progress("acme.job-1") == "progress.acme.job-1"  # a tenant's
     with pytest.raises(ValueError, match="job_id"):
-        subjects.job_progress("a.b")
+        subjects.job_progress("a.b.c")
     assert progress_msg_id(_item(StreamKind.CHUNK, level=1, index=7)) == "job-1:p:c1.7"
     assert progress_msg_id(_item(StreamKind.REDUCE, level=2)) == "job-1:p:r2"
     assert progress_msg_id(_item(StreamKind.COMPLETED)) == "job-1:p:completed"

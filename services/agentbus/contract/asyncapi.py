@@ -216,8 +216,11 @@ def _channels() -> list[_Channel]:
             "request: at most `limit` events after the cursor `after`, within the server's "
             "max_payload; the reply's `next` asks for the following page (absent on the last).",
             ["HistoryQuery"],
-            {"kind": "core", "pattern": "request-reply", "subjects": [subjects.RPC_HISTORY],
-             "queue_group": subjects.ARCHIVER_QUEUE},
+            {"kind": "core", "pattern": "request-reply",
+             "subjects": [subjects.RPC_HISTORY, subjects.RPC_HISTORY_TENANTS],
+             "queue_group": subjects.ARCHIVER_QUEUE,
+             "as_tenant": "rpc.history.{tenant}: answered for that tenant's job ids "
+             "({tenant}.{id}) only; the only form a tenant's NATS users may ask on"},
         ),
         _Channel(
             "jobsCancel", subjects.JOBS_CANCEL, "Cancel requests",
@@ -226,8 +229,11 @@ def _channels() -> list[_Channel]:
             "broadcast to the workers, the job's timer acked and its documents removed. "
             "Idempotent; the reply says what changed in one line.",
             ["CancelRequest"],
-            {"kind": "core", "pattern": "request-reply", "subjects": [subjects.JOBS_CANCEL],
-             "queue_group": subjects.ORCHESTRATOR_CONSUMER},
+            {"kind": "core", "pattern": "request-reply",
+             "subjects": [subjects.JOBS_CANCEL, subjects.JOBS_CANCEL_TENANTS],
+             "queue_group": subjects.ORCHESTRATOR_CONSUMER,
+             "as_tenant": "jobs.cancel.{tenant}: refused for another tenant's job; the only "
+             "form a tenant's NATS users may ask on"},
         ),
         _Channel(
             "jobCanceled", t(subjects.job_canceled), "Cancel broadcasts",
@@ -600,6 +606,13 @@ def build_asyncapi(*, server_url: str = "nats://127.0.0.1:4222") -> dict[str, An
                 }
             },
             "subject_token": subjects.TOKEN_RE.pattern,
+            "job_id": {
+                "pattern": subjects.JOB_ID_RE.pattern,
+                "max_chars": subjects.JOB_ID_MAX_CHARS,
+                "description": "One token, or `{tenant}.{id}` for a job of a tenant other "
+                "than default: the tenant token is what NATS permissions see, so a "
+                "tenant's users read only `$KV.jobs.{tenant}.>` and `progress.{tenant}.>`.",
+            },
         },
     }
 
