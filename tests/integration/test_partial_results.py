@@ -118,7 +118,7 @@ async def test_stream_of_one_chunk_job_ends_with_its_summary(
 async def test_stream_rejects_bad_job_id_and_cursor(bus: Bus, settings: Settings) -> None:
     async with AgentBusClient(settings.nats) as client:
         with pytest.raises(ValueError, match="job_id"):
-            client.stream("no.dots")
+            client.stream("no.more.dots")
         with pytest.raises(ValueError, match="after=-1"):
             await anext(client.stream("job-1", after=-1))
 
