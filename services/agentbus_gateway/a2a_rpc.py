@@ -136,7 +136,7 @@ def _parse(params: Any, message: M) -> M:
 
 async def _visible(call: _Call, task_id: str, *, recorded: bool = False) -> JobState:
     try:
-        subjects.check_token(task_id, field="id")
+        subjects.check_job_id(task_id, field="id")
     except ValueError:
         raise TaskNotFoundError(f"no task {task_id[:64]!r}") from None
     state = await rest.visible_job(call.ctx, call.key, task_id, recorded=recorded)
