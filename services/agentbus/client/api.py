@@ -320,6 +320,7 @@ class AgentBusClient:
                 if left is not None and left <= 0:
                     raise TimeoutError(f"job {job_id} not finished within {timeout_s}s")
                 msgs = await reader.read(batch=16, wait_s=min(left or 2.0, 2.0))
+                states: list[JobState | None]
                 if msgs:
                     states = [decode_job_state(m.data) for m in msgs if _is_put(m)]
                 else:  # a quiet spell: read the state once
