@@ -38,6 +38,7 @@ __all__ = [
     "SRV_PREFIX",
     "SUMMARIZE_SKILL",
     "TASKS_PRIORITY_SUBJECTS",
+    "TASKS_SLOT_SUBJECTS",
     "TASKS_STREAM",
     "TASKS_SUBJECTS",
     "TASKS_TENANT_SUBJECTS",
@@ -62,6 +63,8 @@ __all__ = [
     "srv_subject",
     "task_assign",
     "tenant_orchestrator_consumer",
+    "tenant_slots",
+    "tenant_slots_consumer",
     "tenant_submit",
     "tenant_task_assign",
     "tenant_workers_consumer",
@@ -88,6 +91,10 @@ TASKS_PRIORITY_SUBJECTS: Final = "tasks.*.assign.*"
 TASKS_TENANT_SUBJECTS: Final = "tasks.*.assign.*.*"
 """Tasks of a configured tenant, `tasks.{skill}.assign.{priority}.{tenant}` (the default
 tenant's keep the subjects above; `agentbus.contract.tenants.task_subject`)."""
+TASKS_SLOT_SUBJECTS: Final = "tasks.*.slots.*"
+"""A capped tenant's run permits, `tasks.{skill}.slots.{tenant}`: exactly `max_in_flight`
+messages, never acked, held (unacked) by a worker while it runs one of the tenant's tasks
+(`agentbus.bus.tenant_slots`)."""
 
 RESULTS_STREAM: Final = "RESULTS"
 RESULTS_SUBJECTS: Final = "results.>"
@@ -191,6 +198,16 @@ def tenant_workers_consumer(skill: str, priority: str, tenant: str) -> str:
     """`{skill}-workers-{priority}-{tenant}`: the workers' consumer of a tenant's tasks of
     one priority (its max_ack_pending is the tenant's cap of tasks in flight)."""
     return f"{priority_workers_consumer(skill, priority)}-{check_token(tenant, field='tenant')}"
+
+
+def tenant_slots(skill: str, tenant: str) -> str:
+    """`tasks.{skill}.slots.{tenant}`: the run permits of a capped tenant's tasks."""
+    return f"tasks.{check_token(skill, field='skill')}.slots.{check_token(tenant, field='tenant')}"
+
+
+def tenant_slots_consumer(skill: str, tenant: str) -> str:
+    """`{skill}-slots-{tenant}`: the workers' consumer of a capped tenant's run permits."""
+    return f"{check_token(skill, field='skill')}-slots-{check_token(tenant, field='tenant')}"
 
 
 def result_subject(job_id: str, task_id: str) -> str:

@@ -30,12 +30,19 @@ from agentbus.bus.consume import ConsumerLoop
 from agentbus.bus.core import Bus
 from agentbus.bus.headers import delivery_count, stored_at_s
 from agentbus.bus.priority_pull import PriorityConsumerLoop
+from agentbus.bus.tenant_slots import TenantBudgets
 from agentbus.contract import subjects
 from agentbus.contract.errors import BusError, MessageDecodeError, SkillError
 from agentbus.contract.messages import EventKind, TaskAssign, TaskResult, TokenUsage, decode
 from agentbus.contract.priority import PRIORITIES, task_consumer
 from agentbus.contract.settings import Settings
-from agentbus.contract.tenants import budget_tokens, limits_of, tenant_names
+from agentbus.contract.tenants import (
+    DEFAULT_TENANT,
+    budget_tokens,
+    limits_of,
+    slot_consumer,
+    tenant_names,
+)
 from agentbus.contract.tenants import task_consumer as tenant_consumer
 from agentbus.contract.version import agentbus_version
 from agentbus.observability import metrics, telemetry
@@ -95,6 +102,8 @@ class TaskWorker(AgentService):
         self._beat: asyncio.Task[None] | None = None
         self.cancels: CancelWatch | None = None
         """Canceled jobs: the broadcast, and the job state for a job first met."""
+        self.budgets: TenantBudgets | None = None
+        """Tenants' spent budgets hold (or fail) their tasks at the start."""
 
     async def setup(self, bus: Bus) -> list[ConsumerLoop]:
         self.cancels = CancelWatch(bus)
@@ -109,7 +118,9 @@ class TaskWorker(AgentService):
             )  # fmt: skip
             await self.endpoint.start()
         metrics.init_worker(bus.service, skill=self.skill.name, backend=self.skill.backend)
-        tenants = tenant_names(self.settings.tenants)
+        cfg = self.settings.tenants
+        tenants = tenant_names(cfg)
+        self.budgets = TenantBudgets(bus, cfg)
         return [
             # one consumer per priority, high first without starving low
             PriorityConsumerLoop(
@@ -124,7 +135,15 @@ class TaskWorker(AgentService):
                     p: {t: tenant_consumer(self.skill.name, p, t) for t in tenants}
                     for p in PRIORITIES
                 },
-                weights={t: limits_of(t, self.settings.tenants).weight for t in tenants},
+                weights={t: limits_of(t, cfg).weight for t in tenants},
+                # a capped tenant's tasks start only on one of its run permits
+                slots={
+                    t: slot_consumer(self.skill.name, t)
+                    for t in tenants[1:]
+                    if limits_of(t, cfg).max_in_flight is not None
+                },
+                keepalive_s=self.settings.worker.in_progress_interval_s,
+                budgets=self.budgets,
             )
         ]
 
@@ -231,6 +250,8 @@ class TaskWorker(AgentService):
             if cancels.check(t.job_id, stored_at_s=stored_at_s(msg)):
                 await self._canceled(msg, t, stage="queued")
                 return
+            if await self._over_budget(msg, t):
+                return
             # The started event goes out while the skill runs (a round trip less in every
             # slot); it is confirmed before any outcome of the task is published.
             announced = bus.emit_soon(
@@ -322,6 +343,23 @@ class TaskWorker(AgentService):
             self.task_counts["ok"] += 1
             log.debug("task done in %.3fs (attempt %d)", elapsed, attempt)
 
+    async def _over_budget(self, msg: Msg, t: TaskAssign) -> bool:
+        """The task's tenant has spent its token budget: its job fails with the reason
+        (`over_budget` "fail"), or the task goes back until the window turns ("wait": it
+        was pulled just before the spent budget was seen). True: not to be run."""
+        budgets, tenant = self.budgets, t.tenant or DEFAULT_TENANT
+        if budgets is None or not budgets.budgeted(tenant):
+            return False
+        verdict = await budgets.verdict(tenant)
+        if verdict.refused is not None:
+            await self._give_up(msg, t, verdict.refused, dead_letter=False)
+            return True
+        if verdict.hold_s > 0:
+            await msg.nak(delay=verdict.hold_s)
+            self.task_counts["held_budget"] += 1
+            return True
+        return False
+
     async def _canceled(self, msg: Msg, t: TaskAssign, *, stage: str) -> None:
         """A task of a canceled job, dropped before it ran (`queued`) or interrupted
         (`running`): acked without a result (the job records nothing more), counted."""
@@ -382,8 +420,11 @@ class TaskWorker(AgentService):
             return
         await self._give_up(msg, t, f"failed after {attempt} attempt(s): {reason}")
 
-    async def _give_up(self, msg: Msg, t: TaskAssign, reason: str) -> None:
-        """Dead-letter the task and tell the orchestrator the job failed, with the reason."""
+    async def _give_up(
+        self, msg: Msg, t: TaskAssign, reason: str, *, dead_letter: bool = True
+    ) -> None:
+        """Dead-letter the task (or only ack it) and tell the orchestrator the job failed,
+        with the reason."""
         assert self.bus is not None
         result = TaskResult(
             job_id=t.job_id,
@@ -396,6 +437,10 @@ class TaskWorker(AgentService):
             duration_ms=0,
         )
         await self._publish_result(result)
+        if not dead_letter:  # refused by a rule, not broken: nothing to replay
+            await self._ack(msg)
+            self.task_counts["refused"] += 1
+            return
         await self.bus.emit(
             EventKind.TASK_DEAD_LETTERED,
             job_id=t.job_id,
