@@ -134,9 +134,9 @@ def _channels() -> list[_Channel]:
         _Channel(
             "tasksAssignTenant", t(subjects.tenant_task_assign), "Task assignment (tenant)",
             "The tasks of a configured tenant's job at one priority; the default tenant's "
-            "stay on the subjects above. One durable consumer per tenant and priority, its "
-            "max_ack_pending the tenant's cap of tasks in flight; workers share each "
-            "priority's slots among the tenants with work by weight.",
+            "stay on the subjects above. One durable consumer per tenant and priority; workers "
+            "share each priority's slots among the tenants with work by weight, a capped "
+            "tenant's only on its run permits (its cap over all priorities and replicas).",
             ["TaskAssign"],
             {"kind": "jetstream", "stream": subjects.TASKS_STREAM, "retention": "workqueue",
              "subjects": [subjects.TASKS_TENANT_SUBJECTS],
@@ -144,6 +144,20 @@ def _channels() -> list[_Channel]:
              "consumer_template": t(subjects.tenant_workers_consumer)},
             {"skill": [_SKILL_EXAMPLE], "priority": [p.value for p in Priority],
              "tenant": ["acme"]},
+        ),
+        _Channel(
+            "tasksSlots", t(subjects.tenant_slots), "Run permits (capped tenant)",
+            "A capped tenant's run permits: exactly its max_in_flight empty messages, put "
+            "there by the provisioner and never acked. A worker pulls one before each of the "
+            "tenant's tasks (any priority), holds it while the task runs (in_progress) and "
+            "hands it back (nak): the tenant never runs more tasks than its cap, across its "
+            "priorities and every worker replica.",
+            ["RunPermit"],
+            {"kind": "jetstream", "stream": subjects.TASKS_STREAM, "retention": "workqueue",
+             "subjects": [subjects.TASKS_SLOT_SUBJECTS],
+             "consumer": subjects.tenant_slots_consumer(_SKILL_EXAMPLE, "acme"),
+             "consumer_template": t(subjects.tenant_slots_consumer)},
+            {"skill": [_SKILL_EXAMPLE], "tenant": ["acme"]},
         ),
         _Channel(
             "taskResults", t(subjects.result_subject), "Task results",
@@ -298,6 +312,10 @@ _OPERATIONS: Final = (
     _Operation("receiveTask", "receive", "tasksAssign", ["TaskAssign"], "worker",
                "Pull tasks for free slots only; in_progress while running; ack after the "
                "result is published."),
+    _Operation("issuePermits", "send", "tasksSlots", ["RunPermit"], "provisioner",
+               "Put a capped tenant's run permits in place (as many as its cap)."),
+    _Operation("holdPermit", "receive", "tasksSlots", ["RunPermit"], "worker",
+               "Hold a permit while one of the tenant's tasks runs; nak it after."),
     _Operation("assignPriorityTask", "send", "tasksAssignPriority", ["TaskAssign"],
                "orchestrator", "Publish a map or reduce task of a high or low priority job."),
     _Operation("receivePriorityTask", "receive", "tasksAssignPriority", ["TaskAssign"],
@@ -488,6 +506,12 @@ def _messages(names: dict[str, str]) -> dict[str, Any]:
         "contentType": "application/octet-stream",
         "headers": _dead_letter_headers(),
         "payload": {},
+    }
+    messages["RunPermit"] = {
+        "name": "run_permit",
+        "title": "RunPermit",
+        "summary": "An empty message: one task of its tenant may run while it is held.",
+        "payload": {"type": "string", "maxLength": 0},
     }
     messages["MicroRequest"] = {
         "name": "micro.request",
