@@ -197,7 +197,7 @@ async def test_a_spent_budget_holds_the_rest_of_a_job_until_the_window_turns(
             await asyncio.sleep(left_s + 0.05)
         watcher = asyncio.ensure_future(watch_counter())
         try:
-            job = await client.submit(_document("W", 12), tenant="w")  # admitted: unspent
+            job = await client.submit(_document("W", 24), tenant="w")  # admitted: unspent
             state = await client.wait(job, timeout_s=150)
         finally:
             watcher.cancel()
@@ -234,4 +234,4 @@ async def test_a_spent_budget_fails_the_running_job_with_the_reason(
         r"retry after \d+ s",
         state.error,
     ), state.error
-    assert len(recorder.starts) < 20  # the rest of its chunks never ran
+    assert state.chunks >= 8 and len(recorder.starts) < state.chunks  # the rest never ran

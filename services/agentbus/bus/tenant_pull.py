@@ -219,31 +219,35 @@ class TenantPullers:
         held: frozenset[str] = frozenset(),
     ) -> int:
         # every tenant one slot while there are enough (by weight beyond that); else the
-        # lowest passes (the others are asked again when this wait ends)
-        asked = [t for t in self.pullers if t not in held]
-        if not asked:  # every tenant waits for its budget: asked again after a while
-            await asyncio.sleep(min(expires_s, PARTIAL_REST_S))
-            return 0
-        if want >= len(asked):
-            shares = dict.fromkeys(asked, 1)
-            for tenant, n in plan_shares(free=want - len(asked), passes=self.passes,
-                                         weights=self.weights, exclude=held):  # fmt: skip
-                shares[tenant] += n
-            plan = list(shares.items())
-        else:
-            plan = plan_shares(free=want, passes=self.passes, weights=self.weights, exclude=held)
+        # lowest passes (the others are asked again when this wait ends); a tenant at its
+        # cap (no permit) is left out and the slots planned again
+        excluded = set(held)
         granted: dict[str, tuple[int, list[Msg] | None]] = {}
-        for tenant, share in plan:  # capped tenants: as many as they have permits
-            try:
-                permits = await self._permits(tenant, share)
-            except PullError as e:
-                self._unavailable(tenant, e)
-                continue
-            if permits is None or permits:
+        while not granted:
+            asked = [t for t in self.pullers if t not in excluded]
+            if not asked:  # each at its cap or waiting for its budget: asked again soon
+                await asyncio.sleep(min(expires_s, PARTIAL_REST_S))
+                return 0
+            out = frozenset(excluded)
+            if want >= len(asked):
+                shares = dict.fromkeys(asked, 1)
+                for tenant, n in plan_shares(free=want - len(asked), passes=self.passes,
+                                             weights=self.weights, exclude=out):  # fmt: skip
+                    shares[tenant] += n
+                plan = list(shares.items())
+            else:
+                plan = plan_shares(free=want, passes=self.passes, weights=self.weights, exclude=out)
+            for tenant, share in plan:
+                try:
+                    permits = await self._permits(tenant, share)
+                except PullError as e:
+                    self._unavailable(tenant, e)
+                    excluded.add(tenant)
+                    continue
+                if permits is not None and not permits:
+                    excluded.add(tenant)
+                    continue
                 granted[tenant] = (share if permits is None else len(permits), permits)
-        if not granted:  # every tenant at its cap: asked again after a while
-            await asyncio.sleep(min(expires_s, PARTIAL_REST_S))
-            return 0
         answered = asyncio.Event()
 
         async def one(tenant: str, share: int, permits: list[Msg] | None) -> int:

@@ -31,6 +31,7 @@ from agentbus.bus.pull import Puller
 from agentbus.bus.tenant_usage import TenantUsage
 from agentbus.contract.settings import TenantsSettings
 from agentbus.contract.tenants import (
+    DEFAULT_TENANT,
     Verdict,
     Window,
     budget_key,
@@ -155,3 +156,13 @@ class TenantBudgets:
                     log.warning("token counter of tenant %s not read: %s", tenant, e)
                 self._counters[tenant] = (counter, time.monotonic())
         return start_verdict(tenant, counter, now_s=self.clock(), limits=limits)
+
+    async def refusal(self, tenant: str | None) -> str | None:
+        """Why a task of `tenant` (None: the default tenant) must not run: its budget is
+        spent and its setting is `over_budget` "fail" (its job fails with this line).
+        With "wait" the tenant is not pulled meanwhile (`TenantPullers`); a task pulled
+        before the spent budget was seen runs, rather than spend a delivery going back."""
+        name = tenant or DEFAULT_TENANT
+        if not self.budgeted(name):
+            return None
+        return (await self.verdict(name)).refused

@@ -36,13 +36,7 @@ from agentbus.contract.errors import BusError, MessageDecodeError, SkillError
 from agentbus.contract.messages import EventKind, TaskAssign, TaskResult, TokenUsage, decode
 from agentbus.contract.priority import PRIORITIES, task_consumer
 from agentbus.contract.settings import Settings
-from agentbus.contract.tenants import (
-    DEFAULT_TENANT,
-    budget_tokens,
-    limits_of,
-    slot_consumer,
-    tenant_names,
-)
+from agentbus.contract.tenants import budget_tokens, limits_of, slot_consumer, tenant_names
 from agentbus.contract.tenants import task_consumer as tenant_consumer
 from agentbus.contract.version import agentbus_version
 from agentbus.observability import metrics, telemetry
@@ -103,7 +97,6 @@ class TaskWorker(AgentService):
         self.cancels: CancelWatch | None = None
         """Canceled jobs: the broadcast, and the job state for a job first met."""
         self.budgets: TenantBudgets | None = None
-        """Tenants' spent budgets hold (or fail) their tasks at the start."""
 
     async def setup(self, bus: Bus) -> list[ConsumerLoop]:
         self.cancels = CancelWatch(bus)
@@ -250,7 +243,10 @@ class TaskWorker(AgentService):
             if cancels.check(t.job_id, stored_at_s=stored_at_s(msg)):
                 await self._canceled(msg, t, stage="queued")
                 return
-            if await self._over_budget(msg, t):
+            # a spent budget with `over_budget` "fail" fails the job ("wait": not pulled)
+            refused = await self.budgets.refusal(t.tenant) if self.budgets else None
+            if refused is not None:
+                await self._give_up(msg, t, refused, dead_letter=False)
                 return
             # The started event goes out while the skill runs (a round trip less in every
             # slot); it is confirmed before any outcome of the task is published.
@@ -342,23 +338,6 @@ class TaskWorker(AgentService):
             metrics.TASKS_PROCESSED.labels(bus.service, self.skill.name, "ok").inc()
             self.task_counts["ok"] += 1
             log.debug("task done in %.3fs (attempt %d)", elapsed, attempt)
-
-    async def _over_budget(self, msg: Msg, t: TaskAssign) -> bool:
-        """The task's tenant has spent its token budget: its job fails with the reason
-        (`over_budget` "fail"), or the task goes back until the window turns ("wait": it
-        was pulled just before the spent budget was seen). True: not to be run."""
-        budgets, tenant = self.budgets, t.tenant or DEFAULT_TENANT
-        if budgets is None or not budgets.budgeted(tenant):
-            return False
-        verdict = await budgets.verdict(tenant)
-        if verdict.refused is not None:
-            await self._give_up(msg, t, verdict.refused, dead_letter=False)
-            return True
-        if verdict.hold_s > 0:
-            await msg.nak(delay=verdict.hold_s)
-            self.task_counts["held_budget"] += 1
-            return True
-        return False
 
     async def _canceled(self, msg: Msg, t: TaskAssign, *, stage: str) -> None:
         """A task of a canceled job, dropped before it ran (`queued`) or interrupted
