@@ -36,7 +36,13 @@ from agentbus.bus.tenant_slots import TenantBudgets, TenantSlots
 from agentbus.contract.errors import PullError
 from agentbus.contract.tenants import plan_shares, record_empty, record_starts
 
-__all__ = ["EMPTY_REST_S", "MISSING_REST_S", "PARTIAL_REST_S", "TenantConsumerLoop", "TenantPullers"]
+__all__ = [
+    "EMPTY_REST_S",
+    "MISSING_REST_S",
+    "PARTIAL_REST_S",
+    "TenantConsumerLoop",
+    "TenantPullers",
+]
 
 EMPTY_REST_S: Final = 0.02
 """A tenant found empty is not asked again for this long while others have work."""
