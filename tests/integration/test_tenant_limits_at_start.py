@@ -119,7 +119,12 @@ async def test_provision_gives_a_capped_tenant_exactly_its_permits(
             await b.close()
 
     await _provisioned(s)
-    await _provisioned(s)  # again: unchanged, not added to
+    b = await Bus.connect(s.nats, agent_id="provision", service="test")
+    try:
+        again = await provision(b.js, s, skills=["summarize"])  # unchanged, not added to
+    finally:
+        await b.close()
+    assert f"permits {subject}" in again.unchanged and again.created == again.updated == []
     assert await permits(subject) == 3
     assert await permits(slot_subject("summarize", "o")) == 0  # no cap: no permits
     lower = _settings(nats_server.url, tmp_path, concurrency=2, c={"max_in_flight": 1}, o={})

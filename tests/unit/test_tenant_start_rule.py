@@ -5,6 +5,7 @@ rates and budgets, and the wire names of a capped tenant's run permits."""
 from __future__ import annotations
 
 import re
+from typing import Literal
 
 import pytest
 from hypothesis import given
@@ -32,7 +33,7 @@ USED = st.integers(0, 20_000)
 
 @given(now=NOW, window=WINDOW, budget=BUDGET, used=USED, mode=st.sampled_from(["wait", "fail"]))
 def test_a_task_starts_while_its_tenant_has_budget_left_in_the_window(
-    now: float, window: float, budget: int, used: int, mode: str
+    now: float, window: float, budget: int, used: int, mode: Literal["wait", "fail"]
 ) -> None:
     limits = TenantLimits(token_budget=budget, budget_window_s=window, over_budget=mode)
     counter = Window(index=Window.index_at(now, window), used=used)
