@@ -108,13 +108,13 @@ async def test_provision_gives_a_capped_tenant_exactly_its_permits(
     nats_server: EmbeddedNatsServer, tmp_path: Path
 ) -> None:
     s = _settings(nats_server.url, tmp_path, concurrency=2, c={"max_in_flight": 3}, o={})
-    subject = slot_subject("summarize", "c")
+    subject = slot_subject("summarize", "c", 3)
 
     async def permits(name: str) -> int:
         b = await Bus.connect(s.nats, agent_id="count", service="test")
         try:
             info = await b.js.stream_info(subjects.TASKS_STREAM, subjects_filter=name)
-            return int((info.state.subjects or {}).get(name, 0))
+            return sum((info.state.subjects or {}).values())
         finally:
             await b.close()
 
@@ -126,10 +126,17 @@ async def test_provision_gives_a_capped_tenant_exactly_its_permits(
         await b.close()
     assert f"permits {subject}" in again.unchanged and again.created == again.updated == []
     assert await permits(subject) == 3
-    assert await permits(slot_subject("summarize", "o")) == 0  # no cap: no permits
+    assert await permits("tasks.summarize.slots.o.>") == 0  # no cap: no permits
+    # a new cap: its permits on a subject of their own, the consumer pointed there
     lower = _settings(nats_server.url, tmp_path, concurrency=2, c={"max_in_flight": 1}, o={})
     await _provisioned(lower)
-    assert await permits(subject) == 1
+    assert await permits(slot_subject("summarize", "c", 1)) == 1
+    b = await Bus.connect(s.nats, agent_id="check", service="test")
+    try:
+        info = await b.js.consumer_info(subjects.TASKS_STREAM, "summarize-slots-c")
+    finally:
+        await b.close()
+    assert info.config.filter_subject == slot_subject("summarize", "c", 1)
 
 
 async def test_a_tenant_never_runs_more_than_its_cap_over_priorities_and_replicas(

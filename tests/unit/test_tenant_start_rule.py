@@ -83,7 +83,8 @@ def test_rates_and_budgets_share_one_window_rule(now: float, limit: int, used: i
 
 
 def test_a_capped_tenants_permits_have_their_own_subject_and_consumer() -> None:
-    assert slot_subject("summarize", "acme") == "tasks.summarize.slots.acme"
+    # the cap is in the subject: a new cap has new permits (nothing is ever deleted)
+    assert slot_subject("summarize", "acme", 20) == "tasks.summarize.slots.acme.20"
     assert slot_consumer("summarize", "acme") == "summarize-slots-acme"
     with pytest.raises(ValueError, match="tenant"):
-        slot_subject("summarize", "a.b")
+        slot_subject("summarize", "a.b", 20)

@@ -219,7 +219,7 @@ def consumer_configs(
             # being refused for max_ack_pending)
             cfg = durable(
                 slot_consumer(skill, tenant),
-                slot_subject(skill, tenant),
+                slot_subject(skill, tenant, cap),
                 max_ack_pending=cap + 1,
                 bounded=False,
             )
@@ -240,20 +240,19 @@ def _capped(settings: Settings) -> list[tuple[str, int]]:
 async def _ensure_permits(
     js: JetStreamContext, subject: str, cap: int, report: ProvisionReport
 ) -> None:
-    """Exactly `cap` run permits on `subject` (0: none). A different number is replaced
-    by `cap` new ones: permits held by running tasks at that moment are gone, so during a
-    change of cap the old and the new permits may both be out (at most once)."""
+    """`cap` run permits on `subject` (the cap is in the subject: a new cap gets a subject
+    of its own, and its consumer is pointed there; the permits of the old cap stay unused,
+    nothing is deleted). Each permit has its own message id, so that provisioners running
+    at once add each one once."""
     info = await js.stream_info(subjects.TASKS_STREAM, subjects_filter=subject)
     have = int((info.state.subjects or {}).get(subject, 0))
     name = f"permits {subject}"
-    if have == cap:
-        if cap:
-            report.unchanged.append(name)
+    if have >= cap:
+        report.unchanged.append(name)
         return
-    if have:
-        await js.purge_stream(subjects.TASKS_STREAM, subject=subject)
-    for _ in range(cap):
-        await js.publish(subject, b"", stream=subjects.TASKS_STREAM)
+    for i in range(have, cap):
+        await js.publish(subject, b"", stream=subjects.TASKS_STREAM, headers={
+            "Nats-Msg-Id": f"{subject}:{i}"})  # fmt: skip
     (report.updated if have else report.created).append(name)
 
 
@@ -310,11 +309,10 @@ async def provision(
             what = f"consumer {stream}/{ccfg.durable_name}"
             await _ensure_consumer(js, stream, ccfg, report)
         for skill in plugins.installed_skills() if skills is None else skills:
-            for tenant in tenant_names(settings.tenants)[1:]:
-                subject = slot_subject(skill, tenant)
+            for tenant, cap in _capped(settings):
+                subject = slot_subject(skill, tenant, cap)
                 what = f"permits {subject}"
-                cap = tenant_limits(tenant, settings.tenants).max_in_flight
-                await _ensure_permits(js, subject, cap or 0, report)
+                await _ensure_permits(js, subject, cap, report)
         for bucket, ttl in (
             (subjects.JOBS_BUCKET, t.jobs_ttl_s),
             (subjects.JOB_PARTS_BUCKET, t.jobs_ttl_s),

@@ -60,6 +60,7 @@ _PARAMETERS: Final = {
     "skill": f"A worker skill (e.g. `{_SKILL_EXAMPLE}`); one subject token.",
     "priority": "A job's priority other than normal: `high` or `low`.",
     "tenant": "A configured tenant (AGENTBUS_TENANTS__CONFIGURED); one subject token.",
+    "cap": "A capped tenant's max_in_flight (a new cap has new permits on its own subject).",
     "job_id": "The job id (a subject token, [A-Za-z0-9_-]{1,128}).",
     "task_id": "The task id within its job: `{level}-{index}`.",
     "agent_id": "The id of one running service replica (AGENTBUS_AGENT_ID).",
@@ -147,9 +148,10 @@ def _channels() -> list[_Channel]:
         ),
         _Channel(
             "tasksSlots", t(subjects.tenant_slots), "Run permits (capped tenant)",
-            "A capped tenant's run permits: exactly its max_in_flight empty messages, put "
-            "there by the provisioner and never acked. A worker pulls one before each of the "
-            "tenant's tasks (any priority), holds it while the task runs (in_progress) and "
+            "A capped tenant's run permits: exactly its max_in_flight (`cap`) empty "
+            "messages, put there by the provisioner and never acked. A worker pulls one "
+            "before each of the tenant's tasks (any priority), holds it while the task runs "
+            "(in_progress) and "
             "hands it back (nak): the tenant never runs more tasks than its cap, across its "
             "priorities and every worker replica.",
             ["RunPermit"],
@@ -157,7 +159,7 @@ def _channels() -> list[_Channel]:
              "subjects": [subjects.TASKS_SLOT_SUBJECTS],
              "consumer": subjects.tenant_slots_consumer(_SKILL_EXAMPLE, "acme"),
              "consumer_template": t(subjects.tenant_slots_consumer)},
-            {"skill": [_SKILL_EXAMPLE], "tenant": ["acme"]},
+            {"skill": [_SKILL_EXAMPLE], "tenant": ["acme"], "cap": ["20"]},
         ),
         _Channel(
             "taskResults", t(subjects.result_subject), "Task results",

@@ -269,8 +269,8 @@ def _provision_streams(skills: Sequence[str]) -> list[str]:
             f"{_JS}.CONSUMER.CREATE.{stream}.{durable}.>",
             f"{_JS}.CONSUMER.DURABLE.CREATE.{stream}.{durable}",
         ]
-    # capped tenants' run permits: counted, replaced when the cap changed
-    out += [subjects.TASKS_SLOT_SUBJECTS, f"{_JS}.STREAM.PURGE.{subjects.TASKS_STREAM}"]
+    # capped tenants' run permits (counted, then added: never deleted)
+    out.append(subjects.TASKS_SLOT_SUBJECTS)
     return out
 
 

@@ -91,10 +91,10 @@ TASKS_PRIORITY_SUBJECTS: Final = "tasks.*.assign.*"
 TASKS_TENANT_SUBJECTS: Final = "tasks.*.assign.*.*"
 """Tasks of a configured tenant, `tasks.{skill}.assign.{priority}.{tenant}` (the default
 tenant's keep the subjects above; `agentbus.contract.tenants.task_subject`)."""
-TASKS_SLOT_SUBJECTS: Final = "tasks.*.slots.*"
-"""A capped tenant's run permits, `tasks.{skill}.slots.{tenant}`: exactly `max_in_flight`
-messages, never acked, held (unacked) by a worker while it runs one of the tenant's tasks
-(`agentbus.bus.tenant_slots`)."""
+TASKS_SLOT_SUBJECTS: Final = "tasks.*.slots.*.*"
+"""A capped tenant's run permits, `tasks.{skill}.slots.{tenant}.{cap}`: exactly `cap`
+(`max_in_flight`) messages, never acked, held (unacked) by a worker while it runs one of
+the tenant's tasks (`agentbus.bus.tenant_slots`); a new cap, a new subject."""
 
 RESULTS_STREAM: Final = "RESULTS"
 RESULTS_SUBJECTS: Final = "results.>"
@@ -200,9 +200,12 @@ def tenant_workers_consumer(skill: str, priority: str, tenant: str) -> str:
     return f"{priority_workers_consumer(skill, priority)}-{check_token(tenant, field='tenant')}"
 
 
-def tenant_slots(skill: str, tenant: str) -> str:
-    """`tasks.{skill}.slots.{tenant}`: the run permits of a capped tenant's tasks."""
-    return f"tasks.{check_token(skill, field='skill')}.slots.{check_token(tenant, field='tenant')}"
+def tenant_slots(skill: str, tenant: str, cap: int | str) -> str:
+    """`tasks.{skill}.slots.{tenant}.{cap}`: the run permits of a capped tenant's tasks."""
+    return (
+        f"tasks.{check_token(skill, field='skill')}.slots.{check_token(tenant, field='tenant')}"
+        f".{check_token(str(cap), field='cap')}"
+    )
 
 
 def tenant_slots_consumer(skill: str, tenant: str) -> str:

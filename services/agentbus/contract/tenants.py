@@ -16,7 +16,7 @@ empty catches up to the others (`record_empty`), so an idle tenant banks no cred
 tenant that arrives gets its weight's share from then on, not the whole pool.
 
 Caps: a capped tenant (`max_in_flight` set) has exactly that many *run permits*, messages
-on `tasks.{skill}.slots.{tenant}` that are never acked: a worker pulls a permit before it
+on `tasks.{skill}.slots.{tenant}.{cap}` that are never acked: a worker pulls a permit before it
 pulls one of the tenant's tasks, of any priority, holds it (unacked, kept alive as the task
 is) while the task runs, and hands it back (`nak`) when the task is done. The server hands
 each permit to one worker at a time, so the tenant never has more tasks running than its
@@ -117,9 +117,10 @@ def task_consumer(skill: str, priority: Priority, tenant: str) -> str:
     return subjects.tenant_workers_consumer(skill, priority.value, tenant)
 
 
-def slot_subject(skill: str, tenant: str) -> str:
-    """Where the run permits of a capped tenant's `skill` tasks are (see Caps above)."""
-    return subjects.tenant_slots(skill, tenant)
+def slot_subject(skill: str, tenant: str, cap: int) -> str:
+    """Where the `cap` run permits of a capped tenant's `skill` tasks are (see Caps above:
+    a new cap has new permits, on a new subject; the old ones stay unused)."""
+    return subjects.tenant_slots(skill, tenant, cap)
 
 
 def slot_consumer(skill: str, tenant: str) -> str:
