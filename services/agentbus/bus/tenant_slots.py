@@ -2,7 +2,7 @@
 (`TenantSlots`), and the tenant's token budget (`TenantBudgets`).
 
 Permits (`agentbus.contract.tenants`, Caps): a capped tenant has exactly `max_in_flight`
-messages on `tasks.{skill}.slots.{tenant}`. Before a pull of the tenant's tasks (of any
+messages on `tasks.{skill}.slots.{tenant}.{cap}`. Before a pull of the tenant's tasks (of any
 priority) the worker pulls as many permits as it asks tasks for, at once (`no_wait`: none
 left answers `404` at once), asks for no more tasks than it got permits, binds one permit
 to each task that came and hands the others back (`nak`: another replica may take them
