@@ -108,7 +108,7 @@ _SCHEMAS: Final[dict[str, Any]] = {
         {
             "tenant": _STR,
             "weight": _INT,
-            "max_in_flight": _INT,
+            "max_in_flight": {"type": "integer", "nullable": True},
             "in_flight": _INT,
             "queued": _INT,
             "jobs_this_minute": _INT,

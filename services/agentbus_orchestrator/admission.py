@@ -9,9 +9,10 @@ subject with `Agentbus-Not-Before` (the time its window turns) and its message a
 waits in the JOBS stream, costing one delivery per hold rather than a redelivery per
 check, so its delivery count stays far from `max_deliver` however long it waits.
 
-Token budgets are checked when a job is taken in (its tasks already queued run to the
-end); tokens are counted as results come in, batched per tenant for `FLUSH_S` (one
-compare-and-set per tenant per flush: a crash loses at most that much counting).
+Token budgets are checked when a job is taken in, and again by workers before each task
+starts (`agentbus.bus.tenant_slots.TenantBudgets`); tokens are counted as results come
+in, batched per tenant for `FLUSH_S` (one compare-and-set per tenant per flush: a crash
+loses at most that much counting).
 """
 
 from __future__ import annotations

@@ -129,6 +129,7 @@ async def test_provision_adds_priority_consumers_to_an_older_topology(tmp_path: 
                 subjects.TASKS_SUBJECTS,
                 subjects.TASKS_PRIORITY_SUBJECTS,
                 subjects.TASKS_TENANT_SUBJECTS,  # (tenants: agentbus.contract.tenants)
+                subjects.TASKS_SLOT_SUBJECTS,
             ]
             assert info.state.messages == 1  # the queued task is kept
             for p in PRIORITIES:

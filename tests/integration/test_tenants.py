@@ -354,7 +354,9 @@ async def test_a_tenant_user_submits_only_as_its_tenant_on_a_real_server(
     server.start()
     secure = SecureNats(server=server, passwords=passwords, conf_path=conf_path)
     try:
-        s = make_settings(secure.url, tmp_path, tenants={"configured": {"acme": {}, "beta": {}}})
+        # acme capped: its tasks run on permits the provisioner put there (as its user)
+        tenants = {"acme": {"max_in_flight": 2}, "beta": {}}
+        s = make_settings(secure.url, tmp_path, tenants={"configured": tenants})
         # every service on its own user: the provisioner creates the tenants' consumers,
         # the orchestrator and the worker pull them
         prov = await Bus.connect(

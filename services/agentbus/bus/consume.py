@@ -134,7 +134,16 @@ class ConsumerLoop:
         self._g_inflight.set(len(self._inflight))
         self._g_free.set(self.concurrency - len(self._inflight))
 
+    async def _finished(self, msg: Msg) -> None:
+        """The handler of `msg` returned (or raised): a hook for subclasses."""
+
     async def _handle(self, msg: Msg) -> None:
+        try:
+            await self._handle_once(msg)
+        finally:
+            await self._finished(msg)
+
+    async def _handle_once(self, msg: Msg) -> None:
         try:
             await self.handler(msg)
         except Exception:

@@ -36,6 +36,7 @@ from agentbus.bus.consume import ConsumerLoop, Handler
 from agentbus.bus.core import Bus
 from agentbus.bus.pull import Puller
 from agentbus.bus.tenant_pull import TenantPullers
+from agentbus.bus.tenant_slots import TenantBudgets, TenantSlots
 from agentbus.contract.errors import AgentBusError
 from agentbus.contract.priority import (
     DEFAULT_PATIENCE,
@@ -86,10 +87,16 @@ class PriorityConsumerLoop(ConsumerLoop):
         patience: Mapping[Priority, int] = DEFAULT_PATIENCE,
         tenants: Mapping[Priority, Mapping[str, str]] | None = None,
         weights: Mapping[str, int] | None = None,
+        slots: Mapping[str, str] | None = None,
+        keepalive_s: float = 10.0,
+        budgets: TenantBudgets | None = None,
     ) -> None:
         """`tenants`: per priority, tenant -> its durable (the default tenant's is the
         one of `durables`); each priority's pulls are then shared among the tenants by
-        `weights` (`agentbus.bus.tenant_pull`)."""
+        `weights` (`agentbus.bus.tenant_pull`). `slots`: capped tenant -> its run
+        permits' durable (kept alive every `keepalive_s` while a task runs on one), one
+        pool for every priority; `budgets`: tenants whose budget is spent are not pulled
+        (`agentbus.bus.tenant_slots`)."""
         super().__init__(
             bus,
             stream=stream,
@@ -105,6 +112,10 @@ class PriorityConsumerLoop(ConsumerLoop):
         """Tasks pulled per priority (also `agentbus_tasks_pulled_total`)."""
         self.tenants = {p: dict(t) for p, t in (tenants or {}).items() if len(t) > 1}
         self.weights = dict(weights or {})
+        self.slot_durables = dict(slots or {}) if self.tenants else {}
+        self.keepalive_s = keepalive_s
+        self.budgets = budgets
+        self.slots: TenantSlots | None = None
         self._pullers: dict[Priority, Puller | TenantPullers] = {}
         self._tenant_counters = {
             t: metrics.TENANT_TASKS_PULLED.labels(bus.service, t)
@@ -119,12 +130,25 @@ class PriorityConsumerLoop(ConsumerLoop):
         self._cut_short = False
 
     async def _bind(self) -> Puller:
-        await self.close()
+        await self._close_pullers()
+        if self.slot_durables and self.slots is None:  # (a rebind keeps those held)
+            self.slots = TenantSlots(
+                self.bus.nc,
+                stream=self.stream,
+                durables=self.slot_durables,
+                keepalive_s=self.keepalive_s,
+            )
+            await self.slots.start()
         for p in PRIORITIES:
             by_tenant = self.tenants.get(p)
             if by_tenant:
                 group = TenantPullers(
-                    self.bus.nc, stream=self.stream, durables=by_tenant, weights=self.weights
+                    self.bus.nc,
+                    stream=self.stream,
+                    durables=by_tenant,
+                    weights=self.weights,
+                    slots=self.slots,
+                    budgets=self.budgets,
                 )
                 group.on_pulled = self._tenant_pulled
                 await group.start()
@@ -142,11 +166,23 @@ class PriorityConsumerLoop(ConsumerLoop):
         if counter is not None:
             counter.inc(count)
 
-    async def close(self) -> None:
+    async def _close_pullers(self) -> None:
         pullers, self._pullers = list(self._pullers.values()), {}
         self._puller = None
         for puller in pullers:
             await puller.close()
+
+    async def close(self) -> None:
+        await self._close_pullers()
+        # permits still held (a task outlived the grace period) go back by ack_wait
+        slots, self.slots = self.slots, None
+        if slots is not None:
+            await slots.close()
+
+    async def _finished(self, msg: Msg) -> None:
+        """A task's handler returned: its run permit (if any) goes back."""
+        if self.slots is not None:
+            await self.slots.release(msg)
 
     def _took(self, priority: Priority, count: int) -> None:
         if count:

@@ -10,6 +10,12 @@ each per rest). A long poll (the loop waits for work) first pulls at once as abo
 nothing came, it long-polls every tenant side by side with the slots split among them
 (never more requested in total than `want`), and once one answers with work the others
 are cancelled (their reply subjects unsubscribed, as the priority loop's watch does).
+
+With `slots` (`agentbus.bus.tenant_slots`), a capped tenant is asked for no more tasks
+than the run permits it got just before (none: it is at its cap, and not asked); with
+`budgets`, a tenant whose token budget is spent (`over_budget` "wait") is not asked until
+its window turns (its tasks stay queued: no redelivery). ("fail": its tasks are pulled,
+and the worker fails their jobs with the reason.)
 """
 
 from __future__ import annotations
@@ -26,13 +32,23 @@ from nats.aio.msg import Msg
 from agentbus.bus.consume import ConsumerLoop, Handler
 from agentbus.bus.core import Bus
 from agentbus.bus.pull import Puller, PullSource
+from agentbus.bus.tenant_slots import TenantBudgets, TenantSlots
 from agentbus.contract.errors import PullError
 from agentbus.contract.tenants import plan_shares, record_empty, record_starts
 
-__all__ = ["EMPTY_REST_S", "MISSING_REST_S", "TenantConsumerLoop", "TenantPullers"]
+__all__ = [
+    "EMPTY_REST_S",
+    "MISSING_REST_S",
+    "PARTIAL_REST_S",
+    "TenantConsumerLoop",
+    "TenantPullers",
+]
 
 EMPTY_REST_S: Final = 0.02
 """A tenant found empty is not asked again for this long while others have work."""
+PARTIAL_REST_S: Final = 0.1
+"""Longest wait of a long poll that finds no tenant to ask (each at its cap or waiting for
+its budget)."""
 MISSING_REST_S: Final = 10.0
 """A tenant whose consumer fails (not provisioned) is asked again after this long."""
 
@@ -49,8 +65,12 @@ class TenantPullers:
         stream: str,
         durables: Mapping[str, str],
         weights: Mapping[str, int],
+        slots: TenantSlots | None = None,
+        budgets: TenantBudgets | None = None,
     ) -> None:
         self.pullers = {t: Puller(nc, stream=stream, durable=d) for t, d in durables.items()}
+        self.slots = slots
+        self.budgets = budgets
         self.weights = {t: weights.get(t, 1) for t in durables}
         self.passes: dict[str, float] = dict.fromkeys(durables, 0.0)
         self.pulled: dict[str, int] = dict.fromkeys(durables, 0)
@@ -97,16 +117,78 @@ class TenantPullers:
 
     async def pull(self, batch: int, *, expires_s: float, deliver: Callable[[Msg], None]) -> int:
         """Up to `batch` messages over the tenants' consumers, as `Puller.pull`."""
-        got = await self._pull_now(batch, deliver, rested=expires_s > 0)
+        held = await self._over_budget()
+        got = await self._pull_now(batch, deliver, rested=expires_s > 0, held=held)
         if got or expires_s <= 0:
             return got
-        return await self._long_poll(batch, expires_s=expires_s, deliver=deliver)
+        return await self._long_poll(batch, expires_s=expires_s, deliver=deliver, held=held)
 
-    async def _pull_now(self, want: int, deliver: Callable[[Msg], None], *, rested: bool) -> int:
+    async def _over_budget(self) -> frozenset[str]:
+        """The tenants whose tasks wait for their budget window to turn (each counts as
+        empty: it banks no credit meanwhile)."""
+        budgets = self.budgets
+        if budgets is None:
+            return frozenset()
+        held: set[str] = set()
+        for tenant in self.pullers:
+            if budgets.budgeted(tenant) and (await budgets.verdict(tenant)).hold_s > 0:
+                held.add(tenant)
+                self.passes = record_empty(self.passes, tenant, weights=self.weights)
+        return frozenset(held)
+
+    async def _permits(self, tenant: str, share: int) -> list[Msg] | None:
+        """Run permits for up to `share` of capped `tenant`'s tasks (None: not capped)."""
+        if self.slots is None or not self.slots.capped(tenant):
+            return None
+        return await self.slots.take(tenant, share)
+
+    async def _pull_on(
+        self,
+        tenant: str,
+        share: int,
+        permits: list[Msg] | None,
+        *,
+        expires_s: float,
+        deliver: Callable[[Msg], None],
+    ) -> int:
+        """Pull up to `share` of `tenant`'s tasks, each bound to one of `permits` (when
+        capped: then as many as there are permits); the permits left go back."""
+        slots = self.slots
+        if permits is None or slots is None:
+            return await self.pullers[tenant].pull(share, expires_s=expires_s, deliver=deliver)
+        spare = list(permits)
+
+        def bound(msg: Msg) -> None:
+            slots.bind(msg, spare.pop())
+            deliver(msg)
+
+        try:
+            return await self.pullers[tenant].pull(len(spare), expires_s=expires_s, deliver=bound)
+        finally:
+            await slots.hand_back(spare)
+
+    async def _one(
+        self, tenant: str, share: int, *, expires_s: float, deliver: Callable[[Msg], None]
+    ) -> int | None:
+        """`_pull_on` with the permits taken first (None: at its cap, not asked)."""
+        permits = await self._permits(tenant, share)
+        if permits is not None and not permits:
+            return None
+        return await self._pull_on(tenant, share, permits, expires_s=expires_s, deliver=deliver)
+
+    async def _pull_now(
+        self,
+        want: int,
+        deliver: Callable[[Msg], None],
+        *,
+        rested: bool,
+        held: frozenset[str] = frozenset(),
+    ) -> int:
         now = time.monotonic()
         resting = frozenset(t for t, until in self._rest_until.items() if until > now)
         if rested:  # about to wait anyway: ask everyone first
             resting = frozenset()
+        resting |= held
         started = 0
         drained: set[str] = set()
         while started < want:
@@ -120,9 +202,12 @@ class TenantPullers:
                 break
             for tenant, share in plan:
                 try:
-                    got = await self.pullers[tenant].pull(share, expires_s=0, deliver=deliver)
+                    got = await self._one(tenant, share, expires_s=0, deliver=deliver)
                 except PullError as e:
                     self._unavailable(tenant, e)
+                    drained.add(tenant)
+                    continue
+                if got is None:  # at its cap: the others get its slots
                     drained.add(tenant)
                     continue
                 self._took(tenant, got)
@@ -132,33 +217,58 @@ class TenantPullers:
         return started
 
     async def _long_poll(
-        self, want: int, *, expires_s: float, deliver: Callable[[Msg], None]
+        self,
+        want: int,
+        *,
+        expires_s: float,
+        deliver: Callable[[Msg], None],
+        held: frozenset[str] = frozenset(),
     ) -> int:
         # every tenant one slot while there are enough (by weight beyond that); else the
-        # lowest passes (the others are asked again when this wait ends)
-        if want >= len(self.pullers):
-            shares = dict.fromkeys(self.pullers, 1)
-            for tenant, n in plan_shares(free=want - len(self.pullers), passes=self.passes,
-                                         weights=self.weights):  # fmt: skip
-                shares[tenant] += n
-            plan = list(shares.items())
-        else:
-            plan = plan_shares(free=want, passes=self.passes, weights=self.weights)
+        # lowest passes (the others are asked again when this wait ends); a tenant at its
+        # cap (no permit) is left out and the slots planned again
+        excluded = set(held)
+        granted: dict[str, tuple[int, list[Msg] | None]] = {}
+        while not granted:
+            asked = [t for t in self.pullers if t not in excluded]
+            if not asked:  # each at its cap or waiting for its budget: asked again soon
+                await asyncio.sleep(min(expires_s, PARTIAL_REST_S))
+                return 0
+            out = frozenset(excluded)
+            if want >= len(asked):
+                shares = dict.fromkeys(asked, 1)
+                for tenant, n in plan_shares(free=want - len(asked), passes=self.passes,
+                                             weights=self.weights, exclude=out):  # fmt: skip
+                    shares[tenant] += n
+                plan = list(shares.items())
+            else:
+                plan = plan_shares(free=want, passes=self.passes, weights=self.weights, exclude=out)
+            for tenant, share in plan:
+                try:
+                    permits = await self._permits(tenant, share)
+                except PullError as e:
+                    self._unavailable(tenant, e)
+                    excluded.add(tenant)
+                    continue
+                if permits is not None and not permits:
+                    excluded.add(tenant)
+                    continue
+                granted[tenant] = (share if permits is None else len(permits), permits)
         answered = asyncio.Event()
 
-        async def one(tenant: str, share: int) -> int:
+        async def one(tenant: str, share: int, permits: list[Msg] | None) -> int:
             def deliver_first(msg: Msg) -> None:
                 deliver(msg)
                 answered.set()
 
             try:
-                return await self.pullers[tenant].pull(
-                    share, expires_s=expires_s, deliver=deliver_first
+                return await self._pull_on(
+                    tenant, share, permits, expires_s=expires_s, deliver=deliver_first
                 )
             finally:
                 answered.set()
 
-        polls = {t: asyncio.ensure_future(one(t, n)) for t, n in plan}
+        polls = {t: asyncio.ensure_future(one(t, n, p)) for t, (n, p) in granted.items()}
         await answered.wait()
         for tenant, poll in polls.items():
             if not poll.done():

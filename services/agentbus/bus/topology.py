@@ -28,7 +28,13 @@ from agentbus.contract import plugins, subjects
 from agentbus.contract.errors import TopologyError
 from agentbus.contract.priority import PRIORITIES, task_consumer, task_subject
 from agentbus.contract.settings import Settings
-from agentbus.contract.tenants import intake_consumer, intake_subject, tenant_names
+from agentbus.contract.tenants import (
+    intake_consumer,
+    intake_subject,
+    slot_consumer,
+    slot_subject,
+    tenant_names,
+)
 from agentbus.contract.tenants import limits_of as tenant_limits
 from agentbus.contract.tenants import task_consumer as tenant_task_consumer
 from agentbus.contract.tenants import task_subject as tenant_task_subject
@@ -102,6 +108,8 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
                 subjects.TASKS_SUBJECTS,
                 subjects.TASKS_PRIORITY_SUBJECTS,
                 subjects.TASKS_TENANT_SUBJECTS,
+                # a capped tenant's run permits (never acked: they stay)
+                subjects.TASKS_SLOT_SUBJECTS,
             ],
             work,
             max_msg_size=max_msg,
@@ -200,16 +208,57 @@ def consumer_configs(
         for priority in PRIORITIES:
             cfg = durable(task_consumer(skill, priority), task_subject(skill, priority))
             out.append((subjects.TASKS_STREAM, cfg))
-            # and per configured tenant (`agentbus.contract.tenants`): the server holds
-            # a tenant's tasks beyond its cap of tasks in flight, across every worker
+            # and per configured tenant (`agentbus.contract.tenants`); a capped tenant's
+            # hold no more than its cap (one priority alone: the permits hold them all)
             for tenant in tenant_names(settings.tenants)[1:]:
+                cap = tenant_limits(tenant, settings.tenants).max_in_flight
                 cfg = durable(
                     tenant_task_consumer(skill, priority, tenant),
                     tenant_task_subject(skill, priority, tenant),
-                    max_ack_pending=tenant_limits(tenant, settings.tenants).max_in_flight,
+                    max_ack_pending=cap or 10_000,
                 )
                 out.append((subjects.TASKS_STREAM, cfg))
+        for tenant, cap in _capped(settings):
+            # its run permits: redelivered for ever (never acked, handed back by `nak`),
+            # at most all of them out (one more allowed: a pull finds none rather than
+            # being refused for max_ack_pending)
+            cfg = durable(
+                slot_consumer(skill, tenant),
+                slot_subject(skill, tenant, cap),
+                max_ack_pending=cap + 1,
+                bounded=False,
+            )
+            out.append((subjects.TASKS_STREAM, cfg))
     return out
+
+
+def _capped(settings: Settings) -> list[tuple[str, int]]:
+    """The configured tenants with a cap of tasks in flight, and their caps."""
+    out: list[tuple[str, int]] = []
+    for tenant in tenant_names(settings.tenants)[1:]:
+        cap = tenant_limits(tenant, settings.tenants).max_in_flight
+        if cap is not None:
+            out.append((tenant, cap))
+    return out
+
+
+async def _ensure_permits(
+    js: JetStreamContext, subject: str, cap: int, report: ProvisionReport
+) -> None:
+    """`cap` run permits on `subject` (the cap is in the subject: a new cap gets a subject
+    of its own, and its consumer is pointed there; the permits of the old cap stay unused,
+    nothing is deleted). Each permit has its own message id, so that provisioners running
+    at once add each one once."""
+    info = await js.stream_info(subjects.TASKS_STREAM, subjects_filter=subject)
+    have = int((info.state.subjects or {}).get(subject, 0))
+    name = f"permits {subject}"
+    if have >= cap:
+        report.unchanged.append(name)
+        return
+    for i in range(have, cap):
+        await js.publish(subject, b"", stream=subjects.TASKS_STREAM, headers={
+            "Nats-Msg-Id": f"{subject}:{i}"})  # fmt: skip
+    (report.updated if have else report.created).append(name)
 
 
 async def _ensure_stream(js: JetStreamContext, cfg: StreamConfig, report: ProvisionReport) -> None:
@@ -264,6 +313,11 @@ async def provision(
         for stream, ccfg in consumer_configs(settings, skills=skills):
             what = f"consumer {stream}/{ccfg.durable_name}"
             await _ensure_consumer(js, stream, ccfg, report)
+        for skill in plugins.installed_skills() if skills is None else skills:
+            for tenant, cap in _capped(settings):
+                subject = slot_subject(skill, tenant, cap)
+                what = f"permits {subject}"
+                await _ensure_permits(js, subject, cap, report)
         for bucket, ttl in (
             (subjects.JOBS_BUCKET, t.jobs_ttl_s),
             (subjects.JOB_PARTS_BUCKET, t.jobs_ttl_s),

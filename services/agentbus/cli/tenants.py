@@ -45,7 +45,7 @@ def _tenants(
                   "tokens this window", "window turns in")  # fmt: skip
     for r in rows:
         table.add_row(
-            r["tenant"], str(r["weight"]), f"{r['in_flight']} / {r['max_in_flight']}",
+            r["tenant"], str(r["weight"]), f"{r['in_flight']} / {_limit(r['max_in_flight'])}",
             str(r["queued"]),
             f"{r['jobs_this_minute']} / {_limit(r['jobs_per_minute'])} ({r['over_rate']})",
             f"{r['tokens_this_window']} / {_limit(r['token_budget'])} ({r['over_budget']})",

@@ -60,6 +60,7 @@ _PARAMETERS: Final = {
     "skill": f"A worker skill (e.g. `{_SKILL_EXAMPLE}`); one subject token.",
     "priority": "A job's priority other than normal: `high` or `low`.",
     "tenant": "A configured tenant (AGENTBUS_TENANTS__CONFIGURED); one subject token.",
+    "cap": "A capped tenant's max_in_flight (a new cap has new permits on its own subject).",
     "job_id": "The job id: a subject token ([A-Za-z0-9_-]{1,128}), or two for a tenant's "
     "job (TENANT.ID).",
     "task_id": "The task id within its job: `{level}-{index}`.",
@@ -135,9 +136,9 @@ def _channels() -> list[_Channel]:
         _Channel(
             "tasksAssignTenant", t(subjects.tenant_task_assign), "Task assignment (tenant)",
             "The tasks of a configured tenant's job at one priority; the default tenant's "
-            "stay on the subjects above. One durable consumer per tenant and priority, its "
-            "max_ack_pending the tenant's cap of tasks in flight; workers share each "
-            "priority's slots among the tenants with work by weight.",
+            "stay on the subjects above. One durable consumer per tenant and priority; workers "
+            "share each priority's slots among the tenants with work by weight, a capped "
+            "tenant's only on its run permits (its cap over all priorities and replicas).",
             ["TaskAssign"],
             {"kind": "jetstream", "stream": subjects.TASKS_STREAM, "retention": "workqueue",
              "subjects": [subjects.TASKS_TENANT_SUBJECTS],
@@ -145,6 +146,21 @@ def _channels() -> list[_Channel]:
              "consumer_template": t(subjects.tenant_workers_consumer)},
             {"skill": [_SKILL_EXAMPLE], "priority": [p.value for p in Priority],
              "tenant": ["acme"]},
+        ),
+        _Channel(
+            "tasksSlots", t(subjects.tenant_slots), "Run permits (capped tenant)",
+            "A capped tenant's run permits: exactly its max_in_flight (`cap`) empty "
+            "messages, put there by the provisioner and never acked. A worker pulls one "
+            "before each of the tenant's tasks (any priority), holds it while the task runs "
+            "(in_progress) and "
+            "hands it back (nak): the tenant never runs more tasks than its cap, across its "
+            "priorities and every worker replica.",
+            ["RunPermit"],
+            {"kind": "jetstream", "stream": subjects.TASKS_STREAM, "retention": "workqueue",
+             "subjects": [subjects.TASKS_SLOT_SUBJECTS],
+             "consumer": subjects.tenant_slots_consumer(_SKILL_EXAMPLE, "acme"),
+             "consumer_template": t(subjects.tenant_slots_consumer)},
+            {"skill": [_SKILL_EXAMPLE], "tenant": ["acme"], "cap": ["20"]},
         ),
         _Channel(
             "taskResults", t(subjects.result_subject), "Task results",
@@ -305,6 +321,10 @@ _OPERATIONS: Final = (
     _Operation("receiveTask", "receive", "tasksAssign", ["TaskAssign"], "worker",
                "Pull tasks for free slots only; in_progress while running; ack after the "
                "result is published."),
+    _Operation("issuePermits", "send", "tasksSlots", ["RunPermit"], "provisioner",
+               "Put a capped tenant's run permits in place (as many as its cap)."),
+    _Operation("holdPermit", "receive", "tasksSlots", ["RunPermit"], "worker",
+               "Hold a permit while one of the tenant's tasks runs; nak it after."),
     _Operation("assignPriorityTask", "send", "tasksAssignPriority", ["TaskAssign"],
                "orchestrator", "Publish a map or reduce task of a high or low priority job."),
     _Operation("receivePriorityTask", "receive", "tasksAssignPriority", ["TaskAssign"],
@@ -495,6 +515,12 @@ def _messages(names: dict[str, str]) -> dict[str, Any]:
         "contentType": "application/octet-stream",
         "headers": _dead_letter_headers(),
         "payload": {},
+    }
+    messages["RunPermit"] = {
+        "name": "run_permit",
+        "title": "RunPermit",
+        "summary": "An empty message: one task of its tenant may run while it is held.",
+        "payload": {"type": "string", "maxLength": 0},
     }
     messages["MicroRequest"] = {
         "name": "micro.request",

@@ -290,6 +290,8 @@ def _provision_streams(skills: Sequence[str]) -> list[str]:
             f"{_JS}.CONSUMER.CREATE.{stream}.{durable}.>",
             f"{_JS}.CONSUMER.DURABLE.CREATE.{stream}.{durable}",
         ]
+    # capped tenants' run permits (counted, then added: never deleted)
+    out.append(subjects.TASKS_SLOT_SUBJECTS)
     return out
 
 
@@ -375,6 +377,8 @@ def build_permissions(
         subjects.PROGRESS_SUBJECTS,  # token deltas of the summaries being written
         subjects.dlq_subject(subjects.TASKS_STREAM),
         *_kv_read(subjects.JOBS_BUCKET),
+        # tenants' token counters: a spent budget holds the tenant's tasks at the start
+        *_kv_read(subjects.TENANTS_BUCKET),
     ]
     worker_sub = [*sub, "$SRV.>", subjects.JOBS_CANCELED_WILDCARD]
     for skill in skills:

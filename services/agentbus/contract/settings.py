@@ -291,9 +291,10 @@ class TenantLimits(_Section):
 
     weight: int = Field(default=1, ge=1, le=1000)
     """Share of the workers' slots against other tenants with work (fair share by weight)."""
-    max_in_flight: int = Field(default=10_000, ge=1, le=1_000_000)
-    """Tasks of the tenant running at once, across every worker (per priority: the
-    max_ack_pending of the tenant's consumers, enforced by the server)."""
+    max_in_flight: int | None = Field(default=None, ge=1, le=10_000)
+    """Tasks of a configured tenant running at once, over all its priorities and every
+    worker replica (None: no cap). Held by the server: the tenant has this many run
+    permits (`agentbus.bus.tenant_slots`), and a worker starts a task only with one."""
     jobs_per_minute: int | None = Field(default=None, ge=1)
     """Jobs taken in per minute, across every orchestrator replica (None: no limit)."""
     over_rate: Literal["refuse", "queue"] = "refuse"

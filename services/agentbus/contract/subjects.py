@@ -48,6 +48,7 @@ __all__ = [
     "SRV_PREFIX",
     "SUMMARIZE_SKILL",
     "TASKS_PRIORITY_SUBJECTS",
+    "TASKS_SLOT_SUBJECTS",
     "TASKS_STREAM",
     "TASKS_SUBJECTS",
     "TASKS_TENANT_SUBJECTS",
@@ -80,6 +81,8 @@ __all__ = [
     "task_assign",
     "tenant_orchestrator_consumer",
     "tenant_request_refusal",
+    "tenant_slots",
+    "tenant_slots_consumer",
     "tenant_submit",
     "tenant_task_assign",
     "tenant_workers_consumer",
@@ -110,6 +113,10 @@ TASKS_PRIORITY_SUBJECTS: Final = "tasks.*.assign.*"
 TASKS_TENANT_SUBJECTS: Final = "tasks.*.assign.*.*"
 """Tasks of a configured tenant, `tasks.{skill}.assign.{priority}.{tenant}` (the default
 tenant's keep the subjects above; `agentbus.contract.tenants.task_subject`)."""
+TASKS_SLOT_SUBJECTS: Final = "tasks.*.slots.*.*"
+"""A capped tenant's run permits, `tasks.{skill}.slots.{tenant}.{cap}`: exactly `cap`
+(`max_in_flight`) messages, never acked, held (unacked) by a worker while it runs one of
+the tenant's tasks (`agentbus.bus.tenant_slots`); a new cap, a new subject."""
 
 RESULTS_STREAM: Final = "RESULTS"
 RESULTS_SUBJECTS: Final = "results.>"
@@ -300,6 +307,19 @@ def tenant_workers_consumer(skill: str, priority: str, tenant: str) -> str:
     """`{skill}-workers-{priority}-{tenant}`: the workers' consumer of a tenant's tasks of
     one priority (its max_ack_pending is the tenant's cap of tasks in flight)."""
     return f"{priority_workers_consumer(skill, priority)}-{check_token(tenant, field='tenant')}"
+
+
+def tenant_slots(skill: str, tenant: str, cap: int | str) -> str:
+    """`tasks.{skill}.slots.{tenant}.{cap}`: the run permits of a capped tenant's tasks."""
+    return (
+        f"tasks.{check_token(skill, field='skill')}.slots.{check_token(tenant, field='tenant')}"
+        f".{check_token(str(cap), field='cap')}"
+    )
+
+
+def tenant_slots_consumer(skill: str, tenant: str) -> str:
+    """`{skill}-slots-{tenant}`: the workers' consumer of a capped tenant's run permits."""
+    return f"{check_token(skill, field='skill')}-slots-{check_token(tenant, field='tenant')}"
 
 
 def result_subject(job_id: str, task_id: str) -> str:

@@ -15,11 +15,21 @@ the tenants' consumers by `plan_shares`, a stride scheduler: every task started 
 empty catches up to the others (`record_empty`), so an idle tenant banks no credit and a
 tenant that arrives gets its weight's share from then on, not the whole pool.
 
-Caps: a tenant's consumers have `max_ack_pending` = its `max_in_flight`, so the server
-holds its tasks beyond the cap, across every worker replica.
+Caps: a capped tenant (`max_in_flight` set) has exactly that many *run permits*, messages
+on `tasks.{skill}.slots.{tenant}.{cap}` that are never acked: a worker pulls a permit before it
+pulls one of the tenant's tasks, of any priority, holds it (unacked, kept alive as the task
+is) while the task runs, and hands it back (`nak`) when the task is done. The server hands
+each permit to one worker at a time, so the tenant never has more tasks running than its
+cap across its priorities and every replica; a replica that dies loses its permits to
+`ack_wait`, as it does its tasks. (`max_ack_pending` = cap on each of the tenant's
+priority consumers holds one priority alone; three of them would allow three times the
+cap, and a worker-side count of the others' tasks in flight races between replicas.)
+Priorities are untouched: a permit is taken for the pull the priority loop makes anyway.
 
 Rates and token budgets are fixed-window counters (`Window`), kept in the `tenant-usage`
 KV bucket and updated by compare-and-set, so every replica counts against the same number.
+Budgets hold at intake and again when a worker is about to start a task (`start_verdict`):
+a job let in just before its tenant's budget was spent does not run its remaining tasks.
 """
 
 from __future__ import annotations
@@ -56,6 +66,9 @@ __all__ = [
     "record_empty",
     "record_starts",
     "resolve",
+    "slot_consumer",
+    "slot_subject",
+    "start_verdict",
     "task_consumer",
     "task_subject",
     "tenant_names",
@@ -102,6 +115,16 @@ def task_consumer(skill: str, priority: Priority, tenant: str) -> str:
     if tenant == DEFAULT_TENANT:
         return priority_consumer(skill, priority)
     return subjects.tenant_workers_consumer(skill, priority.value, tenant)
+
+
+def slot_subject(skill: str, tenant: str, cap: int) -> str:
+    """Where the `cap` run permits of a capped tenant's `skill` tasks are (see Caps above:
+    a new cap has new permits, on a new subject; the old ones stay unused)."""
+    return subjects.tenant_slots(skill, tenant, cap)
+
+
+def slot_consumer(skill: str, tenant: str) -> str:
+    return subjects.tenant_slots_consumer(skill, tenant)
 
 
 def intake_subject(tenant: str) -> str:
@@ -212,12 +235,20 @@ class Window:
         return {"index": self.index, "used": self.used}
 
 
+def _window_verdict(
+    counter: Window, *, now_s: float, window_s: float, limit: int | None
+) -> float | None:
+    """None: the counter is below `limit` (or there is none) in the window of `now_s`;
+    else the seconds until that window turns (never 0: the caller waits)."""
+    if limit is None or counter.current(now_s, window_s).used < limit:
+        return None
+    return max(0.001, Window.seconds_left(now_s, window_s))
+
+
 def rate_verdict(counter: Window, *, now_s: float, limit: int | None) -> float | None:
     """None: one more job may be taken in now (count it); else the seconds until it may
     (the minute turns)."""
-    if limit is None or counter.current(now_s, RATE_WINDOW_S).used < limit:
-        return None
-    return max(0.001, Window.seconds_left(now_s, RATE_WINDOW_S))
+    return _window_verdict(counter, now_s=now_s, window_s=RATE_WINDOW_S, limit=limit)
 
 
 def rate_key(tenant: str) -> str:
@@ -245,11 +276,9 @@ def budget_tokens(usage: TokenUsage | None, *, input_chars: int, output_chars: i
 def budget_verdict(counter: Window, *, now_s: float, limits: TenantLimits) -> float | None:
     """None: the tenant has budget left (or none set); else the seconds until its window
     turns."""
-    if limits.token_budget is None:
-        return None
-    if counter.current(now_s, limits.budget_window_s).used < limits.token_budget:
-        return None
-    return max(0.001, Window.seconds_left(now_s, limits.budget_window_s))
+    return _window_verdict(
+        counter, now_s=now_s, window_s=limits.budget_window_s, limit=limits.token_budget
+    )
 
 
 @dataclass(frozen=True)
@@ -291,3 +320,12 @@ def admission(
             )
         return Verdict(outcome="queued_rate", hold_s=over_rate_s)
     return Verdict()
+
+
+def start_verdict(tenant: str, counter: Window, *, now_s: float, limits: TenantLimits) -> Verdict:
+    """What a worker does with a task of `tenant` given its token counter: start it
+    (`outcome` "accepted"), leave it queued `hold_s` (the window turns then: budget spent,
+    `over_budget` "wait"), or fail its job with the `refused` reason ("fail"). The same
+    rule, and the same line, as at intake (`admission`)."""
+    over_s = budget_verdict(counter, now_s=now_s, limits=limits)
+    return admission(tenant, limits=limits, over_budget_s=over_s, over_rate_s=None)

@@ -30,12 +30,13 @@ from agentbus.bus.consume import ConsumerLoop
 from agentbus.bus.core import Bus
 from agentbus.bus.headers import delivery_count, stored_at_s
 from agentbus.bus.priority_pull import PriorityConsumerLoop
+from agentbus.bus.tenant_slots import TenantBudgets
 from agentbus.contract import subjects
 from agentbus.contract.errors import BusError, MessageDecodeError, SkillError
 from agentbus.contract.messages import EventKind, TaskAssign, TaskResult, TokenUsage, decode
 from agentbus.contract.priority import PRIORITIES, task_consumer
 from agentbus.contract.settings import Settings
-from agentbus.contract.tenants import budget_tokens, limits_of, tenant_names
+from agentbus.contract.tenants import budget_tokens, limits_of, slot_consumer, tenant_names
 from agentbus.contract.tenants import task_consumer as tenant_consumer
 from agentbus.contract.version import agentbus_version
 from agentbus.observability import metrics, telemetry
@@ -95,6 +96,7 @@ class TaskWorker(AgentService):
         self._beat: asyncio.Task[None] | None = None
         self.cancels: CancelWatch | None = None
         """Canceled jobs: the broadcast, and the job state for a job first met."""
+        self.budgets: TenantBudgets | None = None
 
     async def setup(self, bus: Bus) -> list[ConsumerLoop]:
         self.cancels = CancelWatch(bus)
@@ -109,7 +111,9 @@ class TaskWorker(AgentService):
             )  # fmt: skip
             await self.endpoint.start()
         metrics.init_worker(bus.service, skill=self.skill.name, backend=self.skill.backend)
-        tenants = tenant_names(self.settings.tenants)
+        cfg = self.settings.tenants
+        tenants = tenant_names(cfg)
+        self.budgets = TenantBudgets(bus, cfg)
         return [
             # one consumer per priority, high first without starving low
             PriorityConsumerLoop(
@@ -124,7 +128,15 @@ class TaskWorker(AgentService):
                     p: {t: tenant_consumer(self.skill.name, p, t) for t in tenants}
                     for p in PRIORITIES
                 },
-                weights={t: limits_of(t, self.settings.tenants).weight for t in tenants},
+                weights={t: limits_of(t, cfg).weight for t in tenants},
+                # a capped tenant's tasks start only on one of its run permits
+                slots={
+                    t: slot_consumer(self.skill.name, t)
+                    for t in tenants[1:]
+                    if limits_of(t, cfg).max_in_flight is not None
+                },
+                keepalive_s=self.settings.worker.in_progress_interval_s,
+                budgets=self.budgets,
             )
         ]
 
@@ -230,6 +242,11 @@ class TaskWorker(AgentService):
             assert cancels is not None
             if cancels.check(t.job_id, stored_at_s=stored_at_s(msg)):
                 await self._canceled(msg, t, stage="queued")
+                return
+            # a spent budget with `over_budget` "fail" fails the job ("wait": not pulled)
+            refused = await self.budgets.refusal(t.tenant) if self.budgets else None
+            if refused is not None:
+                await self._give_up(msg, t, refused, dead_letter=False)
                 return
             # The started event goes out while the skill runs (a round trip less in every
             # slot); it is confirmed before any outcome of the task is published.
@@ -382,8 +399,11 @@ class TaskWorker(AgentService):
             return
         await self._give_up(msg, t, f"failed after {attempt} attempt(s): {reason}")
 
-    async def _give_up(self, msg: Msg, t: TaskAssign, reason: str) -> None:
-        """Dead-letter the task and tell the orchestrator the job failed, with the reason."""
+    async def _give_up(
+        self, msg: Msg, t: TaskAssign, reason: str, *, dead_letter: bool = True
+    ) -> None:
+        """Dead-letter the task (or only ack it) and tell the orchestrator the job failed,
+        with the reason."""
         assert self.bus is not None
         result = TaskResult(
             job_id=t.job_id,
@@ -396,6 +416,10 @@ class TaskWorker(AgentService):
             duration_ms=0,
         )
         await self._publish_result(result)
+        if not dead_letter:  # refused by a rule, not broken: nothing to replay
+            await self._ack(msg)
+            self.task_counts["refused"] += 1
+            return
         await self.bus.emit(
             EventKind.TASK_DEAD_LETTERED,
             job_id=t.job_id,

@@ -251,7 +251,7 @@ function tenantsView() {
     try {
       const reply = await call("GET", "/v1/tenants");
       rows.replaceChildren(...reply.tenants.map((t) => h("tr", { "data-tenant": t.tenant },
-        h("td", {}, t.tenant), h("td", {}, t.weight), h("td", {}, `${t.in_flight} / ${t.max_in_flight}`),
+        h("td", {}, t.tenant), h("td", {}, t.weight), h("td", {}, `${t.in_flight} / ${limit(t.max_in_flight)}`),
         h("td", {}, t.queued),
         h("td", {}, `${t.jobs_this_minute} / ${limit(t.jobs_per_minute)} (${t.over_rate})`),
         h("td", {}, `${t.tokens_this_window} / ${limit(t.token_budget)} (${t.over_budget})`),
