@@ -253,8 +253,11 @@ def _obj_delete(bucket: str) -> list[str]:
 
 
 def _service_common(user: str) -> tuple[list[str], list[str]]:
-    """Publish and subscribe subjects every service user needs: events, control commands."""
-    publish = list(subjects.AGENT_EVENTS_SUBJECTS)
+    """Publish and subscribe subjects every service user needs: events, control commands,
+    and the stream names (a publish that finds no stream asks whether any stream takes
+    its subject, to tell a missing topology from an outage: `Bus._no_stream_takes`; a
+    service started before `agentbus provision` ran does so for its events)."""
+    publish = [*subjects.AGENT_EVENTS_SUBJECTS, f"{_JS}.STREAM.NAMES"]
     subscribe = [subjects.AGENT_COMMANDS_WILDCARD, f"{inbox_prefix(user)}.>"]
     return publish, subscribe
 
