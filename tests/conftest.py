@@ -18,7 +18,7 @@ from agentbus.bus.core import Bus
 from agentbus.bus.topology import provision
 from agentbus.client.api import AgentBusClient
 from agentbus.contract.messages import AgentEvent, EventKind, decode_events
-from agentbus.contract.settings import Settings, load_settings
+from agentbus.contract.settings import NatsSettings, Settings, load_settings
 from agentbus.dev.embedded import EmbeddedNatsServer
 from agentbus.runtime.service import AgentService
 
@@ -66,6 +66,15 @@ def make_settings(url: str, tmp_path: Path, **overrides: object) -> Settings:
         else:
             base[key] = value
     return load_settings(**base)
+
+
+async def provisioned(s: Settings, *, nats: NatsSettings | None = None) -> None:
+    """`agentbus provision` of `s` (skill `summarize`), connected as `nats` (default: `s`'s)."""
+    b = await Bus.connect(nats or s.nats, agent_id="provision", service="test")
+    try:
+        await provision(b.js, s, skills=["summarize"])
+    finally:
+        await b.close()
 
 
 @pytest.fixture

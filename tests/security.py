@@ -9,6 +9,7 @@ import datetime as dt
 import ipaddress
 import secrets
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from nats.aio.client import Client as NatsClient
 from agentbus.contract import permissions
 from agentbus.contract.settings import NatsSettings, Settings
 from agentbus.dev.embedded import EmbeddedNatsServer
+from tests.conftest import provisioned
 
 __all__ = [
     "NKeyPair",
@@ -72,19 +74,32 @@ def settings_as(secure: SecureNats, settings: Settings, user: str) -> Settings:
     return settings.model_copy(update={"nats": secure.nats_settings(user)})
 
 
+async def provision_as_provisioner(secure: SecureNats, settings: Settings) -> None:
+    """`agentbus provision` of `settings` on its own NATS user (skill `summarize`)."""
+    await provisioned(settings, nats=secure.nats_settings(permissions.PROVISIONER))
+
+
 def start_secure_nats(
     tmp_path: Path,
     *,
     users: tuple[str, ...] = permissions.ROLES,
+    tenant_users: Mapping[str, Sequence[str]] | None = None,
     tls: Pki | None = None,
     extra_conf: str = "",
 ) -> SecureNats:
+    """A nats-server with a password user per role in `users`, plus the users of
+    `tenant_users` (tenant -> its clients' users) with their tenants' permissions."""
+    users = (*users, *(u for names in (tenant_users or {}).values() for u in names))
     passwords = {u: secrets.token_urlsafe(18) for u in users}
     creds: dict[str, permissions.Credential] = {
         u: permissions.Password(p) for u, p in passwords.items()
     }
+    perms = permissions.build_permissions(tenant_users=tenant_users)
     store = tmp_path / "js"
-    conf = [f'jetstream {{ store_dir: "{store}" }}', permissions.render_nats_conf(creds)]
+    conf = [
+        f'jetstream {{ store_dir: "{store}" }}',
+        permissions.render_nats_conf(creds, permissions=perms),
+    ]
     if tls is not None:
         conf.append(
             "tls {\n"

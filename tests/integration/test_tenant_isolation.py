@@ -15,9 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from agentbus.bus.core import Bus
 from agentbus.bus.deadletters import DeadLetter
-from agentbus.bus.topology import provision
 from agentbus.client.api import AgentBusClient
 from agentbus.contract import permissions, subjects
 from agentbus.contract.messages import (
@@ -33,13 +31,18 @@ from agentbus.contract.messages import (
     encode,
 )
 from agentbus.contract.settings import Settings
-from agentbus.dev.embedded import EmbeddedNatsServer
 from agentbus.runtime.worker import TaskWorker
 from agentbus_event_archiver import EventArchiver
 from agentbus_orchestrator import Orchestrator
 from agentbus_summarize_worker import SummarizeSkill
 from tests.conftest import Running, make_settings
-from tests.security import SecureNats, ViolationRecorder, settings_as
+from tests.security import (
+    SecureNats,
+    ViolationRecorder,
+    provision_as_provisioner,
+    settings_as,
+    start_secure_nats,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -60,21 +63,7 @@ class TenantStack:
 
 @pytest.fixture
 async def stack(tmp_path: Path, running: Running) -> AsyncIterator[TenantStack]:
-    tenant_users = {"acme": ["acme-app"], "beta": ["beta-app"]}
-    users = (*permissions.ROLES, "acme-app", "beta-app")
-    passwords = {u: secrets.token_urlsafe(18) for u in users}
-    creds: dict[str, permissions.Credential] = {
-        u: permissions.Password(p) for u, p in passwords.items()
-    }
-    perms = permissions.build_permissions(tenant_users=tenant_users)
-    conf_path = tmp_path / "nats.conf"
-    conf_path.write_text(
-        f'jetstream {{ store_dir: "{tmp_path / "js"}" }}\n'
-        + permissions.render_nats_conf(creds, permissions=perms)
-    )
-    server = EmbeddedNatsServer(config_file=conf_path, jetstream=False)
-    server.start()
-    secure = SecureNats(server=server, passwords=passwords, conf_path=conf_path)
+    secure = start_secure_nats(tmp_path, tenant_users={"acme": ["acme-app"], "beta": ["beta-app"]})
     try:
         s = make_settings(
             secure.url,
@@ -84,13 +73,7 @@ async def stack(tmp_path: Path, running: Running) -> AsyncIterator[TenantStack]:
             orchestrator={"chunk_chars": 400, "chunk_summary_chars": 150},
             summarizer={"backend": "simulated", "simulated_latency_ms": 40.0},
         )
-        prov = await Bus.connect(
-            secure.nats_settings(permissions.PROVISIONER), agent_id="prov", service="provision"
-        )
-        try:
-            await provision(prov.js, s, skills=["summarize"])
-        finally:
-            await prov.close()
+        await provision_as_provisioner(secure, s)
         await running.start(Orchestrator, settings_as(secure, s, "orchestrator"), "orch-1")
         await running.start(
             lambda st: TaskWorker(st, SummarizeSkill(st)), settings_as(secure, s, "worker"), "w-1"
@@ -99,7 +82,7 @@ async def stack(tmp_path: Path, running: Running) -> AsyncIterator[TenantStack]:
         yield TenantStack(secure=secure, settings=s)
     finally:
         await running.close()
-        server.stop()
+        secure.stop()
 
 
 async def test_a_tenant_user_reads_and_cancels_its_own_jobs(stack: TenantStack) -> None:

@@ -26,7 +26,7 @@ from agentbus.contract.tenants import Window, budget_key, slot_subject
 from agentbus.dev.embedded import EmbeddedNatsServer
 from agentbus.runtime.worker import SkillOutput, TaskWorker
 from agentbus_orchestrator import Orchestrator
-from tests.conftest import Running, make_settings
+from tests.conftest import Running, make_settings, provisioned
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -86,14 +86,6 @@ def _settings(url: str, tmp_path: Path, *, concurrency: int, **tenants: object) 
     )
 
 
-async def _provisioned(s: Settings) -> None:
-    b = await Bus.connect(s.nats, agent_id="provision", service="test")
-    try:
-        await provision(b.js, s, skills=["summarize"])
-    finally:
-        await b.close()
-
-
 async def _workers(s: Settings, running: Running, recorder: Recorder, *, n: int) -> None:
     for i in range(n):
         await running.start(
@@ -118,7 +110,7 @@ async def test_provision_gives_a_capped_tenant_exactly_its_permits(
         finally:
             await b.close()
 
-    await _provisioned(s)
+    await provisioned(s)
     b = await Bus.connect(s.nats, agent_id="provision", service="test")
     try:
         again = await provision(b.js, s, skills=["summarize"])  # unchanged, not added to
@@ -129,7 +121,7 @@ async def test_provision_gives_a_capped_tenant_exactly_its_permits(
     assert await permits("tasks.summarize.slots.o.>") == 0  # no cap: no permits
     # a new cap: its permits on a subject of their own, the consumer pointed there
     lower = _settings(nats_server.url, tmp_path, concurrency=2, c={"max_in_flight": 1}, o={})
-    await _provisioned(lower)
+    await provisioned(lower)
     assert await permits(slot_subject("summarize", "c", 1)) == 1
     b = await Bus.connect(s.nats, agent_id="check", service="test")
     try:
@@ -143,7 +135,7 @@ async def test_a_tenant_never_runs_more_than_its_cap_over_priorities_and_replica
     nats_server: EmbeddedNatsServer, tmp_path: Path, running: Running
 ) -> None:
     s = _settings(nats_server.url, tmp_path, concurrency=4, c={"max_in_flight": CAP}, o={})
-    await _provisioned(s)
+    await provisioned(s)
     await running.start(Orchestrator, s, "orch-1")
     recorder = Recorder()
     await _workers(s, running, recorder, n=2)  # 8 slots for a cap of 2
@@ -191,7 +183,7 @@ async def test_a_spent_budget_holds_the_rest_of_a_job_until_the_window_turns(
 ) -> None:
     budget = {"token_budget": 40, "budget_window_s": WINDOW_S, "over_budget": "wait"}
     s = _settings(nats_server.url, tmp_path, concurrency=2, w=budget)
-    await _provisioned(s)
+    await provisioned(s)
     await running.start(Orchestrator, s, "orch-1")
     recorder = Recorder()
     await _workers(s, running, recorder, n=1)
@@ -233,7 +225,7 @@ async def test_a_spent_budget_fails_the_running_job_with_the_reason(
 ) -> None:
     budget = {"token_budget": 40, "budget_window_s": 3600, "over_budget": "fail"}
     s = _settings(nats_server.url, tmp_path, concurrency=2, f=budget)
-    await _provisioned(s)
+    await provisioned(s)
     await running.start(Orchestrator, s, "orch-1")
     recorder = Recorder()
     await _workers(s, running, recorder, n=1)

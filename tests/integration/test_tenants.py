@@ -9,7 +9,6 @@ import json
 import math
 import os
 import re
-import secrets
 import sys
 import time
 from pathlib import Path
@@ -21,7 +20,6 @@ from agentbus.bus.core import Bus
 from agentbus.bus.priority_pull import PriorityConsumerLoop
 from agentbus.bus.tenant_pull import TenantPullers
 from agentbus.bus.tenant_usage import TenantUsage
-from agentbus.bus.topology import provision
 from agentbus.client.api import AgentBusClient
 from agentbus.contract import permissions, subjects, tenants
 from agentbus.contract.messages import AgentEvent, EventKind, JobStatus, JobSubmit, encode
@@ -34,8 +32,13 @@ from agentbus.runtime.worker import TaskWorker
 from agentbus_event_archiver.store import EVENTS_TABLE, EventStore
 from agentbus_orchestrator import Orchestrator, admission
 from agentbus_summarize_worker import SummarizeSkill
-from tests.conftest import Running, make_settings, stream_agent_events
-from tests.security import SecureNats, ViolationRecorder, settings_as
+from tests.conftest import Running, make_settings, provisioned, stream_agent_events
+from tests.security import (
+    ViolationRecorder,
+    provision_as_provisioner,
+    settings_as,
+    start_secure_nats,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -57,11 +60,7 @@ def _settings(url: str, tmp_path: Path) -> Settings:
 @pytest.fixture
 async def tenant_bus(nats_server: EmbeddedNatsServer, tmp_path: Path) -> Settings:
     s = _settings(nats_server.url, tmp_path)
-    b = await Bus.connect(s.nats, agent_id="provision", service="test")
-    try:
-        await provision(b.js, s, skills=["summarize"])
-    finally:
-        await b.close()
+    await provisioned(s)
     return s
 
 
@@ -202,16 +201,8 @@ def _limited_settings(url: str, tmp_path: Path, **tenants: dict[str, object]) ->
     )
 
 
-async def _provisioned(s: Settings) -> None:
-    b = await Bus.connect(s.nats, agent_id="provision", service="test")
-    try:
-        await provision(b.js, s, skills=["summarize"])
-    finally:
-        await b.close()
-
-
 async def _stack(s: Settings, running: Running) -> Orchestrator:
-    await _provisioned(s)
+    await provisioned(s)
     orch = await running.start(Orchestrator, s, "orch-1")
     assert isinstance(orch, Orchestrator)
     await running.start(lambda st: TaskWorker(st, SummarizeSkill(st)), s, "worker-1")
@@ -339,33 +330,14 @@ async def test_the_archive_row_keeps_the_tenant_an_event_names(tmp_path: Path) -
 async def test_a_tenant_user_submits_only_as_its_tenant_on_a_real_server(
     tmp_path: Path, running: Running
 ) -> None:
-    users = (*permissions.ROLES, "acme-app")
-    passwords = {u: secrets.token_urlsafe(18) for u in users}
-    creds: dict[str, permissions.Credential] = {
-        u: permissions.Password(p) for u, p in passwords.items()
-    }
-    perms = permissions.build_permissions(tenant_users={"acme": ["acme-app"]})
-    conf_path = tmp_path / "nats.conf"
-    conf_path.write_text(
-        f'jetstream {{ store_dir: "{tmp_path / "js"}" }}\n'
-        + permissions.render_nats_conf(creds, permissions=perms)
-    )
-    server = EmbeddedNatsServer(config_file=conf_path, jetstream=False)
-    server.start()
-    secure = SecureNats(server=server, passwords=passwords, conf_path=conf_path)
+    secure = start_secure_nats(tmp_path, tenant_users={"acme": ["acme-app"]})
     try:
         # acme capped: its tasks run on permits the provisioner put there (as its user)
         tenants = {"acme": {"max_in_flight": 2}, "beta": {}}
         s = make_settings(secure.url, tmp_path, tenants={"configured": tenants})
         # every service on its own user: the provisioner creates the tenants' consumers,
         # the orchestrator and the worker pull them
-        prov = await Bus.connect(
-            secure.nats_settings(permissions.PROVISIONER), agent_id="prov", service="provision"
-        )
-        try:
-            await provision(prov.js, s, skills=["summarize"])
-        finally:
-            await prov.close()
+        await provision_as_provisioner(secure, s)
         await running.start(Orchestrator, settings_as(secure, s, "orchestrator"), "orch-1")
         await running.start(
             lambda st: TaskWorker(st, SummarizeSkill(st)),
@@ -387,7 +359,7 @@ async def test_a_tenant_user_submits_only_as_its_tenant_on_a_real_server(
         async with AgentBusClient(secure.nats_settings(permissions.CLIENT)) as trusted:
             assert await trusted.status("forged-2") is None  # neither got in
     finally:
-        server.stop()
+        secure.stop()
 
 
 async def test_agentbus_tenants_shows_use_limits_and_queue(
