@@ -230,7 +230,9 @@ async def test_a_spent_budget_fails_the_running_job_with_the_reason(
     recorder = Recorder()
     await _workers(s, running, recorder, n=1)
     async with AgentBusClient(s.nats) as client:
-        job = await client.submit(_document("F", 20), tenant="f")  # admitted: unspent
+        # long enough (about 60 tasks on 2 slots) that the spend is written (every
+        # FLUSH_S) and read (every BUDGET_CACHE_S) long before its last task starts
+        job = await client.submit(_document("F", 120), tenant="f")  # admitted: unspent
         state = await client.wait(job, timeout_s=120)
     assert state.status is JobStatus.FAILED and state.tenant == "f"
     assert state.failed_by == "task"  # by its tasks, not at intake

@@ -10,10 +10,18 @@ and without `in_progress`, until `ack_wait` redelivers them.
 `Puller` keeps at most one request open and waits for the server to end it. A request
 asks for `no_wait` with `expires`: the server delivers what is available, or waits up to
 `expires` for the first message, then ends the request with a status (`404`/`408`); or
-it ends once `batch` messages were delivered. A request given up on (no end within
-`expires` plus a margin: the connection dropped) leaves its reply subscription behind for
-a while, so that a late message of it is recognised and handed back at once (`nak`),
-never taken for the next request's; the next request gets a new reply subject.
+it ends once `batch` messages were delivered.
+
+A request can also be left before its end: `cancel` (a wait on several consumers ends
+when one of them answers) or no end within `expires` plus a margin (the connection
+dropped). JetStream has no way to withdraw a pull request, and unsubscribing its reply
+subject loses whatever the server had already sent (unacked, so redelivered only after
+`ack_wait`: 30 s by default; seen as jobs accepted 30 s late in a burst). So a request left
+early keeps its reply subscription until the server would have ended it, and what still
+comes for it is *held*: handed to the next `pull` before any new request is sent, or
+handed back (`nak`, at once available to every replica) if no pull takes it within
+`HOLD_MAX_S`. A held message wakes the owner (`on_held`): a wait elsewhere ends, so
+that the held message is started without waiting for that wait's end.
 """
 
 from __future__ import annotations
@@ -22,9 +30,11 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Callable
+import time
+from collections import deque
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
@@ -32,7 +42,7 @@ from nats.aio.subscription import Subscription
 
 from agentbus.contract.errors import PullError
 
-__all__ = ["PullError", "PullSource", "Puller"]
+__all__ = ["HOLD_MAX_S", "PullError", "PullSource", "Puller"]
 
 log = logging.getLogger("agentbus.pull")
 
@@ -46,12 +56,16 @@ ANSWER_MARGIN_S: Final = 1.0
 """How long past `expires` the server's end of a request is waited for before the request
 is taken as lost (the connection dropped and the server forgot it)."""
 _NS_PER_S: Final = 1_000_000_000
+HOLD_MAX_S: Final = 1.0
+"""Longest a held message waits for a pull before it is handed back (`nak`): well under
+any `ack_wait`, so a held message is never redelivered behind this replica's back."""
 
 
 @dataclass
 class _Request:
     reply: str
     batch: int
+    expires_s: float
     deliver: Callable[[Msg], None]
     ended: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
@@ -87,15 +101,26 @@ class Puller:
         self._sub: Subscription | None = None
         self._reply = ""
         self._current: _Request | None = None
-        self._abandoned: set[Subscription] = set()
-        self._dropping: set[asyncio.Task[None]] = set()
+        self._left: set[Subscription] = set()
+        """Reply subscriptions of requests left early, kept until the server ends them."""
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._held: deque[tuple[float, Msg]] = deque()
+        self.on_held: Callable[[], None] | None = None
+        """Called when a message is held (the owner's wait on other consumers ends)."""
         self.stale = 0
-        """Messages that came for a request given up on (handed back with `nak`)."""
+        """Messages that came for a request left early (held for the next pull)."""
+        self.handed_back = 0
+        """Held messages no pull took within `HOLD_MAX_S` (handed back with `nak`)."""
 
     @property
     def open(self) -> bool:
         """A request is on the server: its messages may still arrive."""
         return self._current is not None
+
+    @property
+    def held(self) -> int:
+        """Messages held for the next pull."""
+        return len(self._held)
 
     async def start(self) -> None:
         """Subscribe a new reply subject (under the connection's per-user inbox prefix)."""
@@ -110,24 +135,36 @@ class Puller:
     async def close(self) -> None:
         if self._current is not None:
             self._current.end()
-        for sub in [self._sub, *self._abandoned]:
+        for sub in [self._sub, *self._left]:
             if sub is not None:
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
         self._sub = None
-        self._abandoned.clear()
-        for task in self._dropping:
+        self._left.clear()
+        for task in self._tasks:
             task.cancel()
+        held, self._held = self._held, deque()
+        for _, msg in held:  # (`_on_msg` holds nothing once unsubscribed)
+            with contextlib.suppress(Exception):
+                await msg.nak()
 
     async def pull(self, batch: int, *, expires_s: float, deliver: Callable[[Msg], None]) -> int:
         """Ask for up to `batch` messages and hand each to `deliver` as it arrives; return
         how many came once the server has ended the request (or it is lost). With
         `expires_s` 0 the server answers at once with what it has.
 
+        Messages held (see the module) are handed over first, without a new request.
+
         Raises `PullError` naming the consumer when it refuses the request."""
+        if self._held:
+            given = 0
+            while self._held and given < batch:
+                deliver(self._held.popleft()[1])
+                given += 1
+            return given
         if self._sub is None:
             await self.start()
-        request = self._current = _Request(self._reply, batch, deliver)
+        request = self._current = _Request(self._reply, batch, expires_s, deliver)
         body: dict[str, object] = {"batch": batch, "no_wait": True}
         if expires_s > 0:  # else: what is there now, at once (`404` when nothing)
             body["expires"] = int(expires_s * _NS_PER_S)
@@ -139,7 +176,7 @@ class Puller:
             except TimeoutError:
                 log.info("pull request on %s got no answer; taking a new reply subject",
                          self.durable)  # fmt: skip
-                await self._abandon(expires_s + ANSWER_MARGIN_S)
+                self._leave(linger_s=expires_s + ANSWER_MARGIN_S)
         finally:
             self._current = None
         if request.error is not None:
@@ -147,48 +184,65 @@ class Puller:
         return request.received
 
     async def cancel(self) -> None:
-        """End the open request now: its reply subject is unsubscribed, and the server
-        drops a pull request nobody listens for any more (a message it had already sent
-        goes unacknowledged and is redelivered after `ack_wait`: a rare race)."""
-        request, sub = self._current, self._sub
+        """Stop waiting for the open request now. The server keeps it until it would have
+        ended: what still comes for it is held (the module says why)."""
+        request = self._current
         if request is None:
             return
-        self._sub = None  # the next request takes a new reply subject
         request.end()
-        if sub is not None:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+        self._leave(linger_s=request.expires_s + ANSWER_MARGIN_S)
 
-    async def _abandon(self, linger_s: float) -> None:
-        """Keep the old reply subscription for `linger_s` (late messages are handed back),
-        and take a new one for the next request."""
-        old = self._sub
-        self._sub = None
-        await self.start()
+    def _leave(self, *, linger_s: float) -> None:
+        """Keep the current reply subscription for `linger_s` (what comes on it is held);
+        the next request takes a new reply subject."""
+        old, self._sub = self._sub, None
         if old is None:
             return
-        self._abandoned.add(old)
+        self._left.add(old)
 
         async def drop() -> None:
             await asyncio.sleep(linger_s)
-            if old in self._abandoned:
-                self._abandoned.discard(old)
+            if old in self._left:
+                self._left.discard(old)
                 with contextlib.suppress(Exception):
                     await old.unsubscribe()
 
-        task = asyncio.get_running_loop().create_task(drop())
-        self._dropping.add(task)
-        task.add_done_callback(self._dropping.discard)
+        self._spawn(drop())
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def hold(self, msg: Msg) -> None:
+        """Keep `msg` (of this consumer, not started) for the next pull."""
+        self._held.append((time.monotonic(), msg))
+        if len(self._held) == 1:
+            self._spawn(self._hand_back_unclaimed())
+        if self.on_held is not None:
+            self.on_held()
+
+    async def _hand_back_unclaimed(self) -> None:
+        """Hand back (`nak`) held messages that no pull took within `HOLD_MAX_S`."""
+        while self._held:
+            held_at, _ = self._held[0]
+            wait_s = held_at + HOLD_MAX_S - time.monotonic()
+            if wait_s > 0:
+                await asyncio.sleep(wait_s)
+                continue
+            _, msg = self._held.popleft()
+            self.handed_back += 1
+            log.info("handing back a held message of %s (no pull took it)", self.durable)
+            with contextlib.suppress(Exception):
+                await msg.nak()
 
     async def _on_msg(self, reply: str, msg: Msg) -> None:
         request = self._current
         status = (msg.headers or {}).get(_STATUS)
         if request is None or reply != request.reply:
-            if status is None:  # a message for a request given up on: anyone may take it
+            if status is None:  # a message for a request left early: the next pull's
                 self.stale += 1
-                log.info("handing back a message of an abandoned pull on %s", self.durable)
-                with contextlib.suppress(Exception):
-                    await msg.nak()
+                self.hold(msg)
             return
         if status is None:
             request.received += 1

@@ -7,9 +7,13 @@ A pull for `want` slots asks `agentbus.contract.tenants.plan_shares` how to spli
 `expires`) and offers what a tenant did not fill to the next ones. A tenant found empty
 rests `EMPTY_REST_S` (a backlog of one tenant costs the empty ones at most one request
 each per rest). A long poll (the loop waits for work) first pulls at once as above; if
-nothing came, it long-polls every tenant side by side with the slots split among them
-(never more requested in total than `want`), and once one answers with work the others
-are cancelled (their reply subjects unsubscribed, as the priority loop's watch does).
+nothing came, it long-polls every tenant side by side, each for at least one message
+(more by weight when there are more slots than tenants), so that any tenant's first
+task wakes an idle replica; once one answers with work the others are left (`Puller.
+cancel`). At most `want` messages are started: one beyond them (two tenants answered at
+once, with fewer slots than tenants) is held by its tenant's puller, and so is one that
+comes for a request left (`agentbus.bus.pull`); held messages are taken first by the
+next pull, and holding one ends the long poll at once.
 
 With `slots` (`agentbus.bus.tenant_slots`), a capped tenant is asked for no more tasks
 than the run permits it got just before (none: it is at its cap, and not asked); with
@@ -77,6 +81,10 @@ class TenantPullers:
         """Tasks pulled per tenant (also `agentbus_tenant_tasks_pulled_total`)."""
         self.on_pulled: Callable[[str, int], None] | None = None
         self._rest_until: dict[str, float] = dict.fromkeys(durables, 0.0)
+        self._answered = asyncio.Event()
+        self._handing_back: set[asyncio.Task[None]] = set()
+        for puller in self.pullers.values():
+            puller.on_held = self._answered.set  # a held message ends a long poll
         self.durable = "/".join(durables.values())
         self.first = next(iter(durables))
 
@@ -118,10 +126,33 @@ class TenantPullers:
     async def pull(self, batch: int, *, expires_s: float, deliver: Callable[[Msg], None]) -> int:
         """Up to `batch` messages over the tenants' consumers, as `Puller.pull`."""
         held = await self._over_budget()
+        got = await self._take_held(batch, deliver, waiting=held)
+        if got:
+            return got
         got = await self._pull_now(batch, deliver, rested=expires_s > 0, held=held)
         if got or expires_s <= 0:
             return got
         return await self._long_poll(batch, expires_s=expires_s, deliver=deliver, held=held)
+
+    async def _take_held(
+        self, want: int, deliver: Callable[[Msg], None], *, waiting: frozenset[str]
+    ) -> int:
+        """Messages the tenants' pullers hold (left requests, a long poll's extra), up to
+        `want`, before anything is asked of the server (a capped tenant's with permits)."""
+        started = 0
+        for tenant, puller in self.pullers.items():
+            share = min(puller.held, want - started)
+            if share <= 0 or tenant in waiting:
+                continue
+            try:
+                got = await self._one(tenant, share, expires_s=0, deliver=deliver)
+            except PullError as e:
+                self._unavailable(tenant, e)
+                continue
+            if got:
+                self._took(tenant, got)
+                started += got
+        return started
 
     async def _over_budget(self) -> frozenset[str]:
         """The tenants whose tasks wait for their budget window to turn (each counts as
@@ -225,8 +256,10 @@ class TenantPullers:
         held: frozenset[str] = frozenset(),
     ) -> int:
         # every tenant one slot while there are enough (by weight beyond that); else the
-        # lowest passes (the others are asked again when this wait ends); a tenant at its
-        # cap (no permit) is left out and the slots planned again
+        # lowest passes by plan, and every other uncapped tenant one slot beyond `want`
+        # (its message held if it comes with the others: a tenant left out of the wait
+        # would wait for its end); a tenant at its cap (no permit) is left out and the
+        # slots planned again
         excluded = set(held)
         granted: dict[str, tuple[int, list[Msg] | None]] = {}
         while not granted:
@@ -235,15 +268,14 @@ class TenantPullers:
                 await asyncio.sleep(min(expires_s, PARTIAL_REST_S))
                 return 0
             out = frozenset(excluded)
-            if want >= len(asked):
-                shares = dict.fromkeys(asked, 1)
-                for tenant, n in plan_shares(free=want - len(asked), passes=self.passes,
-                                             weights=self.weights, exclude=out):  # fmt: skip
-                    shares[tenant] += n
-                plan = list(shares.items())
-            else:
-                plan = plan_shares(free=want, passes=self.passes, weights=self.weights, exclude=out)
-            for tenant, share in plan:
+            shares = dict.fromkeys(asked if want >= len(asked) else [], 1)
+            for tenant, n in plan_shares(free=want - len(shares), passes=self.passes,
+                                         weights=self.weights, exclude=out):  # fmt: skip
+                shares[tenant] = shares.get(tenant, 0) + n
+            for tenant in asked:
+                if tenant not in shares and not (self.slots and self.slots.capped(tenant)):
+                    shares[tenant] = 1
+            for tenant, share in shares.items():
                 try:
                     permits = await self._permits(tenant, share)
                 except PullError as e:
@@ -254,15 +286,22 @@ class TenantPullers:
                     excluded.add(tenant)
                     continue
                 granted[tenant] = (share if permits is None else len(permits), permits)
-        answered = asyncio.Event()
+        answered = self._answered
+        answered.clear()
+        started = dict.fromkeys(granted, 0)
 
-        async def one(tenant: str, share: int, permits: list[Msg] | None) -> int:
+        async def one(tenant: str, share: int, permits: list[Msg] | None) -> None:
             def deliver_first(msg: Msg) -> None:
+                if sum(started.values()) >= want:  # more came than there are slots
+                    self._unbind(msg)
+                    self.pullers[tenant].hold(msg)
+                    return
+                started[tenant] += 1
                 deliver(msg)
                 answered.set()
 
             try:
-                return await self._pull_on(
+                await self._pull_on(
                     tenant, share, permits, expires_s=expires_s, deliver=deliver_first
                 )
             finally:
@@ -270,21 +309,30 @@ class TenantPullers:
 
         polls = {t: asyncio.ensure_future(one(t, n, p)) for t, (n, p) in granted.items()}
         await answered.wait()
+        await asyncio.sleep(0)  # each poll's request is open (or it took held ones) first
         for tenant, poll in polls.items():
             if not poll.done():
                 await self.pullers[tenant].cancel()
         results = await asyncio.gather(*polls.values(), return_exceptions=True)
-        total = 0
         for tenant, got in zip(polls, results, strict=True):
             if isinstance(got, PullError):
                 self._unavailable(tenant, got)
                 continue
             if isinstance(got, BaseException):
                 raise got
-            if got:
-                self._took(tenant, got)
-            total += got
-        return total
+            if started[tenant]:
+                self._took(tenant, started[tenant])
+        return sum(started.values())
+
+    def _unbind(self, msg: Msg) -> None:
+        """A task held, not started: its run permit (if any) goes back; the pull that
+        starts it takes one again."""
+        permit = self.slots.unbind(msg) if self.slots is not None else None
+        if permit is None or self.slots is None:
+            return
+        task = asyncio.get_running_loop().create_task(self.slots.hand_back([permit]))
+        self._handing_back.add(task)
+        task.add_done_callback(self._handing_back.discard)
 
 
 class TenantConsumerLoop(ConsumerLoop):

@@ -95,6 +95,10 @@ class TenantSlots:
     def bind(self, task: Msg, permit: Msg) -> None:
         self._bound[id(task)] = permit
 
+    def unbind(self, task: Msg) -> Msg | None:
+        """The permit `task` was bound to, no longer bound (the task did not start)."""
+        return self._bound.pop(id(task), None)
+
     async def release(self, task: Msg) -> None:
         """The handler of `task` returned: its permit goes back (no-op without one)."""
         permit = self._bound.pop(id(task), None)
