@@ -9,7 +9,10 @@ the `simulated` backend at `--latency-ms`, one chunk per job. With weights 1:1: 
 `--a-jobs` jobs alone (throughput: jobs per second from the first submit until A's tasks
 are all done); then A submits `--a-jobs` again and, once most are queued, B submits its
 `--b-jobs` (timed); all of it `--rounds` times, alternating, and the ratios' medians
-reported. Shares (both weight settings): A and B each submit `--share-jobs` jobs at once,
+reported. A and B are two clients, each on its own connection, as two tenants are
+(`--shared-connection`: B submits and waits on A's connection, behind A's submits in
+flight, as this benchmark did until the pull fix of ca2c027).
+Shares (both weight settings): A and B each submit `--share-jobs` jobs at once,
 and the tasks each tenant's consumer delivered are read while both still have work
 queued. No raw floor: every figure is a ratio of the same stack's own runs.
 """
@@ -51,6 +54,7 @@ def add_arguments(p: Any) -> None:
     p.add_argument("--b-jobs", type=int, default=20)
     p.add_argument("--share-jobs", type=int, default=1000)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--shared-connection", action="store_true")
 
 
 def _consumer(tenant: str) -> str:
@@ -108,7 +112,9 @@ async def _a_alone(client: AgentBusClient, n: int) -> float:
     return n / (time.perf_counter() - started)
 
 
-async def _a_with_b(client: AgentBusClient, args: Any) -> tuple[float, list[float], int]:
+async def _a_with_b(
+    client: AgentBusClient, b_client: AgentBusClient, args: Any
+) -> tuple[float, list[float], int]:
     started = time.perf_counter()
     submit_a = asyncio.ensure_future(_submit_many(client, "a", args.a_jobs))
     # B comes once most of A's backlog is queued
@@ -116,7 +122,7 @@ async def _a_with_b(client: AgentBusClient, args: Any) -> tuple[float, list[floa
         if submit_a.done():
             break
         await asyncio.sleep(0.02)
-    b_times = await _timed_jobs(client, "b", args.b_jobs)
+    b_times = await _timed_jobs(b_client, "b", args.b_jobs)
     await submit_a
     await _drained(client, "a")
     return args.a_jobs / (time.perf_counter() - started), b_times, queued
@@ -164,23 +170,26 @@ def _stack(data: Path, args: Any, *, weight_a: int) -> Stack:
     )
 
 
-async def _with_stack(stack: Stack, body: Any) -> Any:
+async def _with_stack(stack: Stack, body: Any, *, shared: bool = True) -> Any:
     await asyncio.to_thread(stack.start)
     try:
-        async with AgentBusClient(stack.nats_url) as client:
-            return await body(client)
+        async with (
+            AgentBusClient(stack.nats_url) as client,
+            AgentBusClient(stack.nats_url) as other,
+        ):
+            return await body(client, client if shared else other)
     finally:
         await asyncio.to_thread(stack.stop)
 
 
 async def _run(args: Any, data: Path) -> dict[str, Any]:
-    async def equal(client: AgentBusClient) -> dict[str, Any]:
-        await _timed_jobs(client, "b", 4)  # warm-up
+    async def equal(client: AgentBusClient, b_client: AgentBusClient) -> dict[str, Any]:
+        await _timed_jobs(b_client, "b", 4)  # warm-up
         rounds: list[dict[str, Any]] = []
         for _ in range(args.rounds):  # alternating, so that the machine's load falls alike
-            idle = await _timed_jobs(client, "b", args.b_jobs)
+            idle = await _timed_jobs(b_client, "b", args.b_jobs)
             alone = await _a_alone(client, args.a_jobs)
-            with_b, busy, queued = await _a_with_b(client, args)
+            with_b, busy, queued = await _a_with_b(client, b_client, args)
             rounds.append(
                 {
                     "b_job_idle_ms": summary_ms(idle),
@@ -205,10 +214,13 @@ async def _run(args: Any, data: Path) -> dict[str, Any]:
             "ok": latency <= TARGET_LATENCY_RATIO and throughput >= 1 - TARGET_THROUGHPUT_LOSS,
         }
 
-    async def three_to_one(client: AgentBusClient) -> dict[str, Any]:
+    async def three_to_one(client: AgentBusClient, _: AgentBusClient) -> dict[str, Any]:
         return await _shares(client, args.share_jobs)
 
-    out: dict[str, Any] = await _with_stack(_stack(data / "w11", args, weight_a=1), equal)
+    shared = bool(args.shared_connection)
+    w11 = _stack(data / "w11", args, weight_a=1)
+    out: dict[str, Any] = await _with_stack(w11, equal, shared=shared)
+    out["b_connection"] = "shared with A" if shared else "its own"
     out["shares_weights_3_1"] = await _with_stack(
         _stack(data / "w31", args, weight_a=3), three_to_one
     )
