@@ -101,6 +101,11 @@ SAMPLES: dict[type[Payload], Payload] = {
     StreamItem: StreamItem(job_id="job-1", kind=StreamKind.CHUNK, index=0, count=2, text="S."),
 }
 TYPES = sorted(MESSAGE_TYPES.values(), key=lambda t: t.MSG_TYPE)
+ENCODED: dict[type[Payload], bytes] = {t: encode(SAMPLES[t], sender="fuzzer") for t in TYPES}
+"""Each sample encoded once: an envelope encoded afresh has a new time, one in a million
+of them 7 bytes shorter (a time on a whole second is written without its fraction), and
+hypothesis replays an example only when the same draws stay in range (else
+`FlakyStrategyDefinition`: seen once in a full run, on the byte offsets drawn)."""
 
 
 def test_every_message_type_has_a_sample() -> None:
@@ -196,7 +201,7 @@ def _replace(doc: Any, path: tuple[str | int, ...], value: Any) -> Any:
 @FUZZ
 @given(data=st.data())
 def test_valid_envelope_with_one_hostile_field(payload_type: type[Payload], data: Any) -> None:
-    doc = json.loads(encode(SAMPLES[payload_type], sender="fuzzer"))
+    doc = json.loads(ENCODED[payload_type])
     path = data.draw(st.sampled_from(_paths(doc)), label="field")
     value = data.draw(HOSTILE_VALUES, label="value")
     _check(json.dumps(_replace(doc, path, value)).encode(), payload_type)
@@ -206,7 +211,7 @@ def test_valid_envelope_with_one_hostile_field(payload_type: type[Payload], data
 @FUZZ
 @given(data=st.data())
 def test_valid_envelope_with_corrupted_bytes(payload_type: type[Payload], data: Any) -> None:
-    raw = bytearray(encode(SAMPLES[payload_type], sender="fuzzer"))
+    raw = bytearray(ENCODED[payload_type])
     for _ in range(data.draw(st.integers(1, 4))):
         at = data.draw(st.integers(0, len(raw) - 1))
         raw[at] = data.draw(st.sampled_from([0x00, 0x0A, 0x0D, 0x22, 0x5C, 0x80, 0xC3, 0xFF]))
@@ -217,7 +222,7 @@ def test_valid_envelope_with_corrupted_bytes(payload_type: type[Payload], data: 
 @FUZZ
 @given(extra=st.dictionaries(st.text(max_size=12), JSON_SCALARS, min_size=1, max_size=3))
 def test_unknown_fields_are_refused(payload_type: type[Payload], extra: dict[str, Any]) -> None:
-    doc = json.loads(encode(SAMPLES[payload_type], sender="fuzzer"))
+    doc = json.loads(ENCODED[payload_type])
     doc["payload"] = {**extra, **doc["payload"]} if isinstance(doc["payload"], dict) else extra
     known = set(payload_type.model_fields)
     data = json.dumps(doc).encode()
