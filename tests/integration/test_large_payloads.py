@@ -9,9 +9,16 @@ from typing import Any
 import pytest
 
 from agentbus.bus.core import Bus
+from agentbus.bus.documents import store_document
 from agentbus.client.api import AgentBusClient
 from agentbus.contract import subjects
-from agentbus.contract.messages import JobStatus, JobSubmit, decode, decode_job_state
+from agentbus.contract.messages import (
+    SEAL_TAG_BYTES,
+    JobStatus,
+    JobSubmit,
+    decode,
+    decode_job_state,
+)
 from agentbus.contract.settings import Settings
 from agentbus.runtime.worker import TaskWorker
 from agentbus_orchestrator import Orchestrator
@@ -71,8 +78,12 @@ async def test_20_mib_document_end_to_end(bus: Bus, settings: Settings, running:
     assert job.job_id == job_id and job.text is None and job.document is not None
     assert job.document.size_bytes == len(data)
     assert job.document.sha256 == hashlib.sha256(data).hexdigest()
-    info = await (await bus.js.object_store(subjects.DOCUMENTS_BUCKET)).get_info(job.document.name)
-    assert info.size == len(data)
+    store = await bus.js.object_store(subjects.DOCUMENTS_BUCKET)
+    info = await store.get_info(job.document.name)
+    assert info.size == len(data) + SEAL_TAG_BYTES and job.document.seal is not None
+    # sealed: what any reader of the shared object store gets is not the text
+    head = (await store.get(job.document.name)).data
+    assert head is not None and b"harbour" not in head and data[:4096] not in head
     assert state.status is JobStatus.COMPLETED, state.error
     assert state.document_chars == len(text)
     assert state.chunks >= 50 and state.level >= 1
@@ -108,3 +119,28 @@ async def test_final_summary_above_the_inline_limit_travels_by_reference(
     async with AgentBusClient(s.nats, limits=s.limits) as client:
         assert await client.fetch_summary(stored) == state.summary
         assert await client.summarize(text[:50_000], summary_chars=9_000, timeout_s=30)
+
+
+@pytest.mark.timeout(60)
+async def test_a_replaced_object_fails_its_job_and_is_never_summarized(
+    bus: Bus, settings: Settings, running: Any
+) -> None:
+    """Another tenant's client may write to the shared object store: an object replaced
+    under a job's reference does not open with the job's seal, and the job fails with
+    the reason instead of summarizing the replacement."""
+    s = tuned(settings)
+    await running.start(Orchestrator, s, "seal-orch")
+    await running.start(lambda st: TaskWorker(st, SummarizeSkill(st)), s, "seal-w1")
+    text = harbour_text(300_000)
+    ref = await store_document(bus.js, name="victim.txt", data=text.encode())
+    # the same name written again by someone else, with text of their own
+    store = await bus.js.object_store(subjects.DOCUMENTS_BUCKET)
+    await store.put("victim.txt", harbour_text(300_000).replace("harbour", "hidden").encode())
+    job = JobSubmit(job_id="sealed-1", document=ref, document_sha256=ref.sha256)
+    await bus.publish(subjects.JOBS_SUBJECT, job, msg_id=job.job_id, stream=subjects.JOBS_STREAM)
+    async with AgentBusClient(s.nats, limits=s.limits) as client:
+        state = await client.wait(job.job_id, timeout_s=30)
+    assert state.status is JobStatus.FAILED
+    assert state.error is not None and "\n" not in state.error
+    assert "victim.txt does not open with its reference's seal" in state.error, state.error
+    assert state.summary is None and state.chunks == 0

@@ -132,6 +132,9 @@ async def test_another_tenants_job_is_out_of_reach(stack: TenantStack) -> None:
             "$JS.API.CONSUMER.CREATE.KV_jobs.r1.$KV.jobs.>",
             "$JS.API.CONSUMER.DURABLE.CREATE.KV_jobs.r1",
             f"$JS.API.DIRECT.GET.PROGRESS.progress.{theirs}",
+            # the streams' info (a subjects filter lists every job id)
+            "$JS.API.STREAM.INFO.KV_jobs",
+            "$JS.API.STREAM.INFO.PROGRESS",
             "$JS.API.STREAM.MSG.GET.PROGRESS",
             "$JS.API.CONSUMER.CREATE.PROGRESS",
             f"$JS.API.CONSUMER.CREATE.PROGRESS.r1.progress.{theirs}",
@@ -142,6 +145,8 @@ async def test_another_tenants_job_is_out_of_reach(stack: TenantStack) -> None:
             "jobs.cancel.beta",
             "jobs.submit",
             "jobs.submit.beta",
+            # a summary by request/reply: outside acme's share, cap, rate and budget
+            "rpc.summarize",
         ]
         for subject in denied:
             await nc.publish(subject, b"{}", reply=nc.new_inbox())

@@ -164,8 +164,15 @@ class Bus:
     def connected(self) -> bool:
         return bool(self.nc.is_connected)
 
-    async def kv(self, bucket: str) -> KeyValue:
+    async def kv(self, bucket: str, *, direct: bool = False) -> KeyValue:
+        """The KV bucket, bound by asking its stream's info; `direct`: bound without (its
+        reads are direct gets, which the bucket must allow): a tenant's user may not ask
+        the info, which can list every key."""
         kv = self._kv.get(bucket)
+        if kv is None and direct:
+            return KeyValue(
+                name=bucket, stream=f"KV_{bucket}", pre=f"$KV.{bucket}.", js=self.js, direct=True
+            )
         if kv is None:
             try:
                 kv = await self.js.key_value(bucket)

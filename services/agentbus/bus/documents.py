@@ -1,9 +1,21 @@
-"""Documents: intake checks, and passing large ones by reference through the object store."""
+"""Documents: intake checks, and passing large ones by reference through the object store.
+
+The object store is shared by every tenant, and NATS permissions cannot keep one
+tenant's client from reading another's objects there (the object store API reads by
+stream sequence). So every object is *sealed*: encrypted with AES-256-GCM under a fresh
+key, the object's name as associated data. The key travels only in the reference, which
+is in the job message (the JOBS stream, which no tenant's client may read) and in the job
+state (read only through the job's own tenant's namespace). A tenant's client that reads
+another's object gets ciphertext; one that replaces or alters it makes that job fail with
+the reason (the tag does not match), never summarizes someone else's text.
+"""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -12,19 +24,26 @@ if TYPE_CHECKING:
 
 import nats.errors
 import nats.js.errors
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from nats.js import JetStreamContext
 
 from agentbus.contract import subjects
 from agentbus.contract.errors import AgentBusError, DocumentRejected
-from agentbus.contract.messages import DocumentRef
+from agentbus.contract.messages import SEAL_TAG_BYTES, DocumentRef
 
 __all__ = [
     "check_document",
     "delete_documents",
     "fetch_document",
+    "open_sealed",
     "read_document",
+    "seal",
     "store_document",
 ]
+
+_KEY_BYTES = 32
+_NONCE_BYTES = 12
 
 _CAP_SETTING = "AGENTBUS_LIMITS__MAX_DOCUMENT_BYTES"
 
@@ -64,10 +83,32 @@ def read_document(path: Path, *, max_bytes: int) -> str:
     return check_document(data, max_bytes=max_bytes, name=str(path))
 
 
-async def store_document(js: JetStreamContext, *, name: str, data: bytes) -> DocumentRef:
-    store = await js.object_store(subjects.DOCUMENTS_BUCKET)
+def seal(data: bytes, *, name: str) -> tuple[bytes, str]:
+    """`data` sealed for the object `name`, and the seal (key and nonce, base64url)."""
+    key, nonce = AESGCM.generate_key(bit_length=8 * _KEY_BYTES), os.urandom(_NONCE_BYTES)
+    sealed = AESGCM(key).encrypt(nonce, data, name.encode())
+    return sealed, base64.urlsafe_b64encode(key + nonce).decode()
+
+
+def open_sealed(data: bytes, *, name: str, seal_b64: str) -> bytes:
+    """The document sealed in `data` for the object `name`; `DocumentRejected` if it was
+    not sealed with that seal for that name (replaced or altered)."""
+    raw = base64.urlsafe_b64decode(seal_b64)
+    key, nonce = raw[:_KEY_BYTES], raw[_KEY_BYTES:]
     try:
-        await store.put(name, data)
+        return AESGCM(key).decrypt(nonce, data, name.encode())
+    except InvalidTag as e:
+        raise DocumentRejected(
+            f"object {name} does not open with its reference's seal (replaced or altered)"
+        ) from e
+
+
+async def store_document(js: JetStreamContext, *, name: str, data: bytes) -> DocumentRef:
+    """Store `data` sealed (see the module) as the object `name`."""
+    store = await js.object_store(subjects.DOCUMENTS_BUCKET)
+    sealed, seal_b64 = seal(data, name=name)
+    try:
+        await store.put(name, sealed)
     except (nats.errors.Error, TimeoutError) as e:
         raise AgentBusError(
             f"cannot store {name} in object store {subjects.DOCUMENTS_BUCKET}: {e}"
@@ -77,6 +118,7 @@ async def store_document(js: JetStreamContext, *, name: str, data: bytes) -> Doc
         name=name,
         size_bytes=len(data),
         sha256=hashlib.sha256(data).hexdigest(),
+        seal=seal_b64,
     )
 
 
@@ -117,7 +159,8 @@ async def fetch_document(
     check_size(ref.size_bytes, "reference")
     try:
         store = await js.object_store(ref.bucket)
-        check_size(int((await store.get_info(ref.name)).size or 0), "object")
+        overhead = SEAL_TAG_BYTES if ref.seal is not None else 0
+        check_size(int((await store.get_info(ref.name)).size or 0) - overhead, "object")
         # nats-py appends each chunk to a bytes object (quadratic: seconds of copying at
         # 60 MB) unless given somewhere to write them
         chunks = _Chunks()
@@ -127,6 +170,9 @@ async def fetch_document(
     except (nats.errors.Error, TimeoutError) as e:
         raise AgentBusError(f"cannot read {ref.name} from object store {ref.bucket}: {e}") from e
     data = b"".join(chunks.parts)
+    chunks.parts.clear()
+    if ref.seal is not None:
+        data = open_sealed(data, name=ref.name, seal_b64=ref.seal)
     if len(data) != ref.size_bytes or hashlib.sha256(data).hexdigest() != ref.sha256:
         raise DocumentRejected(f"object {ref.bucket}/{ref.name} does not match its reference")
     return data

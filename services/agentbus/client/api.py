@@ -262,11 +262,17 @@ class AgentBusClient:
     # --- state -----------------------------------------------------------------------
 
     async def status(self, job_id: str) -> JobState | None:
-        kv = await self.bus.kv(subjects.JOBS_BUCKET)
+        # a tenant's client reads by direct get only (its user may not ask the bucket's
+        # stream info, which lists every job id)
+        kv = await self.bus.kv(subjects.JOBS_BUCKET, direct=self.tenant is not None)
         try:
             entry = await kv.get(subjects.check_job_id(job_id))
         except nats.js.errors.KeyNotFoundError:
             return None
+        except nats.errors.NoRespondersError as e:
+            raise BusError(
+                f"KV bucket {subjects.JOBS_BUCKET!r} not found: run `agentbus provision`"
+            ) from e
         return decode_job_state(entry.value) if entry.value else None
 
     async def jobs(
@@ -307,7 +313,8 @@ class AgentBusClient:
     ) -> AsyncIterator[JobState]:
         """Yield the job's state on every change until it is completed or failed (and
         again after each quiet spell of 2 s, read afresh)."""
-        await self.bus.kv(subjects.JOBS_BUCKET)  # a clear error when it is not provisioned
+        if self.tenant is None:  # a clear error when it is not provisioned
+            await self.bus.kv(subjects.JOBS_BUCKET)
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         # its own consumer on the key's subject (a tenant's users may create no other)
         reader = SubjectReader(

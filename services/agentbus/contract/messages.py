@@ -94,6 +94,10 @@ JobId = Annotated[
 """`{id}`, or `{tenant}.{id}` for a tenant's job (`agentbus.contract.subjects.check_job_id`)."""
 TraceHeader = Annotated[str, StringConstraints(max_length=512)]
 Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+SEAL_PATTERN: Final = r"^[A-Za-z0-9_-]{59}=$"
+"""A `DocumentRef.seal`: 32 key bytes and 12 nonce bytes, base64url."""
+SEAL_TAG_BYTES: Final = 16
+"""What sealing adds to an object (the GCM tag)."""
 
 
 def utcnow() -> datetime:
@@ -120,7 +124,13 @@ class DocumentRef(BaseModel):
     bucket: Token
     name: Annotated[str, StringConstraints(min_length=1, max_length=256)]
     size_bytes: int = Field(ge=0)
+    """Of the document itself (a sealed object is `SEAL_TAG_BYTES` longer)."""
     sha256: Sha256Hex
+    seal: Annotated[str, StringConstraints(pattern=SEAL_PATTERN)] | None = None
+    """The AES-256-GCM key and nonce (base64url, 44 bytes) the object is sealed with:
+    every tenant's client may use the shared object store, and only the job's message and
+    state (which the server lets only the job's tenant read) carry the key. None: stored
+    in the clear (a client of an earlier release)."""
 
 
 class JobSubmit(Payload):

@@ -220,9 +220,9 @@ def _reader_pulls(stream: str) -> str:
 def _subject_read(stream: str, prefix: str) -> list[str]:
     """Read only the subjects under `prefix` of a stream: direct gets of a subject's last
     message, and named consumers filtered under it (`agentbus.bus.ordered_read`; the
-    server checks the filter in the API subject against the consumer's)."""
+    server checks the filter in the API subject against the consumer's). Not the
+    stream's info: asked with a subjects filter, it lists every subject (every job id)."""
     return [
-        f"{_JS}.STREAM.INFO.{stream}",
         f"{_JS}.DIRECT.GET.{stream}.{prefix}.>",
         f"{_JS}.CONSUMER.CREATE.{stream}.*.{prefix}.>",
         _reader_pulls(stream),
@@ -431,19 +431,21 @@ def build_permissions(
 
     def tenant_publish(tenant: str) -> list[str]:
         """A tenant's user: submit, cancel and ask history only as the tenant; read only
-        the states and partial results of its jobs (`{tenant}.{id}`: its namespace)."""
+        the states and partial results of its jobs (`{tenant}.{id}`: its namespace). No
+        `rpc.{skill}`: a request/reply summary would bypass the tenant's fair share, cap,
+        rate and budget (its summaries go through jobs)."""
         return [
             subjects.tenant_submit(tenant),
             f"{subjects.JOBS_CANCEL}.{tenant}",
             f"{subjects.RPC_HISTORY}.{tenant}",
-            *(f"rpc.{skill}" for skill in skills),
             *_subject_read(
                 _KV_STREAM_PREFIX + subjects.JOBS_BUCKET, f"$KV.{subjects.JOBS_BUCKET}.{tenant}"
             ),
             *_subject_read(subjects.PROGRESS_STREAM, f"progress.{tenant}"),
             # documents above the inline limit, and summaries above it: the object store
-            # API reads by stream sequence, which permissions cannot limit to a tenant
-            # (documents are named by random job ids; see docs/operations.md)
+            # API reads by stream sequence, which permissions cannot limit to a tenant, so
+            # every object is sealed under a key only its job's tenant can read
+            # (`agentbus.bus.documents`; docs/operations.md)
             *_obj_read(subjects.DOCUMENTS_BUCKET),
             *_obj_write(subjects.DOCUMENTS_BUCKET),
         ]
