@@ -2,12 +2,19 @@
 
 The object store is shared by every tenant, and NATS permissions cannot keep one
 tenant's client from reading another's objects there (the object store API reads by
-stream sequence). So every object is *sealed*: encrypted with AES-256-GCM under a fresh
-key, the object's name as associated data. The key travels only in the reference, which
-is in the job message (the JOBS stream, which no tenant's client may read) and in the job
-state (read only through the job's own tenant's namespace). A tenant's client that reads
-another's object gets ciphertext; one that replaces or alters it makes that job fail with
-the reason (the tag does not match), never summarizes someone else's text.
+stream sequence). So every object is *sealed*: encrypted with AES-256-GCM, the object's
+name as associated data. The key travels only in the reference, which is in the job
+message (the JOBS stream, which no tenant's client may read) and in the job state (read
+only through the job's own tenant's namespace). A tenant's client that reads another's
+object gets ciphertext; one that replaces or alters it makes that job fail with the
+reason (the tag does not match), never summarizes someone else's text.
+
+The key and nonce are derived (HKDF-SHA256) from the object's name and the content's
+SHA-256, so storing the same document under the same name writes the same bytes: a
+submit retried after a lost acknowledgement, whose first job message was stored after
+all, still finds the object its reference opens (a fresh random key would have replaced
+it). What this gives away: a tenant who holds the exact bytes of another's document can
+confirm the guess, never learn anything else.
 """
 
 from __future__ import annotations
@@ -15,7 +22,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,7 +31,9 @@ if TYPE_CHECKING:
 import nats.errors
 import nats.js.errors
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from nats.js import JetStreamContext
 
 from agentbus.contract import subjects
@@ -44,6 +52,7 @@ __all__ = [
 
 _KEY_BYTES = 32
 _NONCE_BYTES = 12
+_SEAL_INFO = b"agentbus object seal v1\0"
 
 _CAP_SETTING = "AGENTBUS_LIMITS__MAX_DOCUMENT_BYTES"
 
@@ -84,10 +93,18 @@ def read_document(path: Path, *, max_bytes: int) -> str:
 
 
 def seal(data: bytes, *, name: str) -> tuple[bytes, str]:
-    """`data` sealed for the object `name`, and the seal (key and nonce, base64url)."""
-    key, nonce = AESGCM.generate_key(bit_length=8 * _KEY_BYTES), os.urandom(_NONCE_BYTES)
+    """`data` sealed for the object `name`, and the seal (key and nonce, base64url),
+    both derived from the name and the content (see the module)."""
+    hkdf = HKDF(
+        algorithm=hashes.SHA256(),
+        length=_KEY_BYTES + _NONCE_BYTES,
+        salt=None,
+        info=_SEAL_INFO + name.encode(),
+    )
+    raw = hkdf.derive(hashlib.sha256(data).digest())
+    key, nonce = raw[:_KEY_BYTES], raw[_KEY_BYTES:]
     sealed = AESGCM(key).encrypt(nonce, data, name.encode())
-    return sealed, base64.urlsafe_b64encode(key + nonce).decode()
+    return sealed, base64.urlsafe_b64encode(raw).decode()
 
 
 def open_sealed(data: bytes, *, name: str, seal_b64: str) -> bytes:

@@ -127,9 +127,10 @@ class DocumentRef(BaseModel):
     """Of the document itself (a sealed object is `SEAL_TAG_BYTES` longer)."""
     sha256: Sha256Hex
     seal: Annotated[str, StringConstraints(pattern=SEAL_PATTERN)] | None = None
-    """The AES-256-GCM key and nonce (base64url, 44 bytes) the object is sealed with:
-    every tenant's client may use the shared object store, and only the job's message and
-    state (which the server lets only the job's tenant read) carry the key. None: stored
+    """The AES-256-GCM key and nonce (base64url, 44 bytes) the object is sealed with
+    (`agentbus.bus.documents`): every tenant's client may use the shared object store,
+    and only the job's message and state (which the server lets only the job's tenant
+    read) carry the key. None: stored
     in the clear (a client of an earlier release)."""
 
 
