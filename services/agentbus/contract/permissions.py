@@ -25,7 +25,9 @@ gave up on):
   cancels on `jobs.cancel.{tenant}` and asks `rpc.history.{tenant}` (answered for that
   tenant's job ids only), and reads only the states and partial results of its tenant's
   jobs, named `{tenant}.{id}`: direct gets and named consumers under
-  `$KV.jobs.{tenant}.>` and `progress.{tenant}.>`;
+  `$KV.jobs.{tenant}.>` and `progress.{tenant}.>` (not the streams' info, which lists
+  every job id; not `rpc.{skill}`, which is outside the tenant's limits); it uses the
+  shared documents store, whose objects are sealed (`agentbus.bus.documents`);
 - `provisioner`: creates and updates the streams, consumers, KV buckets and object store;
 - `admin`: everything (operators: `agentbus events`, DLQ inspection, replays).
 
