@@ -4,6 +4,7 @@ under its own name, unaltered."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,10 @@ def test_the_same_document_under_the_same_name_is_sealed_alike() -> None:
     after all); another name or another text has another key."""
     a, seal_a = seal(b"same text", name="x")
     assert seal(b"same text", name="x") == (a, seal_a)
+    assert seal(b"same text", name="x", digest=hashlib.sha256(b"same text").digest()) == (
+        a,
+        seal_a,
+    )
     for other_text, other_name in ((b"same text", "y"), (b"other text", "x")):
         b, seal_b = seal(other_text, name=other_name)
         assert seal_b != seal_a and b != a

@@ -21,6 +21,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
+from nats.js.client import KV_PRE_TEMPLATE, KV_STREAM_TEMPLATE
 from nats.js.kv import KeyValue
 
 from agentbus.bus.connect import connect_nats
@@ -170,8 +171,12 @@ class Bus:
         the info, which can list every key."""
         kv = self._kv.get(bucket)
         if kv is None and direct:
-            return KeyValue(
-                name=bucket, stream=f"KV_{bucket}", pre=f"$KV.{bucket}.", js=self.js, direct=True
+            return KeyValue(  # as nats-py's `key_value` binds it, from what it knows
+                name=bucket,
+                stream=KV_STREAM_TEMPLATE.format(bucket=bucket),
+                pre=KV_PRE_TEMPLATE.format(bucket=bucket),
+                js=self.js,
+                direct=True,
             )
         if kv is None:
             try:

@@ -101,7 +101,7 @@ class TenantSlots:
 
     async def release(self, task: Msg) -> None:
         """The handler of `task` returned: its permit goes back (no-op without one)."""
-        permit = self._bound.pop(id(task), None)
+        permit = self.unbind(task)
         if permit is not None:
             await self.hand_back([permit])
 

@@ -224,7 +224,9 @@ class AgentBusClient:
 
     async def _submit(self, job: JobSubmit, data: bytes) -> None:
         if len(data) > self.limits.inline_limit_bytes:
-            ref = await store_document(self.bus.js, name=f"{job.job_id}.txt", data=data)
+            ref = await store_document(
+                self.bus.js, name=f"{job.job_id}.txt", data=data, sha256=job.document_sha256
+            )
             job = job.model_copy(update={"document": ref})
         else:
             job = job.model_copy(update={"text": data.decode()})
