@@ -160,6 +160,22 @@ def intake(
     )
 
 
+def past_intake(state: JobState) -> bool:
+    """Is the job known to be past its intake (finished, at a reduce level, or its map
+    tasks known published)? A job message that comes back for such a job is its timer
+    (the deadline check); for any other it may be an intake that died before publishing
+    its tasks, to be redone (the tasks' ids make a second publish a no-op)."""
+    return state.status.terminal or state.level > 0 or state.launched
+
+
+def launched(state: JobState) -> JobState | None:
+    """Record a running job's map tasks as all published (None: nothing to record). The
+    progress clock (`updated_at`) is left alone: this is bookkeeping, not progress."""
+    if state.status.terminal or state.level > 0 or state.launched:
+        return None
+    return state.model_copy(update={"launched": True})
+
+
 class Outcome(StrEnum):
     """What `record` made of one result."""
 

@@ -7,7 +7,11 @@ can share the work and a replica restarted mid-job picks up where the last one s
 
 - a job message is settled only after its state is recorded and every task is published
   (task publishes carry `{job_id}:{task_id}` as `Nats-Msg-Id`, so a redelivery re-sends
-  nothing new); it is then kept as the job's timer (nak with a delay);
+  nothing new); it is then kept as the job's timer (nak with a delay). When it comes
+  back, it is the timer if the job is known past intake (`lifecycle.past_intake`: ended,
+  reducing, or its map tasks recorded as published - written after the intake of a job
+  of several chunks); otherwise the intake is redone (a no-op where the first try had
+  finished), recorded, and the deadline checked;
 - a result is acked only after it is recorded (results of one job are batched into one
   write per replica: `orchestrator.collect`); the write that completes a level starts the
   next level (publish first, then move the state, so a crash in between is repaired by the
@@ -75,7 +79,6 @@ log = logging.getLogger("orchestrator")
 
 _AHEAD_RETRY_S: Final = 0.2
 _CONFLICT_RETRY_S: Final = 1.0
-_TIMER_SLACK_S: Final = 0.5
 _FULL_RETRY_FIRST_S: Final = 0.5
 _FULL_RETRY_MAX_S: Final = 5.0
 
@@ -220,7 +223,7 @@ class Orchestrator(AgentService):
             loaded = None
             if delivery_count(msg) > 1 and not is_replay(msg.headers):
                 loaded = await self.store.load(job.job_id)
-                if loaded is not None and self._is_timer(msg, job, loaded[0]):
+                if loaded is not None and lifecycle.past_intake(loaded[0]):
                     await self._check_deadline(msg, job, loaded[0])
                     return
             tenant = self._tenant_of(msg, job)
@@ -346,7 +349,7 @@ class Orchestrator(AgentService):
         if loaded is not None and not reopen:
             if await self._other_document(msg, job, loaded[0]):
                 return
-            if self._moved_on(loaded[0]):
+            if lifecycle.past_intake(loaded[0]):
                 if delivery_count(msg) > 1 and loaded[0].chunks:
                     for stored in self._emit_intake(loaded[0]):  # the last try may have
                         await stored  # died before they were stored
@@ -386,7 +389,7 @@ class Orchestrator(AgentService):
                 existing = await self.store.load(job.job_id)
                 if existing is not None and await self._other_document(msg, job, existing[0]):
                     return
-                if existing is not None and self._moved_on(existing[0]):
+                if existing is not None and lifecycle.past_intake(existing[0]):
                     await msg.ack()
                     return
         per_task = summary_chars if len(chunks) == 1 else self.cfg.chunk_summary_chars
@@ -399,18 +402,20 @@ class Orchestrator(AgentService):
             job.job_id, job.skill, 0, chunks, per_task, priority=state.priority,
             tenant=state.tenant,
         )  # fmt: skip
-        await self._end_intake(msg, job, state)
+        redone = not first and not reopen
+        if len(chunks) > 1 or redone:
+            # marks the map tasks as published: the message's next return is the timer
+            _, state = await self.store.transition(job.job_id, lifecycle.launched)
+        if redone:
+            await self._check_deadline(msg, job, state)  # it may be the first check's visit
+        else:
+            await self._end_intake(msg, job, state)
         log.debug("job accepted: %d chars in %d chunk(s)", document_chars, len(chunks))
 
     def _tenant_of(self, msg: Msg, job: JobSubmit) -> str:
         """The job's tenant: its subject's (`jobs.submit.{tenant}`), else the one a trusted
         client claimed, else `default` (`agentbus.contract.tenants.job_tenant`)."""
         return job_tenant(subject=msg.subject, claimed=job.tenant, cfg=self.settings.tenants)
-
-    @staticmethod
-    def _moved_on(state: JobState) -> bool:
-        """Past intake: finished, or its map step already recorded as launched."""
-        return state.status.terminal or state.level > 0
 
     def _emit_intake(self, state: JobState) -> tuple[asyncio.Future[None], ...]:
         """The intake events (accepted, then chunked), with ids derived from the job id
@@ -521,20 +526,6 @@ class Orchestrator(AgentService):
             await msg.nak(delay=first)
         else:
             await msg.ack()
-
-    def _is_timer(self, msg: Msg, job: JobSubmit, state: JobState) -> bool:
-        """Is this redelivery the job's deadline check rather than a retried intake? A job
-        that has moved on, or whose message is older than its first check (a retried
-        intake comes back after ack_wait at the latest, long before), is past intake."""
-        first = self._first_check_s(job)
-        if first <= 0:
-            return self._moved_on(state)
-        try:
-            published = msg.metadata.timestamp
-        except (AttributeError, ValueError):
-            return self._moved_on(state)
-        age_s = (utcnow() - published).total_seconds()
-        return age_s >= min(first, self.settings.topology.ack_wait_s) - _TIMER_SLACK_S
 
     async def _check_deadline(self, msg: Msg, job: JobSubmit, state: JobState) -> None:
         """Fail the job past its deadline or idle too long, else check again later (nak

@@ -207,3 +207,41 @@ async def test_many_small_jobs_still_complete_with_batching(
         states = await asyncio.gather(*(client.wait(j, timeout_s=60) for j in ids))
     assert [st.status for st in states] == [JobStatus.COMPLETED] * 40
     assert all(st.tasks_done_total >= 1 and st.summary for st in states)
+
+
+@pytest.mark.timeout(120)
+async def test_an_intake_that_died_after_creating_the_state_is_retried(
+    bus: Bus, settings: Settings, running: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An orchestrator that dies between writing a job's state and publishing its tasks
+    leaves the job message unacked: it comes back at ack_wait, and the next orchestrator
+    must take it as the retried intake it is (publish the tasks), not as the job's
+    deadline check, which would leave the job running with no task until the 900 s
+    no-progress timeout."""
+    victim = cast(Orchestrator, await running.start(Orchestrator, settings, "orch-dies"))
+    victim_bus = running.items[-1][1]
+    await running.start(lambda st: TaskWorker(st, SummarizeSkill(st)), settings, "worker-1")
+    reached = asyncio.Event()
+
+    async def dies_here(*_args: object, **_kwargs: object) -> None:
+        reached.set()
+        await asyncio.Event().wait()  # the process is gone: no publish, no ack, no nak
+
+    monkeypatch.setattr(victim.collector, "publish_level", dies_here)
+    async with AgentBusClient(settings.nats) as client:
+        job_id = await client.submit("A document whose first intake dies. It is short.")
+        await asyncio.wait_for(reached.wait(), timeout=30)
+        created = await client.status(job_id)
+        assert created is not None and created.status is JobStatus.RUNNING
+        await victim_bus.nc.close()  # its connection gone with it: no in_progress either
+        await running.start(Orchestrator, settings, "orch-takes-over")
+        state = await client.wait(job_id, timeout_s=60)
+    assert state.status is JobStatus.COMPLETED and state.summary
+    assert state.tasks_done_total == 1
+    # the redone intake emits its events again under the same ids: the archive (keyed by
+    # event id) records each once
+    events = [e for e in await stream_agent_events(bus) if e.job_id == job_id]
+    ids = {e.kind: {x.event_id for x in events if x.kind is e.kind} for e in events}
+    assert ids[EventKind.JOB_ACCEPTED] == {f"{job_id}-accepted"}
+    assert ids[EventKind.JOB_CHUNKED] == {f"{job_id}-chunked"}
+    assert len(ids[EventKind.JOB_COMPLETED]) == 1
