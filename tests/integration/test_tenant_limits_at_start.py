@@ -208,16 +208,20 @@ async def test_a_spent_budget_holds_the_rest_of_a_job_until_the_window_turns(
         finally:
             watcher.cancel()
     assert state.status is JobStatus.COMPLETED, state.error
-    windows = {Window.index_at(t, WINDOW_S) for t, _, _ in recorder.starts}
-    assert len(windows) >= 3  # the job went on over windows, as its budget allowed
-    # the budget was spent early in some window, and nothing started for the rest of it
-    checked = 0
+    # the budget was spent early in some window, nothing started for the rest of it, and
+    # the job went on once the window turned. (Not "over 3 windows or more": on a quiet
+    # machine the whole map of this job runs before its spend is seen, and only the reduce
+    # is held, to the second window.)
+    held: list[int] = []
     for index, seen in spent_at.items():
         turns = (index + 1) * WINDOW_S
         late = [t for t, _, _ in recorder.starts if seen + SLACK_S < t < turns]
         assert not late, f"window {index}: {len(late)} task(s) started after its budget was spent"
-        checked += seen + SLACK_S < turns - 0.5
-    assert checked >= 1, spent_at
+        if seen + SLACK_S < turns - 0.5:
+            held.append(index)
+    assert held, spent_at
+    later = [t for t, _, _ in recorder.starts if Window.index_at(t, WINDOW_S) > min(held)]
+    assert later, f"nothing started after window {min(held)}, whose budget was spent"
 
 
 async def test_a_spent_budget_fails_the_running_job_with_the_reason(
