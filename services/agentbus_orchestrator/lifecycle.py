@@ -136,7 +136,8 @@ def intake(
     priority: Priority = Priority.NORMAL,
     tenant: str = "default",
 ) -> JobState:
-    """The state of a job whose map tasks (one per chunk) are about to be published."""
+    """The state of a job whose map tasks (one per chunk) are about to be published
+    (`publishing` until `published` records them)."""
     if chunks < 1:
         raise ValueError(f"job {job_id}: a job has at least one chunk, got {chunks}")
     return JobState(
@@ -155,25 +156,43 @@ def intake(
         document_sha256=document_sha256,
         trace_id=trace_id,
         timer=timer,
+        publishing=True,
         priority=priority,
         tenant=tenant,
     )
 
 
 def past_intake(state: JobState) -> bool:
-    """Is the job known to be past its intake (finished, at a reduce level, or its map
-    tasks known published)? A job message that comes back for such a job is its timer
-    (the deadline check); for any other it may be an intake that died before publishing
-    its tasks, to be redone (the tasks' ids make a second publish a no-op)."""
-    return state.status.terminal or state.level > 0 or state.launched
+    """Is the job known to be past its intake (finished, reducing, or its map tasks all
+    published)? The job's message coming back for such a job is its timer (the deadline
+    check); for any other, its intake may have died before publishing every task, and
+    is redone (the tasks' ids make a second publish within the duplicate window a no-op)."""
+    return state.status.terminal or state.level > 0 or not state.publishing
 
 
-def launched(state: JobState) -> JobState | None:
-    """Record a running job's map tasks as all published (None: nothing to record). The
-    progress clock (`updated_at`) is left alone: this is bookkeeping, not progress."""
-    if state.status.terminal or state.level > 0 or state.launched:
+def published(state: JobState) -> JobState | None:
+    """Record a job's map tasks as all published (None: nothing to record). The progress
+    clock (`updated_at`) is left alone: bookkeeping, not progress."""
+    if past_intake(state):
         return None
-    return state.model_copy(update={"launched": True})
+    return state.model_copy(update={"publishing": False})
+
+
+def reopenable(state: JobState) -> bool:
+    """Does a replayed dead letter of this job's message (`agentbus dlq replay`) take the
+    job in again from the start? Only when it failed at intake with nothing done."""
+    return (
+        state.status is JobStatus.FAILED
+        and state.failed_by in (None, "intake", "rejected")
+        and state.level == 0
+        and state.level_done == 0
+    )
+
+
+def is_timer(state: JobState, *, replay: bool) -> bool:
+    """Is a job message that comes back (or a replayed dead letter of it) the job's timer,
+    rather than an intake to do or redo?"""
+    return past_intake(state) and not (replay and reopenable(state))
 
 
 class Outcome(StrEnum):

@@ -7,11 +7,12 @@ can share the work and a replica restarted mid-job picks up where the last one s
 
 - a job message is settled only after its state is recorded and every task is published
   (task publishes carry `{job_id}:{task_id}` as `Nats-Msg-Id`, so a redelivery re-sends
-  nothing new); it is then kept as the job's timer (nak with a delay). When it comes
-  back, it is the timer if the job is known past intake (`lifecycle.past_intake`: ended,
-  reducing, or its map tasks recorded as published - written after the intake of a job
-  of several chunks); otherwise the intake is redone (a no-op where the first try had
-  finished), recorded, and the deadline checked;
+  nothing new), and the state records them as published; it is then kept as the job's
+  timer (nak with a delay). When it comes back (or a replayed dead letter of it comes), it
+  is the timer if the job is past intake (`lifecycle.is_timer`); if the state still says
+  `publishing`, the intake died on the way and is redone (a task published again within
+  the stream's duplicate window is dropped; an event emitted again keeps its id, the
+  archive's key), recorded, and the deadline checked;
 - a result is acked only after it is recorded (results of one job are batched into one
   write per replica: `orchestrator.collect`); the write that completes a level starts the
   next level (publish first, then move the state, so a crash in between is repaired by the
@@ -221,9 +222,16 @@ class Orchestrator(AgentService):
                 await msg.nak(delay=held_s)
                 return
             loaded = None
-            if delivery_count(msg) > 1 and not is_replay(msg.headers):
+            replay = is_replay(msg.headers)
+            if delivery_count(msg) > 1 or replay:
                 loaded = await self.store.load(job.job_id)
-                if loaded is not None and lifecycle.past_intake(loaded[0]):
+                if (
+                    loaded is not None
+                    and replay
+                    and await self._other_document(msg, job, loaded[0])
+                ):
+                    return
+                if loaded is not None and lifecycle.is_timer(loaded[0], replay=replay):
                     await self._check_deadline(msg, job, loaded[0])
                     return
             tenant = self._tenant_of(msg, job)
@@ -338,14 +346,7 @@ class Orchestrator(AgentService):
             loaded = await self.store.load(job.job_id)
         # a replayed dead letter (`agentbus dlq replay`) of a job that failed at intake
         # is taken in again from the start
-        reopen = (
-            loaded is not None
-            and is_replay(msg.headers)
-            and loaded[0].status is JobStatus.FAILED
-            and loaded[0].failed_by in (None, "intake", "rejected")
-            and loaded[0].level == 0
-            and loaded[0].level_done == 0
-        )
+        reopen = loaded is not None and is_replay(msg.headers) and lifecycle.reopenable(loaded[0])
         if loaded is not None and not reopen:
             if await self._other_document(msg, job, loaded[0]):
                 return
@@ -402,15 +403,26 @@ class Orchestrator(AgentService):
             job.job_id, job.skill, 0, chunks, per_task, priority=state.priority,
             tenant=state.tenant,
         )  # fmt: skip
-        redone = not first and not reopen
-        if len(chunks) > 1 or redone:
-            # marks the map tasks as published: the message's next return is the timer
-            _, state = await self.store.transition(job.job_id, lifecycle.launched)
-        if redone:
-            await self._check_deadline(msg, job, state)  # it may be the first check's visit
-        else:
+        state = await self._published(state)
+        if first or reopen:
             await self._end_intake(msg, job, state)
+        else:  # an intake redone: this visit may as well be the job's first deadline check
+            await self._check_deadline(msg, job, state)
         log.debug("job accepted: %d chars in %d chunk(s)", document_chars, len(chunks))
+
+    async def _published(self, state: JobState) -> JobState:
+        """Record the job's map tasks as all published (one write), so that its message
+        coming back is taken for its timer. A full store skips the record rather than
+        failing the intake (whose retry would publish every task again): the message's
+        next return then redoes the intake, deduplicated, and records it."""
+        try:
+            _, current = await self.store.transition(state.job_id, lifecycle.published)
+        except Exception as e:
+            if not storage_full(e):
+                raise
+            log.warning("job %s: tasks published, record deferred: %s", state.job_id, e)
+            return state
+        return current
 
     def _tenant_of(self, msg: Msg, job: JobSubmit) -> str:
         """The job's tenant: its subject's (`jobs.submit.{tenant}`), else the one a trusted

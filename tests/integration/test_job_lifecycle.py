@@ -12,6 +12,7 @@ import pytest
 from agentbus.bus.core import Bus
 from agentbus.client.api import AgentBusClient
 from agentbus.contract import subjects
+from agentbus.contract.chunking import chunk_text
 from agentbus.contract.errors import JobExistsError
 from agentbus.contract.headers import DLQ_HEADER_REASON
 from agentbus.contract.messages import EventKind, JobState, JobStatus, JobSubmit
@@ -210,37 +211,56 @@ async def test_many_small_jobs_still_complete_with_batching(
 
 
 @pytest.mark.timeout(120)
-async def test_an_intake_that_died_after_creating_the_state_is_retried(
-    bus: Bus, settings: Settings, running: Running, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(("paragraphs", "published"), [(1, 0), (6, 0), (6, 3)])
+async def test_an_intake_that_died_before_publishing_every_task_is_redone(
+    bus: Bus,
+    settings: Settings,
+    running: Running,
+    monkeypatch: pytest.MonkeyPatch,
+    paragraphs: int,
+    published: int,
 ) -> None:
-    """An orchestrator that dies between writing a job's state and publishing its tasks
-    leaves the job message unacked: it comes back at ack_wait, and the next orchestrator
-    must take it as the retried intake it is (publish the tasks), not as the job's
-    deadline check, which would leave the job running with no task until the 900 s
-    no-progress timeout."""
-    victim = cast(Orchestrator, await running.start(Orchestrator, settings, "orch-dies"))
+    """An orchestrator that dies between writing a job's state and publishing all of its
+    tasks (none, or half of them) leaves the job message unacked: it comes back at
+    ack_wait, and the next orchestrator must redo the intake (publish what is missing),
+    not take it for the job's deadline check, which would leave the job running until the
+    900 s no-progress timeout. No task runs twice: a task published again is dropped."""
+    s = with_sections(settings, orchestrator={"chunk_chars": 400})
+    victim = cast(Orchestrator, await running.start(Orchestrator, s, "orch-dies"))
     victim_bus = running.items[-1][1]
-    await running.start(lambda st: TaskWorker(st, SummarizeSkill(st)), settings, "worker-1")
+    await running.start(lambda st: TaskWorker(st, SummarizeSkill(st)), s, "worker-1")
     reached = asyncio.Event()
+    publish_level = victim.collector.publish_level
 
-    async def dies_here(*_args: object, **_kwargs: object) -> None:
+    async def dies_here(
+        job_id: str, skill: str, level: int, chunks: list[str], *args: object, **kw: object
+    ) -> None:
+        await publish_level(job_id, skill, level, chunks[:published], *args, **kw)  # type: ignore[arg-type]
         reached.set()
         await asyncio.Event().wait()  # the process is gone: no publish, no ack, no nak
 
     monkeypatch.setattr(victim.collector, "publish_level", dies_here)
-    async with AgentBusClient(settings.nats) as client:
-        job_id = await client.submit("A document whose first intake dies. It is short.")
+    text = "\n\n".join(
+        f"Section {i} of the estuary report. " + "The tide rose over the levee. " * 8
+        for i in range(paragraphs)
+    )
+    assert len(chunk_text(text, max_chars=400)) == paragraphs
+    async with AgentBusClient(s.nats) as client:
+        job_id = await client.submit(text)
         await asyncio.wait_for(reached.wait(), timeout=30)
         created = await client.status(job_id)
         assert created is not None and created.status is JobStatus.RUNNING
+        assert created.publishing
         await victim_bus.nc.close()  # its connection gone with it: no in_progress either
-        await running.start(Orchestrator, settings, "orch-takes-over")
+        await running.start(Orchestrator, s, "orch-takes-over")
         state = await client.wait(job_id, timeout_s=60)
-    assert state.status is JobStatus.COMPLETED and state.summary
-    assert state.tasks_done_total == 1
-    # the redone intake emits its events again under the same ids: the archive (keyed by
-    # event id) records each once
+    assert state.status is JobStatus.COMPLETED and state.summary, state
+    assert state.chunks == paragraphs and not state.publishing
     events = [e for e in await stream_agent_events(bus) if e.job_id == job_id]
+    done = [e.task_id for e in events if e.kind is EventKind.TASK_COMPLETED]
+    map_tasks = [t for t in done if t is not None and t.startswith("0-")]
+    assert sorted(map_tasks) == sorted(f"0-{i}" for i in range(paragraphs))  # each once
+    # the redone intake emits its events again under the same ids (the archive's key)
     ids = {e.kind: {x.event_id for x in events if x.kind is e.kind} for e in events}
     assert ids[EventKind.JOB_ACCEPTED] == {f"{job_id}-accepted"}
     assert ids[EventKind.JOB_CHUNKED] == {f"{job_id}-chunked"}

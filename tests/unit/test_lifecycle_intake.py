@@ -1,6 +1,5 @@
-"""When a job's message comes back, is the job past intake (the message is its timer) or
-may its intake have died before publishing (to be redone)? `lifecycle.past_intake` and
-`lifecycle.launched` decide, from the state alone."""
+"""When a job's message comes back, is it the job's timer or an intake to redo? The state
+alone decides (`lifecycle.past_intake`, `published`, `reopenable`, `is_timer`)."""
 
 from __future__ import annotations
 
@@ -28,56 +27,88 @@ def _job(chunks: int) -> JobState:
     )  # fmt: skip
 
 
-def test_a_new_job_is_not_past_intake_until_launched() -> None:
-    job = _job(3)
-    assert not job.launched and not lifecycle.past_intake(job)
-    marked = lifecycle.launched(job)
-    assert marked is not None and marked.launched and lifecycle.past_intake(marked)
+@pytest.mark.parametrize("chunks", [1, 2, 5000])
+def test_a_new_job_is_publishing_until_recorded_as_published(chunks: int) -> None:
+    job = _job(chunks)
+    assert job.publishing and not lifecycle.past_intake(job)
+    assert not lifecycle.is_timer(job, replay=False)
+    done = lifecycle.published(job)
+    assert done is not None and not done.publishing
+    assert lifecycle.past_intake(done) and lifecycle.is_timer(done, replay=False)
     # bookkeeping, not progress: the no-progress clock and everything else stay
-    assert marked.model_copy(update={"launched": False}) == job
-    assert lifecycle.launched(marked) is None  # once
+    assert done.model_copy(update={"publishing": True}) == job
+    assert lifecycle.published(done) is None  # once
 
 
 def test_results_at_level_zero_do_not_prove_every_task_was_published() -> None:
     """An intake that died half-way through publishing leaves a job whose first results
     arrive: it is still redone (the tasks never published would otherwise never run)."""
     s, _ = lifecycle.record(_job(4), [ResultKey(level=0, index=0, ok=True, task_id="0-0")], now=T0)
-    assert s is not None and s.level_done == 1
+    assert s is not None and s.level_done == 1 and s.publishing
     assert not lifecycle.past_intake(s)
 
 
 @pytest.mark.parametrize("status", [JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELED])
-def test_a_finished_job_is_past_intake_and_not_marked(status: JobStatus) -> None:
+def test_a_finished_job_is_past_intake_and_needs_no_record(status: JobStatus) -> None:
     done = _job(2).model_copy(update={"status": status})
-    assert lifecycle.past_intake(done)
-    assert lifecycle.launched(done) is None
+    assert lifecycle.past_intake(done) and lifecycle.is_timer(done, replay=False)
+    assert lifecycle.published(done) is None
 
 
 def test_a_reducing_job_is_past_intake() -> None:
     reducing = _job(2).model_copy(update={"level": 1, "level_tasks": 1})
-    assert lifecycle.past_intake(reducing) and lifecycle.launched(reducing) is None
+    assert lifecycle.past_intake(reducing) and lifecycle.published(reducing) is None
 
 
-def test_a_state_written_before_the_field_reads_as_not_launched() -> None:
+def test_states_written_before_the_field_read_as_published() -> None:
+    """An upgrade neither redoes nor fails the intake of a job running at the time."""
     old = _job(2).model_dump(mode="json")
-    del old["launched"]
+    del old["publishing"]
     state = decode_job_state(json.dumps(old).encode())
-    assert not state.launched and not lifecycle.past_intake(state)
+    assert not state.publishing and lifecycle.is_timer(state, replay=False)
+
+
+@pytest.mark.parametrize(
+    ("failed_by", "level_done", "reopens"),
+    [("intake", 0, True), ("rejected", 0, True), (None, 0, True), ("intake", 1, False),
+     ("task", 0, False), ("timeout", 0, False), ("rate", 0, False)],
+)  # fmt: skip
+def test_a_replayed_dead_letter_reopens_only_a_job_failed_at_intake(
+    failed_by: str | None, level_done: int, reopens: bool
+) -> None:
+    failed = _job(3).model_copy(
+        update={"status": JobStatus.FAILED, "failed_by": failed_by, "level_done": level_done}
+    )
+    assert lifecycle.reopenable(failed) is reopens
+    assert lifecycle.is_timer(failed, replay=True) is not reopens
+    assert lifecycle.is_timer(failed, replay=False)  # a redelivery never reopens
+
+
+def test_a_replayed_message_of_a_running_job_is_its_timer() -> None:
+    """Once a replay has reopened a job, its message's returns are its deadline checks
+    (not intakes counted against max_deliver)."""
+    running = lifecycle.published(_job(3))
+    assert running is not None and lifecycle.is_timer(running, replay=True)
 
 
 @given(
     status=st.sampled_from(list(JobStatus)),
     level=st.integers(min_value=0, max_value=5),
-    launched=st.booleans(),
+    publishing=st.booleans(),
+    replay=st.booleans(),
     chunks=st.integers(min_value=1, max_value=5000),
 )
-def test_launched_is_recorded_exactly_when_it_changes_the_verdict(
-    status: JobStatus, level: int, launched: bool, chunks: int
+def test_published_is_recorded_exactly_when_it_changes_the_verdict(
+    status: JobStatus, level: int, publishing: bool, replay: bool, chunks: int
 ) -> None:
-    state = _job(chunks).model_copy(update={"status": status, "level": level, "launched": launched})
-    marked = lifecycle.launched(state)
+    state = _job(chunks).model_copy(
+        update={"status": status, "level": level, "publishing": publishing}
+    )
+    done = lifecycle.published(state)
     if lifecycle.past_intake(state):
-        assert marked is None
+        assert done is None
     else:
-        assert marked is not None and lifecycle.past_intake(marked)
-        assert marked.updated_at == state.updated_at and marked.level_done == state.level_done
+        assert done is not None and lifecycle.past_intake(done)
+        assert done.updated_at == state.updated_at and done.level_done == state.level_done
+    if lifecycle.is_timer(state, replay=replay):
+        assert lifecycle.past_intake(state)

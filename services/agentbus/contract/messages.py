@@ -571,11 +571,11 @@ class JobState(BaseModel):
     timer: Annotated[str, StringConstraints(max_length=256)] | None = None
     """The ack subject of the job's message, which stays pending as the job's timer until
     the job ends (the orchestrator acks it then)."""
-    launched: bool = False
-    """The map tasks (level 0) are known to be all published. Written after the intake of a
-    job of several chunks, and after an intake redone because the job's message came back
-    while the job was still at level 0 (its first try may have died before publishing);
-    a job of one chunk skips the write on its first intake (one write less per job)."""
+    publishing: bool = False
+    """The map tasks may not all be published yet: set by the intake when it writes the
+    state, cleared once they are. An intake that died in between leaves it set, so the
+    job's message, when it comes back, redoes the intake instead of being taken for the
+    job's timer (states written before the field existed read as published)."""
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
     trace_id: str | None = None

@@ -11,11 +11,12 @@ import subprocess
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Final
 
 import pytest
 
 from agentbus.bus.core import Bus
-from agentbus.bus.deadletters import list_dead_letters, replay_dead_letter
+from agentbus.bus.deadletters import DeadLetter, list_dead_letters, replay_dead_letter
 from agentbus.client.api import AgentBusClient
 from agentbus.contract import subjects
 from agentbus.contract.headers import (
@@ -30,7 +31,7 @@ from agentbus.dev.embedded import EmbeddedNatsServer
 from agentbus.runtime.worker import TaskWorker
 from agentbus_orchestrator import Orchestrator
 from agentbus_summarize_worker import SummarizeSkill
-from tests.conftest import Running, dlq_messages, make_settings
+from tests.conftest import Running, dlq_messages, make_settings, with_sections
 from tests.e2e.faults.harness import Probe, measure, report, until
 from tests.e2e.faults.processes import archive_url, running_stack
 from tests.e2e.faults.workload import AGENTBUS, JOBS, long_doc, small_doc
@@ -164,6 +165,34 @@ async def test_poison_tasks_are_retried_dead_lettered_listed_and_replayed(
     assert all(s is not None and s.chunks == 3 for s in multi)
 
 
+_LATE_TEXT: Final = b"A document that arrived late. It was uploaded after the job. Now it is here."
+
+
+async def _job_failed_for_a_missing_document(
+    bus: Bus, s: Settings, job_id: str, *, data: bytes = _LATE_TEXT
+) -> DeadLetter:
+    """A job whose document is not in the object store at intake: it fails and its message
+    is dead-lettered on `dlq.jobs` with the reason; then the document is stored."""
+    from agentbus.bus.documents import store_document
+    from agentbus.contract.messages import JobSubmit
+
+    name = f"{job_id}.txt"
+    ref = await store_document(bus.js, name=name, data=data)
+    store = await bus.js.object_store(subjects.DOCUMENTS_BUCKET)
+    await store.delete(name)
+    await bus.publish(
+        subjects.JOBS_SUBJECT, JobSubmit(job_id=job_id, document=ref), msg_id=job_id,
+        stream=subjects.JOBS_STREAM,
+    )  # fmt: skip
+    async with AgentBusClient(s.nats) as client:
+        failed = await client.wait(job_id, timeout_s=60)
+    assert failed.status is JobStatus.FAILED and failed.error
+    [dead] = await list_dead_letters(bus.js, stream="jobs")
+    assert dead.job_id == job_id and dead.reason
+    await store_document(bus.js, name=name, data=data)
+    return dead
+
+
 @pytest.mark.timeout(90)
 async def test_replayed_job_dead_letter_is_taken_in_again(
     bus: Bus, settings: Settings, running: Running
@@ -171,32 +200,16 @@ async def test_replayed_job_dead_letter_is_taken_in_again(
     """A job whose document was missing at intake fails and is dead-lettered on `dlq.jobs`
     with the reason; once the document is there, replaying the dead letter takes the job in
     again and it completes."""
-    from agentbus.bus.documents import store_document
-    from agentbus.contract.messages import JobSubmit
-
     s = settings.model_copy(
         update={"summarizer": settings.summarizer.model_copy(update={"backend": "simulated"})}
     )
     await running.start(Orchestrator, s, "orch-j")
     await running.start(lambda st: TaskWorker(st, SummarizeSkill(st)), s, "worker-j")
-    text = b"A document that arrived late. It was uploaded after the job. Now it is here."
-    # a reference to a document that is not in the object store yet
-    ref = await store_document(bus.js, name="late.txt", data=text)
-    store = await bus.js.object_store(subjects.DOCUMENTS_BUCKET)
-    await store.delete("late.txt")
-    await bus.publish(
-        subjects.JOBS_SUBJECT, JobSubmit(job_id="late-1", document=ref), msg_id="late-1",
-        stream=subjects.JOBS_STREAM,
-    )  # fmt: skip
+    dead = await _job_failed_for_a_missing_document(bus, s, "late-1")
+    result = await replay_dead_letter(bus.js, dead.id)
+    assert result.removed and not result.duplicate
+    assert result.msg_id == "late-1:replay-" + str(dead.id)
     async with AgentBusClient(s.nats) as client:
-        failed = await client.wait("late-1", timeout_s=60)
-        assert failed.status is JobStatus.FAILED and failed.error
-        [dead] = await list_dead_letters(bus.js, stream="jobs")
-        assert dead.job_id == "late-1" and dead.reason
-        await store_document(bus.js, name="late.txt", data=text)
-        result = await replay_dead_letter(bus.js, dead.id)
-        assert result.removed and not result.duplicate
-        assert result.msg_id == "late-1:replay-" + str(dead.id)
         for _ in range(100):
             state = await client.status("late-1")
             if state is not None and state.status is JobStatus.COMPLETED:
@@ -205,6 +218,36 @@ async def test_replayed_job_dead_letter_is_taken_in_again(
     assert state is not None and state.status is JobStatus.COMPLETED, state
     assert state.summary and state.error is None
     assert await list_dead_letters(bus.js) == []
+
+
+@pytest.mark.timeout(90)
+async def test_a_replayed_job_keeps_its_deadline(
+    bus: Bus, settings: Settings, running: Running
+) -> None:
+    """The replayed message of a job taken in again is its timer from then on: with no
+    worker running, the job fails at its deadline (not as an intake over max_deliver, nor
+    left running), and no new dead letter is filed."""
+    s = with_sections(settings, orchestrator={"job_timeout_s": 3.0, "chunk_chars": 400})
+    await running.start(Orchestrator, s, "orch-d")
+    text = long_doc(2, paragraphs=4).encode()  # several chunks: no task runs, none done
+    dead = await _job_failed_for_a_missing_document(bus, s, "late-2", data=text)
+    assert (await replay_dead_letter(bus.js, dead.id)).removed
+    async with AgentBusClient(s.nats) as client:
+        await until(
+            lambda: _ended_again(client, "late-2"), timeout_s=45, what="the replayed job ends"
+        )
+        state = await client.status("late-2")
+    assert state is not None and state.status is JobStatus.FAILED, state
+    assert state.failed_by == "timeout", state
+    assert state.error is not None and "deadline" in state.error
+    assert state.level_done == 0 and state.chunks == 4
+    assert await list_dead_letters(bus.js) == []
+
+
+async def _ended_again(client: AgentBusClient, job_id: str) -> bool:
+    """Ended, and not by the failure the dead letter recorded (`rejected`)."""
+    state = await client.status(job_id)
+    return state is not None and state.status.terminal and state.failed_by != "rejected"
 
 
 @pytest.mark.timeout(60)
