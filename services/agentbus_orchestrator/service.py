@@ -7,12 +7,13 @@ can share the work and a replica restarted mid-job picks up where the last one s
 
 - a job message is settled only after its state is recorded and every task is published
   (task publishes carry `{job_id}:{task_id}` as `Nats-Msg-Id`, so a redelivery re-sends
-  nothing new), and the state records them as published; it is then kept as the job's
-  timer (nak with a delay). When it comes back (or a replayed dead letter of it comes), it
-  is the timer if the job is past intake (`lifecycle.is_timer`); if the state still says
-  `publishing`, the intake died on the way and is redone (a task published again within
-  the stream's duplicate window is dropped; an event emitted again keeps its id, the
-  archive's key), recorded, and the deadline checked;
+  nothing new), and the state records them as published (skipped for a job of one
+  chunk); it is then kept as the job's timer (nak with a delay). When it comes back (or a
+  replayed dead letter of it comes), it is the timer if the job is past intake
+  (`lifecycle.is_timer`); if the state still says `publishing`, the intake may have died
+  on the way and is redone (a task published again within the stream's duplicate window
+  is dropped; an event emitted again keeps its id, the archive's key), recorded, and the
+  deadline checked;
 - a result is acked only after it is recorded (results of one job are batched into one
   write per replica: `orchestrator.collect`); the write that completes a level starts the
   next level (publish first, then move the state, so a crash in between is repaired by the
@@ -234,6 +235,10 @@ class Orchestrator(AgentService):
                 if loaded is not None and lifecycle.is_timer(loaded[0], replay=replay):
                     await self._check_deadline(msg, job, loaded[0])
                     return
+                if loaded is not None and not (replay and lifecycle.reopenable(loaded[0])):
+                    async with _in_progress(msg, every_s=self.settings.topology.ack_wait_s / 3):
+                        await self._redo_intake(msg, job, loaded[0])
+                    return
             tenant = self._tenant_of(msg, job)
             limited = loaded is None and self.admission.limited(tenant)
             if limited and not await self._admitted(msg, job, tenant):
@@ -393,7 +398,7 @@ class Orchestrator(AgentService):
                 if existing is not None and lifecycle.past_intake(existing[0]):
                     await msg.ack()
                     return
-        per_task = summary_chars if len(chunks) == 1 else self.cfg.chunk_summary_chars
+        per_task = self._per_task_chars(summary_chars, len(chunks))
         # The intake events are stored before any task exists (the emitter batches them
         # with other jobs' events): a job's record begins with them, and the job cannot
         # end - and ack its message, the timer - while they are still on their way.
@@ -403,12 +408,52 @@ class Orchestrator(AgentService):
             job.job_id, job.skill, 0, chunks, per_task, priority=state.priority,
             tenant=state.tenant,
         )  # fmt: skip
-        state = await self._published(state)
+        if len(chunks) > 1 or not first:
+            # (a job of one chunk skips the record: one write less per job on the hot path)
+            state = await self._published(state)
         if first or reopen:
             await self._end_intake(msg, job, state)
         else:  # an intake redone: this visit may as well be the job's first deadline check
             await self._check_deadline(msg, job, state)
         log.debug("job accepted: %d chars in %d chunk(s)", document_chars, len(chunks))
+
+    async def _redo_intake(self, msg: Msg, job: JobSubmit, state: JobState) -> None:
+        """The message of a job whose state still says `publishing` came back: its intake
+        may have died before publishing every task (or, for a job of one chunk, which
+        skips the record, this may be its first deadline check). Unless the job is past
+        its deadline, its tasks are published again (a task published already, within the
+        duplicate window, is dropped as a duplicate) and recorded as published; then the
+        deadline is checked. Bounded by the deadline, not by max_deliver (a timer's
+        visits count as deliveries), and a document that cannot be read now fails
+        nothing: the job goes on to its deadline."""
+        if await self._other_document(msg, job, state):
+            return
+        if self._verdict(state).reason is None:
+            try:
+                text = await self._document_text(job)
+            except DocumentRejected as e:
+                log.warning("job %s: intake not redone: %s", job.job_id, e)
+                text = None
+            chunks = chunk_text(text, max_chars=self.cfg.chunk_chars) if text else []
+            if text and len(chunks) != state.chunks:
+                log.warning(
+                    "job %s: intake not redone: %d chunk(s) now, %d at intake (was "
+                    "orchestrator.chunk_chars changed?)", job.job_id, len(chunks), state.chunks,
+                )  # fmt: skip
+            elif chunks:
+                for stored in self._emit_intake(state):
+                    await stored
+                await self.collector.publish_level(
+                    job.job_id, state.skill, 0, chunks,
+                    self._per_task_chars(state.summary_chars, len(chunks)),
+                    priority=state.priority, tenant=state.tenant,
+                )  # fmt: skip
+                state = await self._published(state)
+        await self._check_deadline(msg, job, state)
+
+    def _per_task_chars(self, summary_chars: int, chunks: int) -> int:
+        """The summary budget of one map task: the job's own for a one-chunk job."""
+        return summary_chars if chunks == 1 else self.cfg.chunk_summary_chars
 
     async def _published(self, state: JobState) -> JobState:
         """Record the job's map tasks as all published (one write), so that its message
@@ -542,12 +587,7 @@ class Orchestrator(AgentService):
     async def _check_deadline(self, msg: Msg, job: JobSubmit, state: JobState) -> None:
         """Fail the job past its deadline or idle too long, else check again later (nak
         with the delay); a finished job ends its timer (ack)."""
-        verdict = lifecycle.check_deadline(
-            state,
-            now=utcnow(),
-            job_timeout_s=self.cfg.job_timeout_s,
-            no_progress_timeout_s=self.cfg.no_progress_timeout_s,
-        )
+        verdict = self._verdict(state)
         if verdict.reason is not None:
             await self.collector.fail(
                 job.job_id, verdict.reason, category=lifecycle.TIMEOUT_FAILURE
@@ -557,3 +597,11 @@ class Orchestrator(AgentService):
             await msg.nak(delay=verdict.recheck_s)
         else:
             await msg.ack()
+
+    def _verdict(self, state: JobState) -> lifecycle.DeadlineVerdict:
+        return lifecycle.check_deadline(
+            state,
+            now=utcnow(),
+            job_timeout_s=self.cfg.job_timeout_s,
+            no_progress_timeout_s=self.cfg.no_progress_timeout_s,
+        )

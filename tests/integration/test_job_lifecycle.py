@@ -19,7 +19,7 @@ from agentbus.contract.messages import EventKind, JobState, JobStatus, JobSubmit
 from agentbus.contract.settings import Settings
 from agentbus.observability import metrics
 from agentbus.runtime.worker import TaskWorker
-from agentbus_orchestrator import Orchestrator
+from agentbus_orchestrator import Orchestrator, lifecycle
 from agentbus_orchestrator.lifecycle import MAX_RECHECK_S, recorded_indices
 from agentbus_summarize_worker import SummarizeSkill
 from tests.conftest import Running, dlq_messages, stream_agent_events, with_sections
@@ -265,3 +265,28 @@ async def test_an_intake_that_died_before_publishing_every_task_is_redone(
     assert ids[EventKind.JOB_ACCEPTED] == {f"{job_id}-accepted"}
     assert ids[EventKind.JOB_CHUNKED] == {f"{job_id}-chunked"}
     assert len(ids[EventKind.JOB_COMPLETED]) == 1
+
+
+@pytest.mark.timeout(90)
+async def test_a_one_chunk_job_running_past_its_first_check_runs_its_task_once(
+    bus: Bus, settings: Settings, running: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job of one chunk skips the `published` record, so its first deadline check finds
+    it `publishing`: the intake is redone, its task published again is dropped as a
+    duplicate (the task runs once), the record is written, and the later checks are timer
+    visits. (The first check is brought down from 30 s to 1 s.)"""
+    monkeypatch.setattr(lifecycle, "MAX_RECHECK_S", 1.0)
+    s = with_sections(settings, summarizer={"backend": "simulated", "simulated_latency_ms": 4000})
+    await running.start(Orchestrator, s, "orch-1")
+    await running.start(lambda st: TaskWorker(st, SummarizeSkill(st)), s, "worker-1")
+    async with AgentBusClient(s.nats) as client:
+        job_id = await client.submit("A slow one-chunk document. It takes four seconds.")
+        await asyncio.sleep(2.5)  # past the first check, the task still running
+        middle = await client.status(job_id)
+        state = await client.wait(job_id, timeout_s=60)
+    assert middle is not None and middle.status is JobStatus.RUNNING
+    assert not middle.publishing  # recorded by the redone intake
+    assert state.status is JobStatus.COMPLETED and state.summary and state.tasks_done_total == 1
+    events = [e for e in await stream_agent_events(bus) if e.job_id == job_id]
+    assert [e.task_id for e in events if e.kind is EventKind.TASK_STARTED] == ["0-0"]
+    assert [e.task_id for e in events if e.kind is EventKind.TASK_COMPLETED] == ["0-0"]

@@ -573,9 +573,10 @@ class JobState(BaseModel):
     the job ends (the orchestrator acks it then)."""
     publishing: bool = False
     """The map tasks may not all be published yet: set by the intake when it writes the
-    state, cleared once they are. An intake that died in between leaves it set, so the
-    job's message, when it comes back, redoes the intake instead of being taken for the
-    job's timer (states written before the field existed read as published)."""
+    state, cleared once they are (a job of one chunk skips that write: one less per job).
+    While it is set, the job's message coming back redoes the intake (a task published
+    already is dropped as a duplicate) instead of being taken for the job's timer. States
+    written before the field existed read as published."""
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
     trace_id: str | None = None
