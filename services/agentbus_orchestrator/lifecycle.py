@@ -82,6 +82,17 @@ def recheck_delay_s(wait_s: float) -> float:
     return min(max(wait_s, MIN_RECHECK_S), MAX_RECHECK_S)
 
 
+def first_check_s(*, chunks: int, timeout_s: float, no_progress_timeout_s: float) -> float:
+    """When a new job's first deadline check is due (0: it has no deadline). A job of
+    several chunks is checked within `MAX_RECHECK_S`. A job of one chunk, usually done
+    long before, is checked at its earliest deadline: it skips the `published` record,
+    so an earlier check would find it still `publishing` and redo its intake."""
+    due = [t for t in (timeout_s, no_progress_timeout_s) if t > 0]
+    if not due:
+        return 0.0
+    return recheck_delay_s(min(due)) if chunks > 1 else max(min(due), MIN_RECHECK_S)
+
+
 def task_id_for(level: int, index: int) -> str:
     return f"{level}-{index}"
 
@@ -417,6 +428,7 @@ def complete(
     return state.model_copy(
         update={
             "status": JobStatus.COMPLETED,
+            "publishing": False,
             "summary": summary if summary_ref is None else None,
             "summary_ref": summary_ref,
             "error": None,
@@ -434,6 +446,7 @@ def fail(state: JobState, *, reason: str, failed_by: str, now: datetime) -> JobS
         update={
             "status": JobStatus.FAILED,
             "error": reason,
+            "publishing": False,
             "failed_by": failed_by,
             "updated_at": now,
         }
@@ -456,6 +469,7 @@ def cancel(state: JobState, *, reason: str, now: datetime) -> JobState | None:
     return state.model_copy(
         update={
             "status": JobStatus.CANCELED,
+            "publishing": False,
             "error": _cancel_error(reason),
             "failed_by": None,
             "updated_at": now,

@@ -419,13 +419,14 @@ class Orchestrator(AgentService):
 
     async def _redo_intake(self, msg: Msg, job: JobSubmit, state: JobState) -> None:
         """The message of a job whose state still says `publishing` came back: its intake
-        may have died before publishing every task (or, for a job of one chunk, which
-        skips the record, this may be its first deadline check). Unless the job is past
-        its deadline, its tasks are published again (a task published already, within the
-        duplicate window, is dropped as a duplicate) and recorded as published; then the
-        deadline is checked. Bounded by the deadline, not by max_deliver (a timer's
-        visits count as deliveries), and a document that cannot be read now fails
-        nothing: the job goes on to its deadline."""
+        may have died before publishing every task (a job of one chunk skips the record,
+        but its first check is at its earliest deadline, so it comes back early only
+        after such a death). Unless the job is past its deadline, its tasks are published
+        again (a task published already, within the duplicate window, is dropped as a
+        duplicate) and recorded as published; then the deadline is checked. Not counted
+        against max_deliver (a timer's visits count as deliveries); a document that
+        cannot be read now, or chunks differently, fails nothing: the job is recorded as
+        it is and goes on to its deadline."""
         if await self._other_document(msg, job, state):
             return
         if self._verdict(state).reason is None:
@@ -435,12 +436,16 @@ class Orchestrator(AgentService):
                 log.warning("job %s: intake not redone: %s", job.job_id, e)
                 text = None
             chunks = chunk_text(text, max_chars=self.cfg.chunk_chars) if text else []
-            if text and len(chunks) != state.chunks:
-                log.warning(
-                    "job %s: intake not redone: %d chunk(s) now, %d at intake (was "
-                    "orchestrator.chunk_chars changed?)", job.job_id, len(chunks), state.chunks,
-                )  # fmt: skip
-            elif chunks:
+            if len(chunks) != state.chunks:
+                if chunks:
+                    log.warning(
+                        "job %s: intake not redone: %d chunk(s) now, %d at intake (was "
+                        "orchestrator.chunk_chars changed?)", job.job_id, len(chunks),
+                        state.chunks,
+                    )  # fmt: skip
+                # it cannot be redone: recorded as it is, the job goes on to its deadline
+                state = await self._published(state)
+            else:
                 for stored in self._emit_intake(state):
                     await stored
                 await self.collector.publish_level(
@@ -458,10 +463,14 @@ class Orchestrator(AgentService):
     async def _published(self, state: JobState) -> JobState:
         """Record the job's map tasks as all published (one write), so that its message
         coming back is taken for its timer. A full store skips the record rather than
-        failing the intake (whose retry would publish every task again): the message's
-        next return then redoes the intake, deduplicated, and records it."""
+        failing the intake (whose retry would publish every task again), and so does a
+        write that keeps conflicting: the message's next return then redoes the intake
+        (deduplicated within the stream's duplicate window) and records it."""
         try:
             _, current = await self.store.transition(state.job_id, lifecycle.published)
+        except StateConflict as e:
+            log.info("job %s: tasks published, record deferred: %s", state.job_id, e)
+            return state
         except Exception as e:
             if not storage_full(e):
                 raise
@@ -566,11 +575,13 @@ class Orchestrator(AgentService):
 
     # --- deadlines: the job message is the job's timer -----------------------------------
 
-    def _first_check_s(self, job: JobSubmit) -> float:
+    def _first_check_s(self, job: JobSubmit, *, chunks: int) -> float:
         """When a job's first deadline check is due (0: the job has no deadline)."""
-        timeout = job.timeout_s if job.timeout_s is not None else self.cfg.job_timeout_s
-        due = [t for t in (timeout, self.cfg.no_progress_timeout_s) if t > 0]
-        return lifecycle.recheck_delay_s(min(due)) if due else 0.0
+        return lifecycle.first_check_s(
+            chunks=chunks,
+            timeout_s=job.timeout_s if job.timeout_s is not None else self.cfg.job_timeout_s,
+            no_progress_timeout_s=self.cfg.no_progress_timeout_s,
+        )
 
     async def _end_intake(self, msg: Msg, job: JobSubmit, state: JobState) -> None:
         """A job past intake keeps its message as its timer: nak'ed with the delay to its
@@ -578,7 +589,7 @@ class Orchestrator(AgentService):
         acked when it has no deadline or has ended. No need to wait for the server's
         confirmation: a redelivery because this was lost finds the state and re-sends only
         duplicates, which are dropped."""
-        first = self._first_check_s(job)
+        first = self._first_check_s(job, chunks=state.chunks)
         if first > 0 and not state.status.terminal:
             await msg.nak(delay=first)
         else:

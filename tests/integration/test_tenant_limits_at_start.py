@@ -219,9 +219,9 @@ async def test_a_spent_budget_holds_the_rest_of_a_job_until_the_window_turns(
         assert not late, f"window {index}: {len(late)} task(s) started after its budget was spent"
         if seen + SLACK_S < turns - 0.5:
             held.append(index)
-    assert held, spent_at
-    later = [t for t, _, _ in recorder.starts if Window.index_at(t, WINDOW_S) > min(held)]
-    assert later, f"nothing started after window {min(held)}, whose budget was spent"
+    # some window was held, and the job went on in a later one
+    last = max(Window.index_at(t, WINDOW_S) for t, _, _ in recorder.starts)
+    assert any(index < last for index in held), (held, last, spent_at)
 
 
 async def test_a_spent_budget_fails_the_running_job_with_the_reason(

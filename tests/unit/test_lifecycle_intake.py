@@ -110,5 +110,38 @@ def test_published_is_recorded_exactly_when_it_changes_the_verdict(
     else:
         assert done is not None and lifecycle.past_intake(done)
         assert done.updated_at == state.updated_at and done.level_done == state.level_done
-    if lifecycle.is_timer(state, replay=replay):
-        assert lifecycle.past_intake(state)
+    # a replay reopens a job failed at intake; any other return of a job past intake
+    # is its timer
+    assert lifecycle.is_timer(state, replay=replay) is (
+        lifecycle.past_intake(state) and not (replay and lifecycle.reopenable(state))
+    )
+    assert lifecycle.is_timer(state, replay=False) is lifecycle.past_intake(state)
+
+
+def test_an_ended_job_is_no_longer_publishing() -> None:
+    one = _job(1)
+    done = lifecycle.complete(
+        one, level=0, summary="s", summary_ref=None, now=T0,
+        final=ResultKey(level=0, index=0, ok=True, task_id="0-0"),
+    )  # fmt: skip
+    failed = lifecycle.fail(one, reason="r", failed_by="task", now=T0)
+    canceled = lifecycle.cancel(one, reason="", now=T0)
+    for ended in (done, failed, canceled):
+        assert ended is not None and ended.status.terminal and not ended.publishing
+
+
+@pytest.mark.parametrize(
+    ("chunks", "timeout_s", "no_progress_s", "first_s"),
+    [(2, 3600, 900, lifecycle.MAX_RECHECK_S), (2, 5, 900, 5), (2, 0, 0, 0),
+     (1, 3600, 900, 900), (1, 3600, 0, 3600), (1, 0.2, 900, lifecycle.MIN_RECHECK_S),
+     (1, 0, 0, 0)],
+)  # fmt: skip
+def test_a_one_chunk_job_is_first_checked_at_its_earliest_deadline(
+    chunks: int, timeout_s: float, no_progress_s: float, first_s: float
+) -> None:
+    """Not within 30 s as a job of several chunks: the check would find it `publishing`
+    (it skips that record) and redo its intake."""
+    got = lifecycle.first_check_s(
+        chunks=chunks, timeout_s=timeout_s, no_progress_timeout_s=no_progress_s
+    )
+    assert got == first_s

@@ -573,7 +573,8 @@ class JobState(BaseModel):
     the job ends (the orchestrator acks it then)."""
     publishing: bool = False
     """The map tasks may not all be published yet: set by the intake when it writes the
-    state, cleared once they are (a job of one chunk skips that write: one less per job).
+    state, cleared once they are (a job of one chunk skips that write: one less per job)
+    and when the job ends.
     While it is set, the job's message coming back redoes the intake (a task published
     already is dropped as a duplicate) instead of being taken for the job's timer. States
     written before the field existed read as published."""
