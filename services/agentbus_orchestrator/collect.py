@@ -321,30 +321,33 @@ class Collector:
         *,
         priority: Priority = Priority.NORMAL,
         tenant: str = DEFAULT_TENANT,
-    ) -> None:
+    ) -> int:
         """One task per text, on the subject of the job's priority and tenant (map and
-        reduce)."""
+        reduce). Returns how many the stream stored anew: a task published again within
+        the duplicate window is not (nor, rarely, one whose first try's ack was lost)."""
         bus = self.bus
         subject = tenant_task_subject(skill, priority, tenant)
         wire_priority = None if priority is Priority.NORMAL else priority
         wire_tenant = None if tenant == DEFAULT_TENANT else tenant
 
-        async def one(index: int, text: str) -> None:
+        async def one(index: int, text: str) -> bool:
             task_id = lifecycle.task_id_for(level, index)
             task = TaskAssign(
                 job_id=job_id, task_id=task_id, level=level, index=index, count=len(texts),
                 text=text, max_chars=max_chars, priority=wire_priority, tenant=wire_tenant,
             )  # fmt: skip
-            await bus.publish(
+            ack = await bus.publish(
                 subject, task, msg_id=f"{job_id}:{task_id}", stream=subjects.TASKS_STREAM
             )
+            return not ack.duplicate
 
         if len(texts) == 1:
-            await one(0, texts[0])
-            return
+            return int(await one(0, texts[0]))
+        new = 0
         for start in range(0, len(texts), _PUBLISH_BATCH):
             batch = texts[start : start + _PUBLISH_BATCH]
-            await asyncio.gather(*(one(start + i, t) for i, t in enumerate(batch)))
+            new += sum(await asyncio.gather(*(one(start + i, t) for i, t in enumerate(batch))))
+        return new
 
     # --- outcomes ------------------------------------------------------------------------
 

@@ -82,17 +82,6 @@ def recheck_delay_s(wait_s: float) -> float:
     return min(max(wait_s, MIN_RECHECK_S), MAX_RECHECK_S)
 
 
-def first_check_s(*, chunks: int, timeout_s: float, no_progress_timeout_s: float) -> float:
-    """When a new job's first deadline check is due (0: it has no deadline). A job of
-    several chunks is checked within `MAX_RECHECK_S`. A job of one chunk, usually done
-    long before, is checked at its earliest deadline: it skips the `published` record,
-    so an earlier check would find it still `publishing` and redo its intake."""
-    due = [t for t in (timeout_s, no_progress_timeout_s) if t > 0]
-    if not due:
-        return 0.0
-    return recheck_delay_s(min(due)) if chunks > 1 else max(min(due), MIN_RECHECK_S)
-
-
 def task_id_for(level: int, index: int) -> str:
     return f"{level}-{index}"
 

@@ -419,11 +419,12 @@ class Orchestrator(AgentService):
 
     async def _redo_intake(self, msg: Msg, job: JobSubmit, state: JobState) -> None:
         """The message of a job whose state still says `publishing` came back: its intake
-        may have died before publishing every task (a job of one chunk skips the record,
-        but its first check is at its earliest deadline, so it comes back early only
-        after such a death). Unless the job is past its deadline, its tasks are published
-        again (a task published already, within the duplicate window, is dropped as a
-        duplicate) and recorded as published; then the deadline is checked. Not counted
+        may have died before publishing every task, or (a job of one chunk skips the
+        record) this is the first deadline check of a job still running. Unless the job
+        is past its deadline, its tasks are published again (a task published already,
+        within the duplicate window, is dropped as a duplicate), its intake events
+        emitted again only if some task was not (they were stored before any task was),
+        and the tasks recorded as published; then the deadline is checked. Not counted
         against max_deliver (a timer's visits count as deliveries); a document that
         cannot be read now, or chunks differently, fails nothing: the job is recorded as
         it is and goes on to its deadline."""
@@ -446,13 +447,14 @@ class Orchestrator(AgentService):
                 # it cannot be redone: recorded as it is, the job goes on to its deadline
                 state = await self._published(state)
             else:
-                for stored in self._emit_intake(state):
-                    await stored
-                await self.collector.publish_level(
+                new = await self.collector.publish_level(
                     job.job_id, state.skill, 0, chunks,
                     self._per_task_chars(state.summary_chars, len(chunks)),
                     priority=state.priority, tenant=state.tenant,
                 )  # fmt: skip
+                if new:  # the last try died before these: maybe before its events too
+                    for stored in self._emit_intake(state):
+                        await stored
                 state = await self._published(state)
         await self._check_deadline(msg, job, state)
 
@@ -575,13 +577,11 @@ class Orchestrator(AgentService):
 
     # --- deadlines: the job message is the job's timer -----------------------------------
 
-    def _first_check_s(self, job: JobSubmit, *, chunks: int) -> float:
+    def _first_check_s(self, job: JobSubmit) -> float:
         """When a job's first deadline check is due (0: the job has no deadline)."""
-        return lifecycle.first_check_s(
-            chunks=chunks,
-            timeout_s=job.timeout_s if job.timeout_s is not None else self.cfg.job_timeout_s,
-            no_progress_timeout_s=self.cfg.no_progress_timeout_s,
-        )
+        timeout = job.timeout_s if job.timeout_s is not None else self.cfg.job_timeout_s
+        due = [t for t in (timeout, self.cfg.no_progress_timeout_s) if t > 0]
+        return lifecycle.recheck_delay_s(min(due)) if due else 0.0
 
     async def _end_intake(self, msg: Msg, job: JobSubmit, state: JobState) -> None:
         """A job past intake keeps its message as its timer: nak'ed with the delay to its
@@ -589,7 +589,7 @@ class Orchestrator(AgentService):
         acked when it has no deadline or has ended. No need to wait for the server's
         confirmation: a redelivery because this was lost finds the state and re-sends only
         duplicates, which are dropped."""
-        first = self._first_check_s(job, chunks=state.chunks)
+        first = self._first_check_s(job)
         if first > 0 and not state.status.terminal:
             await msg.nak(delay=first)
         else:

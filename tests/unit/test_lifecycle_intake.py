@@ -128,20 +128,3 @@ def test_an_ended_job_is_no_longer_publishing() -> None:
     canceled = lifecycle.cancel(one, reason="", now=T0)
     for ended in (done, failed, canceled):
         assert ended is not None and ended.status.terminal and not ended.publishing
-
-
-@pytest.mark.parametrize(
-    ("chunks", "timeout_s", "no_progress_s", "first_s"),
-    [(2, 3600, 900, lifecycle.MAX_RECHECK_S), (2, 5, 900, 5), (2, 0, 0, 0),
-     (1, 3600, 900, 900), (1, 3600, 0, 3600), (1, 0.2, 900, lifecycle.MIN_RECHECK_S),
-     (1, 0, 0, 0)],
-)  # fmt: skip
-def test_a_one_chunk_job_is_first_checked_at_its_earliest_deadline(
-    chunks: int, timeout_s: float, no_progress_s: float, first_s: float
-) -> None:
-    """Not within 30 s as a job of several chunks: the check would find it `publishing`
-    (it skips that record) and redo its intake."""
-    got = lifecycle.first_check_s(
-        chunks=chunks, timeout_s=timeout_s, no_progress_timeout_s=no_progress_s
-    )
-    assert got == first_s
