@@ -148,7 +148,13 @@ async def test_proxy_partition_is_a_black_hole_noticed_by_pings(
             await watcher.flush()
             await cut.publish("partition.before", b"before")
             await cut.flush()
-            await until(holds(lambda: len(got) == 1), timeout_s=5, what="the first message")
+            try:
+                await until(holds(lambda: len(got) == 1), timeout_s=5, what="the first message")
+            except AssertionError as e:
+                raise AssertionError(
+                    f"{e}: got={got} events={events} connected={cut.is_connected} "
+                    f"reconnecting={cut.is_reconnecting} proxy={proxy.stats}"
+                ) from e
             proxy.sever()
             await cut.publish("partition.during", b"during")
             with pytest.raises(nats.errors.TimeoutError):
