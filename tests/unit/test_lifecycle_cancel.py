@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from agentbus.contract.messages import JobState, JobStatus
 from agentbus_orchestrator import lifecycle
 from agentbus_orchestrator.lifecycle import Outcome, ResultKey
+from tests.job_states import new_job
 
 pytestmark = pytest.mark.unit
 
@@ -20,11 +21,7 @@ T1 = T0 + timedelta(seconds=5)
 
 
 def _job(chunks: int) -> JobState:
-    return lifecycle.intake(
-        job_id="job-1", title="t", skill="summarize", document_chars=chunks * 6000,
-        summary_chars=1200, chunks=chunks, now=T0, timeout_s=None, document_sha256=None,
-        trace_id=None, timer="$JS.ACK.JOBS.orchestrator.1.1.1.1.1.1",
-    )  # fmt: skip
+    return new_job(chunks, now=T0)
 
 
 def _ok(level: int, index: int) -> ResultKey:

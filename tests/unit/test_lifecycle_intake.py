@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from agentbus.contract.messages import JobState, JobStatus, decode_job_state
 from agentbus_orchestrator import lifecycle
 from agentbus_orchestrator.lifecycle import ResultKey
+from tests.job_states import new_job
 
 pytestmark = pytest.mark.unit
 
@@ -20,11 +21,7 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def _job(chunks: int) -> JobState:
-    return lifecycle.intake(
-        job_id="job-1", title="t", skill="summarize", document_chars=chunks * 6000,
-        summary_chars=1200, chunks=chunks, now=T0, timeout_s=None, document_sha256=None,
-        trace_id=None, timer="$JS.ACK.JOBS.orchestrator.1.1.1.1.1.1",
-    )  # fmt: skip
+    return new_job(chunks, now=T0)
 
 
 @pytest.mark.parametrize("chunks", [1, 2, 5000])
