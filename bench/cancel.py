@@ -18,6 +18,7 @@ from typing import Any, Final
 
 from nats.aio.msg import Msg
 
+from agentbus.bus.connect import flush_barrier
 from agentbus.client.api import AgentBusClient
 from agentbus.contract import subjects
 from agentbus.contract.errors import MessageDecodeError
@@ -69,7 +70,7 @@ async def _round(
     nc = await connect(url)
     subs = [await nc.subscribe(s, cb=activity.on_event) for s in subjects.AGENT_EVENTS_SUBJECTS]
     subs.append(await nc.subscribe(subjects.job_results_wildcard(job_id), cb=activity.on_result))
-    await nc.flush()
+    await flush_barrier(nc)
 
     async def mid_map() -> bool:
         state = await client.status(job_id)

@@ -44,6 +44,7 @@ from nats.js.api import (
     StreamConfig,
 )
 
+from agentbus.bus.connect import flush_barrier
 from agentbus.contract.chunking import chunk_text
 from agentbus_summarize_worker.backends.simulated import lead_summary
 
@@ -180,7 +181,7 @@ async def rpc_responder(url: str) -> None:
         await msg.respond(json.dumps({"ok": True, "summary": summary}).encode())
 
     await nc.subscribe(RPC_SUBJECT, queue=RPC_QUEUE, cb=on_request)
-    await nc.flush()
+    await flush_barrier(nc)  # setup, not the measured path: "ready" must be true
     print("ready", flush=True)
     await asyncio.Event().wait()
 

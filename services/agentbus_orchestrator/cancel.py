@@ -29,6 +29,7 @@ from typing import Final
 
 from nats.aio.msg import Msg
 
+from agentbus.bus.connect import flush_barrier
 from agentbus.bus.core import Bus
 from agentbus.bus.documents import delete_documents
 from agentbus.contract import subjects
@@ -140,7 +141,7 @@ class Canceller:
         await self.bus.nc.publish(
             subjects.job_canceled(job_id), encode(note, sender=self.bus.agent_id)
         )
-        await self.bus.nc.flush()
+        await flush_barrier(self.bus.nc)
 
     async def _clean_up(self, state: JobState, *, reason: str) -> None:
         await self.collector.end_timer(state)

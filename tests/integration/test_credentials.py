@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY, generate_latest
 
-from agentbus.bus.connect import connect_nats
+from agentbus.bus.connect import connect_nats, flush_barrier
 from agentbus.bus.core import Bus
 from agentbus.bus.topology import provision
 from agentbus.client.api import AgentBusClient
@@ -152,7 +152,7 @@ async def test_nkey_seed_file(tmp_path: Path) -> None:
         nc = await connect_nats(cfg, name="nkey")
         try:
             sub = await nc.subscribe(f"{permissions.inbox_prefix('worker')}.x")
-            await nc.flush()
+            await flush_barrier(nc)
             admin = await connect_nats(
                 NatsSettings(url=server.url, user="admin", password=admin_password), name="a"
             )

@@ -21,6 +21,7 @@ import pytest
 from nats.aio.msg import Msg
 from sqlalchemy import text
 
+from agentbus.bus.connect import flush_barrier
 from agentbus.bus.core import Bus
 from agentbus.bus.topology import provision
 from agentbus.client.api import AgentBusClient
@@ -203,7 +204,7 @@ async def stack(
             result.replies.append(len(msg.data))
 
     await spy.subscribe("_INBOX.>", cb=seen)
-    await spy.flush()
+    await flush_barrier(spy)
     try:
         assert bus.nc.max_payload == MAX_PAYLOAD
         yield result

@@ -19,6 +19,7 @@ import nats.js.errors
 import pytest
 from nats.aio.client import Client as NatsClient
 
+from agentbus.bus.connect import flush_barrier
 from agentbus.bus.core import Bus
 from agentbus.bus.topology import provision
 from agentbus.client.api import AgentBusClient
@@ -166,7 +167,7 @@ def _js_publish(subject: str) -> Action:
 def _subscribe(subject: str, queue: str = "") -> Action:
     async def act(nc: NatsClient) -> object:
         sub = await nc.subscribe(subject, queue=queue)
-        await nc.flush()
+        await flush_barrier(nc)
         return await sub.next_msg(timeout=0.3)
 
     return act
@@ -325,7 +326,7 @@ async def test_every_user_is_confined_to_its_private_inbox(
     rec = await ViolationRecorder.connect(secure, user)
     try:
         own = await rec.nc.subscribe(f"{permissions.inbox_prefix(user)}.x")
-        await rec.nc.flush()
+        await flush_barrier(rec.nc)
         for other in permissions.ROLES:
             if other == user:
                 continue

@@ -48,6 +48,7 @@ import nats.js.errors
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from agentbus.bus.connect import flush_barrier
 from agentbus.bus.core import Bus
 from agentbus.contract import subjects
 from agentbus.contract.errors import MessageDecodeError
@@ -136,7 +137,7 @@ class CancelWatch:
         self._sub = await self.bus.nc.subscribe(
             subjects.JOBS_CANCELED_WILDCARD, cb=self._on_broadcast
         )
-        await self.bus.nc.flush()
+        await flush_barrier(self.bus.nc)
         self._listening()
 
     def _listening(self) -> int:

@@ -27,6 +27,7 @@ from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import EndpointConfig, EndpointStats, Service, ServiceConfig
 
+from agentbus.bus.connect import flush_barrier
 from agentbus.contract import subjects
 from agentbus.contract.errors import AgentBusError, MessageDecodeError
 from agentbus.contract.messages import SummarizeReply, SummarizeRequest, TaskAssign, decode, encode
@@ -145,7 +146,7 @@ class SkillEndpoint:
                 )
             )
             # the server knows the subscription before anyone is told the worker is up
-            await self.bus.nc.flush()
+            await flush_barrier(self.bus.nc)
         except (nats.errors.Error, ValueError) as e:
             raise AgentBusError(f"cannot serve {self.subject} ({WORKER_SERVICE}): {e}") from e
         self._serving = True
@@ -164,7 +165,7 @@ class SkillEndpoint:
             elif not on and subscribed:
                 await endpoint._stop()
         self._serving = on
-        await self.bus.nc.flush()
+        await flush_barrier(self.bus.nc)
         log.info("%s %s", "serving" if on else "stopped serving", self.subject)
 
     def _schedule(self, on: bool) -> None:

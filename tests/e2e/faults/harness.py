@@ -32,7 +32,6 @@ import nats
 import nats.errors
 import nats.js.errors
 import pytest
-from nats.aio.client import Client as NatsClient
 
 from agentbus.bus.core import Bus
 from agentbus.bus.deadletters import DeadLetter, list_dead_letters
@@ -383,14 +382,3 @@ async def until(cond: Callable[[], Awaitable[bool]], *, timeout_s: float, what: 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out ({timeout_s}s) waiting until {what}")
         await asyncio.sleep(0.1)
-
-
-async def flushed(nc: NatsClient) -> None:
-    """`nc.flush()` as the barrier it is meant to be. nats-py 2.16.0's `flush` writes its
-    PING straight to the socket while commands queued before it (a SUB, a PUB) wait for
-    the flusher task, so the PONG can come back before the server has seen them: a
-    subscription then misses what another connection publishes next (1 in 5-10 times
-    with the CPU loaded). The queued commands are written first here (a private
-    method: nats-py has no public way to wait for them)."""
-    await nc._flush_pending(force_flush=True)
-    await nc.flush()

@@ -19,11 +19,12 @@ import pytest
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, StreamConfig
 
+from agentbus.bus.connect import flush_barrier
 from agentbus.contract import subjects
 from agentbus.contract.messages import AgentEvent, EventKind, JobSubmit, TaskAssign, decode
 from agentbus.dev.embedded import EmbeddedNatsServer
 from agentbus.dev.stack import ServiceProcess
-from tests.e2e.faults.harness import Probe, flushed, holds, measure, report, until
+from tests.e2e.faults.harness import Probe, holds, measure, report, until
 from tests.e2e.faults.netproxy import PartitionProxy
 from tests.e2e.faults.processes import (
     add_service,
@@ -145,9 +146,9 @@ async def test_proxy_partition_is_a_black_hole_noticed_by_pings(
         )  # fmt: skip
         try:
             await watcher.subscribe("partition.>", cb=on_msg)
-            await flushed(watcher)
+            await flush_barrier(watcher)
             await cut.publish("partition.before", b"before")
-            await flushed(cut)
+            await flush_barrier(cut)
             try:
                 await until(holds(lambda: len(got) == 1), timeout_s=5, what="the first message")
             except AssertionError as e:
