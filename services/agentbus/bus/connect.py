@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import re
 import ssl
+import time
 from pathlib import Path
 from typing import Any, Final
 
@@ -240,13 +242,25 @@ async def flush_barrier(nc: NatsClient, *, timeout_s: float = FLUSH_TIMEOUT_S) -
     before the server has seen a new SUB, and the first message another connection
     publishes to it is lost (11 of 200 subscriptions on a quiet machine; see
     tests/integration/test_flush_barrier.py). The queued commands are written first here,
-    through nats-py's private `_flush_pending`: there is no public way to wait for them.
-    Without that method (another nats-py), this is a plain flush; the test would say so.
-    Raises `nats.errors.FlushTimeoutError` after `timeout_s`, or what `flush` raises."""
-    pending = getattr(nc, "_flush_pending", None)
-    if pending is not None and nc.is_connected:
+    through nats-py's private `_flush_pending`: there is no public way to wait for them
+    (a test pins that it still exists and still takes `force_flush`).
+
+    Raises `nats.errors.FlushTimeoutError` once `timeout_s` is over (the whole call), or
+    what `flush` raises. The queued-commands wait runs as its own task: nats-py's
+    `_flush_pending` swallows its cancellation, so `asyncio.wait_for` could not time it
+    out (nor, on Python 3.12, let the caller be cancelled meanwhile)."""
+    deadline = time.monotonic() + timeout_s
+    if nc.is_connected:
+        written = asyncio.ensure_future(nc._flush_pending(force_flush=True))
         try:
-            await asyncio.wait_for(pending(force_flush=True), timeout_s)
-        except TimeoutError as e:  # the flusher is gone (a reconnect started meanwhile)
-            raise nats.errors.FlushTimeoutError from e
-    await nc.flush(timeout=max(int(timeout_s), 1))
+            await asyncio.wait({written}, timeout=timeout_s)
+        finally:
+            if not written.done():
+                written.cancel()
+        if not written.done() or written.cancelled():
+            raise nats.errors.FlushTimeoutError
+        written.result()
+    left_s = deadline - time.monotonic()
+    if left_s <= 0:
+        raise nats.errors.FlushTimeoutError
+    await nc.flush(timeout=max(math.ceil(left_s), 1))

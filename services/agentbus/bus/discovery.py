@@ -21,7 +21,6 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from pydantic import ValidationError
 
-from agentbus.bus.connect import flush_barrier
 from agentbus.contract.errors import AgentBusError
 from agentbus.contract.subjects import WORKER_SERVICE, srv_subject
 from agentbus.contract.workers import WorkerInfo, WorkerStats
@@ -92,7 +91,7 @@ async def list_workers(
         raise AgentBusError(f"cannot subscribe to {inbox}: {e}") from e
     try:
         await nc.publish(srv_subject("STATS", WORKER_SERVICE), b"", reply=inbox)
-        await flush_barrier(nc)
+        await nc.flush()
         deadline = time.monotonic() + timeout_s
         while True:
             if expected is not None and len(found) >= expected:
