@@ -43,6 +43,8 @@ __all__ = ["app", "main"]
 
 DEFAULT_DATA_DIR: Final = Path(".agentbus")
 HISTORY_DATA_CHARS: Final = 60
+_FOLLOW_POLL_S: Final = 0.5
+"""How often `events --follow` looks whether it should stop (Ctrl-C, --limit)."""
 """An event's data in the `history` table (`--json` has all of it)."""
 EXIT_ERROR: Final = 1
 EXIT_USAGE: Final = 2
@@ -722,7 +724,7 @@ def events(
     server: ServerOpt = None,
 ) -> None:
     """Print agent events (the `agent.>` wildcard); `--follow` tails them live."""
-    from nats.aio.msg import Msg
+    import nats.errors
     from nats.js.api import ConsumerConfig, DeliverPolicy
 
     from agentbus.bus.connect import connect_nats
@@ -754,41 +756,44 @@ def events(
             if limit is not None and seen >= limit:
                 done.set()
 
-        async def live(msg: Msg) -> None:
-            for item in unpack(msg.data):
-                show(item)
-
         try:
             info = await js.stream_info(subjects.AGENT_EVENTS_STREAM)
             last_seq = info.state.last_seq
-            if last and last_seq:
-                # a message may hold several events: the last `last` messages hold at
-                # least `last` events, of which the newest `last` are shown
-                start = max(info.state.first_seq, last_seq - last + 1)
-                sub = await js.subscribe(
-                    subjects.AGENT_WILDCARD,
-                    ordered_consumer=True,
-                    config=ConsumerConfig(
-                        deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start
-                    ),
-                )
-                stored: list[AgentEvent | str] = []
-                while True:
-                    msg = await sub.next_msg(timeout=5)
-                    stored.extend(unpack(msg.data))
-                    if msg.metadata.sequence.stream >= last_seq:
-                        break
-                await sub.unsubscribe()
-                for item in stored[-last:]:
-                    show(item)
+            # a message may hold several events: the last `last` messages hold at least
+            # `last` events, of which the newest `last` are shown
+            replay = bool(last and last_seq)
+            start = max(info.state.first_seq, last_seq - last + 1) if replay else last_seq + 1
+            if not (replay or follow):
+                return
+            # One ordered consumer reads the stored events and then follows the live ones
+            # from the next sequence on: nothing is lost or shown twice in between (a core
+            # subscription made after the replay missed what came meanwhile).
+            sub = await js.subscribe(
+                subjects.AGENT_WILDCARD,
+                ordered_consumer=True,
+                config=ConsumerConfig(
+                    deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start
+                ),
+            )
+            stored: list[AgentEvent | str] = []
+            while replay:
+                msg = await sub.next_msg(timeout=5)
+                stored.extend(unpack(msg.data))
+                if msg.metadata.sequence.stream >= last_seq:
+                    break
+            for item in stored[-last:]:
+                show(item)
             if follow and not done.is_set():
-                # a core subscription sees every event as it is published
-                await nc.subscribe("agent.*.events", cb=live)
-                await nc.subscribe("agent.*.results", cb=live)
                 loop = asyncio.get_running_loop()
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     loop.add_signal_handler(sig, done.set)
-                await done.wait()
+                while not done.is_set():
+                    try:
+                        msg = await sub.next_msg(timeout=_FOLLOW_POLL_S)
+                    except nats.errors.TimeoutError:
+                        continue
+                    for item in unpack(msg.data):
+                        show(item)
         finally:
             await nc.close()
 
