@@ -446,10 +446,17 @@ async def _poll_gateway(
     """Until cancelled: the newest job's state and, once it is finished, its SSE stream
     (which replays and ends) through the gateway's REST API, a few times a second."""
     headers = {"Authorization": f"Bearer {key}"}
+    recorded: set[str] = set()
     while True:
         if ids:
             async with http.get(f"{base_url}/v1/jobs/{ids[-1]}", headers=headers) as r:
+                if r.status == 404 and ids[-1] not in recorded:
+                    # submitted through NATS, not this gateway: 404 until an orchestrator
+                    # has taken it in (a job once seen must never be missing again)
+                    await asyncio.sleep(0.05)
+                    continue
                 assert r.status == 200, await r.text()
+                recorded.add(ids[-1])
                 finished = (await r.json())["status"] in ("completed", "failed")
             if finished:
                 stream = f"{base_url}/v1/jobs/{ids[-1]}/stream"

@@ -27,7 +27,7 @@ import pytest
 from agentbus.client.api import AgentBusClient
 from agentbus.contract.messages import EventKind, JobStatus
 from tests.documents import make_document
-from tests.e2e.upstack import AGENTBUS, agentbus_up, pid_alive
+from tests.e2e.upstack import AGENTBUS, agentbus_up, pid_alive, wait_until_up
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -188,7 +188,7 @@ def test_a_signal_stops_everything_even_while_a_child_waits_to_restart(
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
-        wait_for(lambda: (data_dir / "stack.json").exists(), what="stack up")
+        wait_until_up(up, data_dir / "stack.json", timeout_s=WAIT_S)
         everything = descendants(up.pid)
         assert len(everything) == 5  # nats-server, archiver, orchestrator, worker, gateway
         os.kill(services(data_dir)["worker-1"]["pid"], signal.SIGKILL)
@@ -202,6 +202,8 @@ def test_a_signal_stops_everything_even_while_a_child_waits_to_restart(
         if up.poll() is None:
             up.kill()
             up.communicate()
+        if up.stdout is not None:
+            up.stdout.close()  # also when it exited by itself (a failed start)
     assert up.returncode == 0, out
     assert "stopped" in out
     assert not (data_dir / "stack.json").exists()

@@ -40,6 +40,18 @@ class UpStack:
     output: str = ""
 
 
+def wait_until_up(up: subprocess.Popen[str], state_file: Path, *, timeout_s: float) -> None:
+    """Until `agentbus up` (`up`, its output piped) has written `state_file`; fails with
+    what it printed as soon as it exits instead (a child that died at start-up)."""
+    deadline = time.monotonic() + timeout_s
+    while not state_file.exists():
+        if up.poll() is not None:
+            out = up.stdout.read() if up.stdout else ""
+            raise AssertionError(f"agentbus up exited {up.returncode} at start-up:\n{out}")
+        assert time.monotonic() < deadline, f"stack not up within {timeout_s}s"
+        time.sleep(0.1)
+
+
 @contextlib.contextmanager
 def agentbus_up(
     tmp_path: Path, *args: str, start_timeout_s: float = 60.0, env: dict[str, str] | None = None
@@ -58,11 +70,7 @@ def agentbus_up(
     stack: UpStack | None = None
     try:
         state_file = data_dir / "stack.json"
-        deadline = time.monotonic() + start_timeout_s
-        while not state_file.exists():
-            assert up.poll() is None, up.stdout.read() if up.stdout else ""
-            assert time.monotonic() < deadline, f"stack not up within {start_timeout_s}s"
-            time.sleep(0.1)
+        wait_until_up(up, state_file, timeout_s=start_timeout_s)
         state = json.loads(state_file.read_text())
         pids: Sequence[int] = [s["pid"] for s in state["services"]]
         stack = UpStack(url=state["nats_url"], pids=list(pids), data_dir=data_dir, process=up)
