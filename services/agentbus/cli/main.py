@@ -43,9 +43,11 @@ __all__ = ["app", "main"]
 
 DEFAULT_DATA_DIR: Final = Path(".agentbus")
 HISTORY_DATA_CHARS: Final = 60
+"""An event's data in the `history` table (`--json` has all of it)."""
+_STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""What stops `agentbus up` and everything it started (SIGHUP: its terminal closed)."""
 _FOLLOW_POLL_S: Final = 0.5
 """How often `events --follow` looks whether it should stop (Ctrl-C, --limit)."""
-"""An event's data in the `history` table (`--json` has all of it)."""
 EXIT_ERROR: Final = 1
 EXIT_USAGE: Final = 2
 
@@ -319,44 +321,54 @@ def up(
     def on_signal(_sig: int, _frame: object) -> None:
         stop["now"] = True
 
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    for sig in _STOP_SIGNALS:
+        if sig is signal.SIGHUP and signal.getsignal(sig) is signal.SIG_IGN:
+            continue  # started under nohup: a closed terminal is meant to stop nothing
+        signal.signal(sig, on_signal)
     stack = _start_stack(
         workers, nats_url, data_dir, orchestrators=orchestrators, gateway=not no_gateway,
         gateway_port=gateway_port, env=env,
     )  # fmt: skip
-    out.print(f"NATS      {stack.nats_url}", highlight=False)
-    if env:
-        backend = env["AGENTBUS_SUMMARIZER__BACKEND"]
-        where = env.get("AGENTBUS_SUMMARIZER__OPENAI_BASE_URL", "")
-        out.print(f"summarizer {backend} {where}".rstrip(), highlight=False)
-    for p in stack.processes:
-        out.print(f"{p.agent_id:16} pid {p.pid}  {p.url}/metrics", highlight=False)
-    if stack.gateway_url is not None:
-        out.print(f"gateway   {stack.gateway_url}/  (web console, REST /v1, /openapi.json)",
-                  highlight=False)  # fmt: skip
-        if stack.gateway_key is not None:
-            keys = stack.data_dir / "gateway-keys.json"
-            out.print(f"API key   {stack.gateway_key}  (operate; in {keys})", highlight=False)
-    out.print(
-        f"logs in {stack.data_dir / 'logs'}; submit with `agentbus submit FILE`; Ctrl-C stops"
-    )
-    sys.stdout.flush()
 
     def report(message: str) -> None:
         err.print(
             f"{time.strftime('%H:%M:%S')} {message}", highlight=False, markup=False, soft_wrap=True
         )
 
+    # From here on whatever happens stops the stack. Output to a closed pipe or terminal
+    # included: rich then ends the command (SystemExit(1), its output sent to /dev/null).
     try:
+        _print_stack(stack, env)
         # a drained child stays stopped, a crashed one is restarted with backoff
         StackSupervisor(stack, report=report).run(should_stop=lambda: stop["now"])
     finally:
-        out.print("stopping ...")
         running = {p.agent_id for p in stack.processes if p.alive()}
-        codes = stack.stop()
-        bad = {k: v for k, v in codes.items() if k in running and v not in (0, None)}
-        out.print("stopped" + (f" (non-zero exits: {bad})" if bad else ""))
+        try:
+            out.print("stopping ...")
+        finally:
+            codes = stack.stop()
+            bad = {k: v for k, v in codes.items() if k in running and v not in (0, None)}
+            out.print("stopped" + (f" (non-zero exits: {bad})" if bad else ""))
+
+
+def _print_stack(stack: Stack, env: dict[str, str]) -> None:
+    def say(message: str) -> None:
+        out.print(message, highlight=False)
+
+    say(f"NATS      {stack.nats_url}")
+    if env:
+        backend = env["AGENTBUS_SUMMARIZER__BACKEND"]
+        where = env.get("AGENTBUS_SUMMARIZER__OPENAI_BASE_URL", "")
+        say(f"summarizer {backend} {where}".rstrip())
+    for p in stack.processes:
+        say(f"{p.agent_id:16} pid {p.pid}  {p.url}/metrics")
+    if stack.gateway_url is not None:
+        say(f"gateway   {stack.gateway_url}/  (web console, REST /v1, /openapi.json)")
+        if stack.gateway_key is not None:
+            keys = stack.data_dir / "gateway-keys.json"
+            say(f"API key   {stack.gateway_key}  (operate; in {keys})")
+    say(f"logs in {stack.data_dir / 'logs'}; submit with `agentbus submit FILE`; Ctrl-C stops")
+    sys.stdout.flush()
 
 
 # --- client commands -----------------------------------------------------------------

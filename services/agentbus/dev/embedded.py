@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import re
 import shutil
@@ -24,11 +25,21 @@ from typing import Final, Self
 from agentbus.contract.errors import NatsServerError
 from agentbus.contract.settings import NATS_SERVER_BIN_ENV
 
-__all__ = ["EmbeddedNatsServer", "find_nats_server"]
+__all__ = ["EmbeddedNatsServer", "die_with_parent", "find_nats_server"]
 
 _LISTEN_RE: Final = re.compile(r"Listening for client connections on (\S+):(\d+)")
 _READY_MARK: Final = "Server is ready"
 _LOG_LINES_KEPT: Final = 200
+_PR_SET_PDEATHSIG: Final = 1
+
+
+def die_with_parent() -> None:
+    """Child pre-exec: get SIGTERM when the process that started it dies (`agentbus up`
+    SIGKILLed, its terminal closed), so nothing it started is left running. Linux only
+    (prctl); elsewhere a no-op."""
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def find_nats_server() -> str:
@@ -62,7 +73,10 @@ class EmbeddedNatsServer:
         extra_args: Sequence[str] = (),
         server_name: str | None = None,
         startup_timeout_s: float = 15.0,
+        with_parent: bool = False,
     ) -> None:
+        """`with_parent`: the server gets SIGTERM when the thread that started it ends
+        (`die_with_parent`): for `agentbus up`, whose server must not outlive it."""
         self.store_dir = store_dir
         self.port = port
         self.host = host
@@ -71,6 +85,7 @@ class EmbeddedNatsServer:
         self.extra_args = list(extra_args)
         self.server_name = server_name
         self.startup_timeout_s = startup_timeout_s
+        self.with_parent = with_parent
         self._proc: subprocess.Popen[str] | None = None
         self._log: list[str] = []
         self._reader: threading.Thread | None = None
@@ -132,6 +147,7 @@ class EmbeddedNatsServer:
                 text=True,
                 # Ctrl-C in a terminal goes to `agentbus up` alone, which then stops us in order
                 start_new_session=True,
+                preexec_fn=die_with_parent if self.with_parent else None,
             )
         except OSError as e:
             raise NatsServerError(f"cannot start nats-server: {e}") from e

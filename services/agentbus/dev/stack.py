@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import enum
 import json
 import os
@@ -35,14 +34,16 @@ from agentbus.bus.connect import connect_nats
 from agentbus.bus.topology import provision
 from agentbus.contract.errors import StackError
 from agentbus.contract.settings import GatewaySettings, NatsSettings, load_settings
-from agentbus.dev.embedded import EmbeddedNatsServer
+from agentbus.dev.embedded import EmbeddedNatsServer, die_with_parent
 
 __all__ = ["STATE_FILE", "ProcessState", "ServiceProcess", "Stack", "StackError", "free_port"]
 
 STATE_FILE: Final = "stack.json"
 GATEWAY_KEYS_FILE: Final = "gateway-keys.json"
 TENANTS_ENV: Final = "AGENTBUS_TENANTS__CONFIGURED"
-_PR_SET_PDEATHSIG: Final = 1
+_PORT_TAKEN: Final = "address already in use"
+_PORT_TRIES: Final = 3
+"""Starts of one child on another free port when the last one's port was taken first."""
 
 
 class ProcessState(enum.StrEnum):
@@ -72,13 +73,6 @@ def _default_or_free_port() -> int:
     return default
 
 
-def _die_with_parent() -> None:
-    """Child pre-exec: get SIGTERM if `agentbus up` itself dies, so nothing is left running."""
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
 @dataclass
 class ServiceProcess:
     role: str
@@ -92,6 +86,8 @@ class ServiceProcess:
     started_at_s: float = 0.0  # time.monotonic() of the last start
     restarts: int = 0
     exit_code: int | None = None  # of the last exit, if it has exited
+    port_tries: int = 0  # starts on another port at start-up (its port was taken first)
+    log_offset: int = 0  # where its last start's output begins in `log_path`
 
     @property
     def pid(self) -> int | None:
@@ -104,6 +100,7 @@ class ServiceProcess:
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
+        self.log_offset = log.tell()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "agentbus", self.role, *self.extra_args],
             env=self.env,
@@ -111,11 +108,17 @@ class ServiceProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         log.close()
         self.started_at_s = time.monotonic()
         self.state = ProcessState.STARTING
+
+    def last_output(self, *, max_chars: int = 2000) -> str:
+        """The end of what its last start wrote to its log."""
+        with self.log_path.open("rb") as f:
+            f.seek(self.log_offset)
+            return f.read().decode(errors="replace")[-max_chars:]
 
     def ready(self) -> bool:
         try:
@@ -181,6 +184,7 @@ class Stack:
         self._worker_seq = 0
         self.gateway = gateway
         self.gateway_port = gateway_port
+        self._gateway_port_given = gateway_port is not None
         self.gateway_key: str | None = None
         """The operate key the stack made (None when the keys file came from the env)."""
 
@@ -217,7 +221,9 @@ class Stack:
     def start(self) -> Self:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self.external_url is None:
-            self.server = EmbeddedNatsServer(store_dir=self.data_dir / "jetstream").start()
+            self.server = EmbeddedNatsServer(
+                store_dir=self.data_dir / "jetstream", with_parent=True
+            ).start()
             self.nats_url = self.server.url
         try:
             asyncio.run(self._provision())
@@ -302,7 +308,9 @@ class Stack:
         while pending:
             for p in list(pending):
                 if not p.alive():
-                    tail = p.log_path.read_text(errors="replace")[-2000:]
+                    tail = p.last_output()
+                    if self._on_another_port(p, tail):
+                        continue
                     raise StackError(f"{p.agent_id} exited at start-up:\n{tail}")
                 if p.ready():
                     p.state = ProcessState.RUNNING
@@ -312,6 +320,24 @@ class Stack:
                 raise StackError(f"not ready within {self.ready_timeout_s}s: {names}")
             if pending:
                 time.sleep(0.1)
+
+    def _on_another_port(self, p: ServiceProcess, tail: str) -> bool:
+        """Start `p` again on other free ports if it died at start-up because one of its
+        ports was taken: the stack picks a free port and the child binds it a moment
+        later, so another process (a second stack, a test) can take it in between.
+        Not a port the user chose (the gateway's `--gateway-port`): that is an error."""
+        if _PORT_TAKEN not in tail.lower() or p.port_tries >= _PORT_TRIES:
+            return False
+        if p.role == "gateway" and self._gateway_port_given:
+            return False
+        p.port_tries += 1
+        p.http_port = free_port()
+        p.env["AGENTBUS_HTTP__PORT"] = str(p.http_port)
+        if p.role == "gateway":
+            self.gateway_port = free_port()
+            p.env["AGENTBUS_GATEWAY__PORT"] = str(self.gateway_port)
+        p.start()
+        return True
 
     def write_state(self) -> None:
         """Write `stack.json` (atomically: readers poll it). Every service keeps its entry;
