@@ -149,21 +149,22 @@ def test_a_worker_that_crashes_at_every_start_is_given_up_on(tmp_path: Path) -> 
     with agentbus_up(tmp_path, "--workers", "2") as stack:
         pids = {name: s["pid"] for name, s in services(stack.data_dir).items()}
         everything = descendants(stack.process.pid)
-        port = urlparse(services(stack.data_dir)["worker-2"]["http"]).port
-        assert port is not None
-        with socket.socket() as squatter:
-            # worker-2's HTTP port taken while it is down: every restart exits 1 at once
-            os.kill(pids["worker-2"], signal.SIGKILL)
-            wait_for(lambda: not pid_alive(pids["worker-2"]), what="worker-2 killed")
-            squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            squatter.bind(("127.0.0.1", port))
-            squatter.listen()
-            wait_for(
-                lambda: services(stack.data_dir)["worker-2"]["state"] == "failed",
-                what="worker-2 given up on",
-            )
+        killed: list[int] = []
+
+        def kill_each_start() -> bool:
+            """worker-2 SIGKILLed as soon as each start of it shows: a crash loop."""
+            w2 = services(stack.data_dir)["worker-2"]
+            if w2["state"] == "failed":
+                return True
+            if w2["pid"] not in killed and w2["state"] in ("starting", "running"):
+                killed.append(w2["pid"])
+                everything.append(w2["pid"])
+                os.kill(w2["pid"], signal.SIGKILL)
+            return False
+
+        wait_for(kill_each_start, what="worker-2 given up on")
         w2 = services(stack.data_dir)["worker-2"]
-        assert (w2["restarts"], w2["exit_code"]) == (4, 1)
+        assert (w2["restarts"], w2["exit_code"], len(killed)) == (4, -signal.SIGKILL, 5)
         assert not pid_alive(w2["pid"])
         time.sleep(2)  # given up means no more starts
         assert services(stack.data_dir)["worker-2"]["restarts"] == 4
@@ -172,10 +173,35 @@ def test_a_worker_that_crashes_at_every_start_is_given_up_on(tmp_path: Path) -> 
     for delay_s in (1, 2, 4, 8):
         assert f"restarting in {delay_s}s" in stack.output
     assert (
-        "worker-2 crashed 5 times within 60s (last: exit code 1); giving up on it, "
+        "worker-2 crashed 5 times within 60s (last: killed by SIGKILL); giving up on it, "
         "the rest keep running" in stack.output
     )
     assert [pid for pid in everything if pid_alive(pid)] == []
+
+
+def test_a_worker_whose_port_was_taken_while_it_was_down_restarts_on_another(
+    tmp_path: Path,
+) -> None:
+    with agentbus_up(tmp_path, "--workers", "2") as stack:
+        pids = {name: s["pid"] for name, s in services(stack.data_dir).items()}
+        port = urlparse(services(stack.data_dir)["worker-2"]["http"]).port
+        assert port is not None
+        with socket.socket() as squatter:
+            os.kill(pids["worker-2"], signal.SIGKILL)
+            wait_for(lambda: not pid_alive(pids["worker-2"]), what="worker-2 killed")
+            squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            squatter.bind(("127.0.0.1", port))
+            squatter.listen()
+
+            def serving_elsewhere() -> bool:
+                w2 = services(stack.data_dir)["worker-2"]
+                return bool(w2["state"] == "running" and urlparse(w2["http"]).port != port)
+
+            wait_for(serving_elsewhere, what="worker-2 serving on another port")
+        w2 = services(stack.data_dir)["worker-2"]
+        assert pid_alive(w2["pid"]) and ready(w2["http"])
+        assert_serving(stack.data_dir, ["archiver-1", "orchestrator-1", "worker-1"], pids)
+    assert "worker-2: a port of its was taken; it restarts on another" in stack.output
 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])

@@ -4,6 +4,7 @@ gateway's default 8080 included), while a port the user chose stays an error."""
 
 from __future__ import annotations
 
+import json
 import socket
 import urllib.request
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ import pytest
 from agentbus.contract.errors import StackError
 from agentbus.dev import stack as stack_module
 from agentbus.dev.embedded import EmbeddedNatsServer
-from agentbus.dev.stack import Stack
+from agentbus.dev.stack import STATE_FILE, Stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -52,6 +53,34 @@ def test_a_child_whose_port_was_taken_first_starts_on_another(
         # what the first try said is in the log; the state file names the ports in use
         assert "address already in use" in archiver.log_path.read_text().lower()
         assert "address already in use" not in archiver.last_output().lower()
+        state = json.loads((tmp_path / "stack" / STATE_FILE).read_text())
+        assert state["gateway_url"] == stack.gateway_url
+        assert {s["agent_id"]: s["http"] for s in state["services"]}["archiver-1"] == archiver.url
+    finally:
+        stack.stop()
+
+
+def test_a_taken_health_port_moves_even_when_the_gateway_port_was_chosen(
+    tmp_path: Path,
+    nats_server: EmbeddedNatsServer,
+    taken_port: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Only the port that was taken moves: the gateway's own health port here, while
+    the gateway port the user gave stays."""
+    picked = iter([0, 0, taken_port])  # archiver, orchestrator, then the gateway's health
+    free = stack_module.free_port
+    monkeypatch.setattr(stack_module, "free_port", lambda: next(picked, 0) or free())
+    chosen = free()
+    stack = Stack(
+        data_dir=tmp_path / "stack", workers=0, nats_url=nats_server.url, gateway=True,
+        gateway_port=chosen,
+    )  # fmt: skip
+    stack.start()
+    try:
+        gateway = stack.processes[-1]
+        assert (gateway.port_tries, stack.gateway_port) == (1, chosen)
+        assert gateway.http_port != taken_port and gateway.ready()
     finally:
         stack.stop()
 

@@ -258,3 +258,34 @@ def test_the_loop_gives_up_on_a_crash_loop_and_says_so(tmp_path: Path) -> None:
     assert "the rest keep running" in lines[-1]
     assert state_file(tmp_path)["worker-1"]["state"] == "failed"
     assert state(w2) is ProcessState.RUNNING
+
+
+def test_a_child_that_crashed_because_its_port_was_taken_restarts_on_another(
+    tmp_path: Path,
+) -> None:
+    """Its port freed by the crash, another process took it: the restart gets a new one
+    (else every restart would crash the same way until the child is given up on)."""
+    clock, lines = Clock(), list[str]()
+    stack = fake_stack(tmp_path, 1)
+    (w1,) = stack.processes
+    assert isinstance(w1, FakeProcess)
+    w1.http_port = 40001
+    w1.env["AGENTBUS_HTTP__PORT"] = "40001"
+    w1.log_path.write_text(
+        "error while attempting to bind on address ('127.0.0.1', 40001): address already in use\n"
+    )
+    sup = StackSupervisor(stack, report=lines.append, clock=clock)
+    w1.exit_with = 1
+    sup.tick()
+    assert state(w1) is ProcessState.RESTARTING
+    assert w1.http_port != 40001 and w1.env["AGENTBUS_HTTP__PORT"] == str(w1.http_port)
+    assert lines[-2:][0] == "worker-1: a port of its was taken; it restarts on another"
+    assert state_file(tmp_path)["worker-1"]["http"] == f"http://127.0.0.1:{w1.http_port}"
+    # a crash for another reason keeps the port
+    clock.now_s = 5.0
+    sup.tick()
+    w1.log_path.write_text("Traceback: something else\n")
+    port = w1.http_port
+    w1.exit_with = 1
+    sup.tick()
+    assert state(w1) is ProcessState.RESTARTING and w1.http_port == port

@@ -48,6 +48,8 @@ _STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 """What stops `agentbus up` and everything it started (SIGHUP: its terminal closed)."""
 _FOLLOW_POLL_S: Final = 0.5
 """How often `events --follow` looks whether it should stop (Ctrl-C, --limit)."""
+_REPLAY_WAIT_S: Final = 5.0
+"""How long `events` waits for the next stored event before taking it as gone."""
 EXIT_ERROR: Final = 1
 EXIT_USAGE: Final = 2
 
@@ -737,6 +739,7 @@ def events(
 ) -> None:
     """Print agent events (the `agent.>` wildcard); `--follow` tails them live."""
     import nats.errors
+    from nats.aio.msg import Msg
     from nats.js.api import ConsumerConfig, DeliverPolicy
 
     from agentbus.bus.connect import connect_nats
@@ -772,8 +775,9 @@ def events(
             info = await js.stream_info(subjects.AGENT_EVENTS_STREAM)
             last_seq = info.state.last_seq
             # a message may hold several events: the last `last` messages hold at least
-            # `last` events, of which the newest `last` are shown
-            replay = bool(last and last_seq)
+            # `last` events, of which the newest `last` are shown (none if the stream has
+            # been purged or has expired: then its last_seq is past its messages)
+            replay = bool(last and info.state.messages)
             start = max(info.state.first_seq, last_seq - last + 1) if replay else last_seq + 1
             if not (replay or follow):
                 return
@@ -787,12 +791,27 @@ def events(
                     deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start
                 ),
             )
+            # nats-py recreates an ordered consumer that missed its heartbeats (a server
+            # restart) from the last sequence it delivered: from the stream's start if it
+            # delivered none yet. What comes again is skipped, by stream sequence.
+            next_seq = start
+
+            def fresh(msg: Msg) -> bool:
+                nonlocal next_seq
+                seq = msg.metadata.sequence.stream
+                if seq < next_seq:
+                    return False
+                next_seq = seq + 1
+                return True
+
             stored: list[AgentEvent | str] = []
-            while replay:
-                msg = await sub.next_msg(timeout=5)
-                stored.extend(unpack(msg.data))
-                if msg.metadata.sequence.stream >= last_seq:
-                    break
+            while replay and next_seq <= last_seq:
+                try:
+                    msg = await sub.next_msg(timeout=_REPLAY_WAIT_S)
+                except nats.errors.TimeoutError:
+                    break  # what was stored is gone (limits, a purge meanwhile)
+                if fresh(msg):
+                    stored.extend(unpack(msg.data))
             for item in stored[-last:]:
                 show(item)
             if follow and not done.is_set():
@@ -804,8 +823,9 @@ def events(
                         msg = await sub.next_msg(timeout=_FOLLOW_POLL_S)
                     except nats.errors.TimeoutError:
                         continue
-                    for item in unpack(msg.data):
-                        show(item)
+                    if fresh(msg):
+                        for item in unpack(msg.data):
+                            show(item)
         finally:
             await nc.close()
 

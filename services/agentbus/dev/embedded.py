@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Final, Self
 
@@ -33,13 +33,34 @@ _LOG_LINES_KEPT: Final = 200
 _PR_SET_PDEATHSIG: Final = 1
 
 
-def die_with_parent() -> None:
-    """Child pre-exec: get SIGTERM when the process that started it dies (`agentbus up`
-    SIGKILLed, its terminal closed), so nothing it started is left running. Linux only
-    (prctl); elsewhere a no-op."""
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+def _prctl() -> Callable[..., int] | None:
+    try:
+        prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
+        return prctl
+    except (OSError, AttributeError):  # not Linux
+        return None
+
+
+_PRCTL: Final = _prctl()
+"""Looked up once, here: loading a library in a forked child can deadlock."""
+
+
+def die_with_parent() -> Callable[[], None]:
+    """A child pre-exec that gives the child SIGTERM when the process starting it (this
+    one) dies: `agentbus up` SIGKILLed, its terminal closed. Nothing it started is left
+    running. Linux only (prctl); elsewhere a no-op. The kernel ties this to the *thread*
+    that starts the child: start it from one that lives as long as the process (the main
+    thread, or an executor's, which live until its loop closes)."""
+    parent = os.getpid()
+
+    def pre_exec() -> None:
+        if _PRCTL is None:
+            return
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent died before the line above
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return pre_exec
 
 
 def find_nats_server() -> str:
@@ -147,7 +168,7 @@ class EmbeddedNatsServer:
                 text=True,
                 # Ctrl-C in a terminal goes to `agentbus up` alone, which then stops us in order
                 start_new_session=True,
-                preexec_fn=die_with_parent if self.with_parent else None,
+                preexec_fn=die_with_parent() if self.with_parent else None,
             )
         except OSError as e:
             raise NatsServerError(f"cannot start nats-server: {e}") from e

@@ -17,6 +17,7 @@ import contextlib
 import enum
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -41,7 +42,10 @@ __all__ = ["STATE_FILE", "ProcessState", "ServiceProcess", "Stack", "StackError"
 STATE_FILE: Final = "stack.json"
 GATEWAY_KEYS_FILE: Final = "gateway-keys.json"
 TENANTS_ENV: Final = "AGENTBUS_TENANTS__CONFIGURED"
-_PORT_TAKEN: Final = "address already in use"
+_TAKEN_PORT_RE: Final = re.compile(
+    r"bind on address \('[^']*', (\d+)\): address already in use", re.IGNORECASE
+)
+"""How asyncio (aiohttp) says a port was taken, in a child's output."""
 _PORT_TRIES: Final = 3
 """Starts of one child on another free port when the last one's port was taken first."""
 
@@ -108,17 +112,20 @@ class ServiceProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=die_with_parent,
+            preexec_fn=die_with_parent(),
         )
         log.close()
         self.started_at_s = time.monotonic()
         self.state = ProcessState.STARTING
 
     def last_output(self, *, max_chars: int = 2000) -> str:
-        """The end of what its last start wrote to its log."""
-        with self.log_path.open("rb") as f:
-            f.seek(self.log_offset)
-            return f.read().decode(errors="replace")[-max_chars:]
+        """The end of what its last start wrote to its log ("" without a log)."""
+        try:
+            with self.log_path.open("rb") as f:
+                f.seek(self.log_offset)
+                return f.read().decode(errors="replace")[-max_chars:]
+        except OSError:
+            return ""
 
     def ready(self) -> bool:
         try:
@@ -309,7 +316,9 @@ class Stack:
             for p in list(pending):
                 if not p.alive():
                     tail = p.last_output()
-                    if self._on_another_port(p, tail):
+                    if p.port_tries < _PORT_TRIES and self.move_taken_port(p, tail):
+                        p.port_tries += 1
+                        p.start()
                         continue
                     raise StackError(f"{p.agent_id} exited at start-up:\n{tail}")
                 if p.ready():
@@ -321,23 +330,25 @@ class Stack:
             if pending:
                 time.sleep(0.1)
 
-    def _on_another_port(self, p: ServiceProcess, tail: str) -> bool:
-        """Start `p` again on other free ports if it died at start-up because one of its
-        ports was taken: the stack picks a free port and the child binds it a moment
-        later, so another process (a second stack, a test) can take it in between.
-        Not a port the user chose (the gateway's `--gateway-port`): that is an error."""
-        if _PORT_TAKEN not in tail.lower() or p.port_tries >= _PORT_TRIES:
+    def move_taken_port(self, p: ServiceProcess, output: str) -> bool:
+        """Give `p` another free port for the one its `output` says was taken (True), so
+        that its next start can bind. The stack picks free ports and the children bind
+        them a moment later: another process (a second stack, a test) can be faster.
+        False when its output names no taken port, or one the user chose (the gateway's
+        `--gateway-port`), or one that is not its own: those are errors to report."""
+        found = _TAKEN_PORT_RE.findall(output)
+        if not found:
             return False
-        if p.role == "gateway" and self._gateway_port_given:
-            return False
-        p.port_tries += 1
-        p.http_port = free_port()
-        p.env["AGENTBUS_HTTP__PORT"] = str(p.http_port)
-        if p.role == "gateway":
+        taken = int(found[-1])
+        if taken == p.http_port:
+            p.http_port = free_port()
+            p.env["AGENTBUS_HTTP__PORT"] = str(p.http_port)
+            return True
+        if p.role == "gateway" and taken == self.gateway_port and not self._gateway_port_given:
             self.gateway_port = free_port()
             p.env["AGENTBUS_GATEWAY__PORT"] = str(self.gateway_port)
-        p.start()
-        return True
+            return True
+        return False
 
     def write_state(self) -> None:
         """Write `stack.json` (atomically: readers poll it). Every service keeps its entry;

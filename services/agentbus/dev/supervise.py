@@ -193,6 +193,8 @@ class StackSupervisor:
                 self._report("no worker left running: new tasks wait until one runs")
         elif decision.action is Action.RESTART:
             p.state = ProcessState.RESTARTING
+            if self.stack.move_taken_port(p, p.last_output()):
+                self._report(f"{p.agent_id}: a port of its was taken; it restarts on another")
             self._restart_at_s[p.agent_id] = now + decision.delay_s
             self._report(
                 f"{p.agent_id} crashed ({describe_exit(code)}); restarting in "
