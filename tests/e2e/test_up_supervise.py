@@ -204,6 +204,14 @@ def test_a_worker_whose_port_was_taken_while_it_was_down_restarts_on_another(
     assert "worker-2: a port of its was taken; it restarts on another" in stack.output
 
 
+def _signals_as_in_a_terminal() -> None:
+    """Child pre-exec: SIGHUP and SIGINT as a terminal's shell leaves them. A run under
+    `nohup` or from a background job would pass them on ignored, and `up` leaves an
+    ignored SIGHUP ignored on purpose."""
+    for sig in (signal.SIGHUP, signal.SIGINT):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_a_signal_stops_everything_even_while_a_child_waits_to_restart(
     tmp_path: Path, stop_signal: signal.Signals
@@ -212,6 +220,7 @@ def test_a_signal_stops_everything_even_while_a_child_waits_to_restart(
     up = subprocess.Popen(
         [*AGENTBUS, "up", "--workers", "1", "--data-dir", str(data_dir)],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        preexec_fn=_signals_as_in_a_terminal,
     )  # fmt: skip
     try:
         wait_until_up(up, data_dir / "stack.json", timeout_s=WAIT_S)
@@ -274,4 +283,34 @@ def test_a_closed_output_pipe_still_stops_everything(tmp_path: Path) -> None:
     up.stdout.close()
     up.send_signal(signal.SIGTERM)  # its "stopping ..." line then meets the closed pipe
     assert up.wait(timeout=90) == 1
+    wait_for(lambda: not any(pid_alive(pid) for pid in everything), what="all stopped")
+
+
+def test_an_up_started_under_nohup_keeps_running_when_its_terminal_closes(
+    tmp_path: Path,
+) -> None:
+    def as_under_nohup() -> None:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    data_dir = tmp_path / "stack"
+    up = subprocess.Popen(
+        [*AGENTBUS, "up", "--workers", "0", "--no-gateway", "--data-dir", str(data_dir)],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        preexec_fn=as_under_nohup,
+    )  # fmt: skip
+    try:
+        wait_until_up(up, data_dir / "stack.json", timeout_s=WAIT_S)
+        everything = descendants(up.pid)
+        up.send_signal(signal.SIGHUP)
+        time.sleep(2)
+        assert up.poll() is None and all(pid_alive(pid) for pid in everything)
+        up.send_signal(signal.SIGTERM)
+        out, _ = up.communicate(timeout=90)
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.communicate()
+        if up.stdout is not None:
+            up.stdout.close()
+    assert up.returncode == 0, out
     wait_for(lambda: not any(pid_alive(pid) for pid in everything), what="all stopped")
