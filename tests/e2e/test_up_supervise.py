@@ -6,6 +6,7 @@ everything (exit 0, no process left, nats-server included)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -16,7 +17,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -204,6 +205,29 @@ def test_a_worker_whose_port_was_taken_while_it_was_down_restarts_on_another(
     assert "worker-2: a port of its was taken; it restarts on another" in stack.output
 
 
+@contextlib.contextmanager
+def _up_process(
+    tmp_path: Path, *args: str, pre_exec: Callable[[], None]
+) -> Iterator[subprocess.Popen[str]]:
+    """`agentbus up ARGS` (its output piped, `pre_exec` run in the child) once it is up;
+    killed at the end if still running, its pipe closed either way."""
+    data_dir = tmp_path / "stack"
+    up = subprocess.Popen(
+        [*AGENTBUS, "up", *args, "--data-dir", str(data_dir)],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        preexec_fn=pre_exec,
+    )  # fmt: skip
+    try:
+        wait_until_up(up, data_dir / "stack.json", timeout_s=WAIT_S)
+        yield up
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.communicate()
+        if up.stdout is not None:
+            up.stdout.close()  # also when it exited by itself (a failed start)
+
+
 def _signals_as_in_a_terminal() -> None:
     """Child pre-exec: SIGHUP and SIGINT as a terminal's shell leaves them. A run under
     `nohup` or from a background job would pass them on ignored, and `up` leaves an
@@ -217,13 +241,7 @@ def test_a_signal_stops_everything_even_while_a_child_waits_to_restart(
     tmp_path: Path, stop_signal: signal.Signals
 ) -> None:
     data_dir = tmp_path / "stack"
-    up = subprocess.Popen(
-        [*AGENTBUS, "up", "--workers", "1", "--data-dir", str(data_dir)],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        preexec_fn=_signals_as_in_a_terminal,
-    )  # fmt: skip
-    try:
-        wait_until_up(up, data_dir / "stack.json", timeout_s=WAIT_S)
+    with _up_process(tmp_path, "--workers", "1", pre_exec=_signals_as_in_a_terminal) as up:
         everything = descendants(up.pid)
         assert len(everything) == 5  # nats-server, archiver, orchestrator, worker, gateway
         os.kill(services(data_dir)["worker-1"]["pid"], signal.SIGKILL)
@@ -233,12 +251,6 @@ def test_a_signal_stops_everything_even_while_a_child_waits_to_restart(
         )
         up.send_signal(stop_signal)
         out, _ = up.communicate(timeout=90)
-    finally:
-        if up.poll() is None:
-            up.kill()
-            up.communicate()
-        if up.stdout is not None:
-            up.stdout.close()  # also when it exited by itself (a failed start)
     assert up.returncode == 0, out
     assert "stopped" in out
     assert not (data_dir / "stack.json").exists()
@@ -292,25 +304,12 @@ def test_an_up_started_under_nohup_keeps_running_when_its_terminal_closes(
     def as_under_nohup() -> None:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
-    data_dir = tmp_path / "stack"
-    up = subprocess.Popen(
-        [*AGENTBUS, "up", "--workers", "0", "--no-gateway", "--data-dir", str(data_dir)],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        preexec_fn=as_under_nohup,
-    )  # fmt: skip
-    try:
-        wait_until_up(up, data_dir / "stack.json", timeout_s=WAIT_S)
+    with _up_process(tmp_path, "--workers", "0", "--no-gateway", pre_exec=as_under_nohup) as up:
         everything = descendants(up.pid)
         up.send_signal(signal.SIGHUP)
         time.sleep(2)
         assert up.poll() is None and all(pid_alive(pid) for pid in everything)
         up.send_signal(signal.SIGTERM)
         out, _ = up.communicate(timeout=90)
-    finally:
-        if up.poll() is None:
-            up.kill()
-            up.communicate()
-        if up.stdout is not None:
-            up.stdout.close()
     assert up.returncode == 0, out
     wait_for(lambda: not any(pid_alive(pid) for pid in everything), what="all stopped")
