@@ -259,30 +259,14 @@ def test_a_signal_stops_everything_even_while_a_child_waits_to_restart(
     assert [pid for pid in everything if pid_alive(pid)] == []
 
 
-def _start_up(tmp_path: Path) -> tuple[subprocess.Popen[str], list[int]]:
-    """`agentbus up --workers 1` with its output piped, once up: it and what it started."""
-    data_dir = tmp_path / "stack"
-    up = subprocess.Popen(
-        [*AGENTBUS, "up", "--workers", "1", "--data-dir", str(data_dir)],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    try:
-        wait_until_up(up, data_dir / "stack.json", timeout_s=WAIT_S)
-        everything = descendants(up.pid)
-        assert len(everything) == 5  # nats-server, archiver, orchestrator, worker, gateway
-    except BaseException:
-        up.kill()
-        up.communicate()
-        raise
-    return up, everything
-
-
 def test_nothing_outlives_a_killed_up(tmp_path: Path) -> None:
     """SIGKILL leaves `agentbus up` no say: what it started, nats-server included, is
     told by the kernel (PR_SET_PDEATHSIG) and stops."""
-    up, everything = _start_up(tmp_path)
-    up.kill()
-    up.communicate()
+    with _up_process(tmp_path, "--workers", "1", pre_exec=_signals_as_in_a_terminal) as up:
+        everything = descendants(up.pid)
+        assert len(everything) == 5  # nats-server, archiver, orchestrator, worker, gateway
+        up.kill()
+        up.communicate()
     wait_for(lambda: not any(pid_alive(pid) for pid in everything), what="all stopped")
 
 
@@ -290,11 +274,13 @@ def test_a_closed_output_pipe_still_stops_everything(tmp_path: Path) -> None:
     """Its reader gone (`agentbus up | head`, a closed terminal), `up` ends at its next
     line of output, exit 1 as rich has it, and stops what it started on the way (it
     used to exit before that, leaving nats-server running)."""
-    up, everything = _start_up(tmp_path)
-    assert up.stdout is not None
-    up.stdout.close()
-    up.send_signal(signal.SIGTERM)  # its "stopping ..." line then meets the closed pipe
-    assert up.wait(timeout=90) == 1
+    with _up_process(tmp_path, "--workers", "1", pre_exec=_signals_as_in_a_terminal) as up:
+        everything = descendants(up.pid)
+        assert len(everything) == 5  # nats-server, archiver, orchestrator, worker, gateway
+        assert up.stdout is not None
+        up.stdout.close()
+        up.send_signal(signal.SIGTERM)  # its "stopping ..." line then meets the closed pipe
+        assert up.wait(timeout=90) == 1
     wait_for(lambda: not any(pid_alive(pid) for pid in everything), what="all stopped")
 
 
